@@ -1,0 +1,369 @@
+"""The ``tunesmith run`` config: one YAML (or TOML) file, validated in full before any model loads.
+
+Every field has a default, and the defaults are the reference tutorial's (LoRA r=16, alpha=16, dropout 0;
+lr 2e-4, batch 2, gradient accumulation 4, warmup 5, linear schedule, adamw_8bit, weight decay 0.01,
+seed 3407). Field names follow the tutorial's keyword arguments, so a reader of the tutorial finds
+``per_device_train_batch_size`` where they expect it.
+
+Loading order: read the file -> apply ``--set a.b=value`` overrides -> validate once. A bad field gives
+one paragraph naming the file, the field path, the bad value and the closest valid field name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tunesmith.errors import TunesmithError, closest_name
+
+__all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "DataConfig",
+    "LoraConfig",
+    "TrainingConfig",
+    "GenerationConfig",
+    "ExportConfig",
+    "OutputConfig",
+    "load_config",
+    "parse_config",
+    "apply_overrides",
+    "dump_config",
+    "default_config_path",
+    "DEFAULT_DATA_FILE",
+]
+
+DEFAULT_DATA_FILE = "tunesmith/assets/data/medquad_en.jsonl"  # inside the package; see _default_data_file
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
+EXPORT_FORMATS = ("gguf", "merged", "lora")
+QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
+
+
+class _Section(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which base model to load and how (``FastLanguageModel.from_pretrained`` arguments)."""
+
+    name: StrictStr = Field(
+        "smollm2-135m-instruct", description="hub id, local folder, .gguf file or built-in alias"
+    )
+    max_seq_length: int = Field(2048, ge=16, description="longest training sequence in tokens")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field("auto", description="weights dtype")
+    load_in_4bit: bool = Field(False, description="QLoRA: 4-bit base weights (bitsandbytes)")
+    load_in_8bit: bool = False
+    trust_remote_code: bool = Field(
+        False, description="run code shipped with the model (off unless you trust it)"
+    )
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> ModelConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both true; choose one")
+        return self
+
+
+class DataConfig(_Section):
+    """The training data: a file, its layout, how each row becomes text, and the held-out split."""
+
+    file: StrictStr | None = Field(
+        None, description="JSON/JSONL/CSV/Parquet file; empty: the shipped MedQuAD subset"
+    )
+    format: Literal[DATA_FORMATS] = Field("auto", description="row layout; auto recognises it")
+    prompt_template: StrictStr | None = Field(
+        None, description="single-turn template with {instruction}, {input}, {reasoning}, {output}"
+    )
+    chat_template: StrictStr | None = Field(
+        None, description="chat template name (chatml, llama-3, qwen-2.5, mistral, alpaca) or 'tokenizer'"
+    )
+    eval_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of rows held out for eval loss")
+    eval_file: StrictStr | None = Field(None, description="held-out rows from a separate file instead")
+    max_rows: int | None = Field(None, ge=1, description="use at most this many training rows")
+    too_long: Literal["truncate", "refuse"] = Field("truncate", description="rows over max_seq_length")
+    train_on_responses_only: bool = Field(True, description="loss on answer tokens only")
+    encoding: StrictStr | None = Field(None, description="file encoding; empty: UTF-8 (with or without BOM)")
+
+    @field_validator("file", "eval_file")
+    @classmethod
+    def _file_exists(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        base = Path((info.context or {}).get("base_dir", "."))
+        path = (base / Path(value).expanduser()).resolve()
+        if not path.is_file():
+            raise ValueError(f"no such file: {path} (relative paths start at the config file's folder)")
+        return str(path)
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _template_valid(cls, value: str | None) -> str | None:
+        if value is not None:
+            from tunesmith.data.prompt_template import PromptTemplate
+
+            try:
+                PromptTemplate(value)
+            except TunesmithError as err:
+                raise ValueError(str(err)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_template(self) -> DataConfig:
+        if self.prompt_template and self.chat_template:
+            raise ValueError("set prompt_template or chat_template, not both")
+        return self
+
+
+class LoraConfig(_Section):
+    """LoRA adapter settings (``get_peft_model`` arguments)."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    lora_alpha: int = Field(16, ge=1, description="adapter scale numerator (scale = alpha / r)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[StrictStr] | None = Field(None, description="empty: every projection of the family")
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_gradient_checkpointing: Literal["unsloth", True, False] = "unsloth"
+    random_state: int = 3407
+    use_rslora: bool = False
+
+
+class TrainingConfig(_Section):
+    """Trainer settings (``TrainingArguments`` names)."""
+
+    per_device_train_batch_size: int = Field(2, ge=1)
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    warmup_steps: int = Field(5, ge=0)
+    max_steps: int = Field(75, ge=1, description="optimizer steps")
+    learning_rate: float = Field(2e-4, gt=0.0)
+    optim: StrictStr = "adamw_8bit"
+    weight_decay: float = Field(0.01, ge=0.0)
+    lr_scheduler_type: StrictStr = "linear"
+    seed: int = 3407
+    logging_steps: int = Field(1, ge=1)
+    save_steps: int = Field(10, ge=1, description="checkpoint every N steps (resume after Ctrl-C)")
+    packing: bool = False
+
+
+class GenerationConfig(_Section):
+    """How probe answers are generated (greedy, so before/after differ only by training)."""
+
+    max_new_tokens: int = Field(128, ge=1, le=4096)
+
+
+class ExportConfig(_Section):
+    """What to write after training, and whether to check the GGUF in llama.cpp."""
+
+    formats: list[Literal[EXPORT_FORMATS]] = Field(["gguf"], description="any of gguf, merged, lora")
+    quant: Literal[QUANTS] = Field("q8_0", description="GGUF quantization")
+    modelfile: bool = Field(True, description="write an Ollama Modelfile beside the GGUF")
+    verify: bool = Field(True, description="load the GGUF in llama.cpp and compare with PyTorch")
+    name: StrictStr | None = Field(None, description="model name for Ollama; empty: the output folder's name")
+
+
+class OutputConfig(_Section):
+    """Where the run writes everything."""
+
+    folder: StrictStr = Field("tunesmith-run", description="output folder (relative to the current folder)")
+    overwrite: bool = Field(False, description="replace a finished previous run in the folder")
+
+
+class RunConfig(_Section):
+    """The whole ``tunesmith run`` config."""
+
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    lora: LoraConfig = LoraConfig()
+    training: TrainingConfig = TrainingConfig()
+    probes: list[StrictStr] = Field(default_factory=lambda: ["What are common causes of fatigue?"])
+    generation: GenerationConfig = GenerationConfig()
+    export: ExportConfig = ExportConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("probes")
+    @classmethod
+    def _probes_not_blank(cls, value: list[str]) -> list[str]:
+        for i, probe in enumerate(value):
+            if not probe.strip():
+                raise ValueError(f"probe {i} is empty")
+        return value
+
+    def data_file(self) -> Path:
+        """The training file: the configured one, or the MedQuAD subset shipped in the package."""
+        return Path(self.data.file) if self.data.file else _default_data_file()
+
+
+def _default_data_file() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("tunesmith") / "assets" / "data" / "medquad_en.jsonl"))
+
+
+def default_config_path() -> Path:
+    """The embedded default config (``examples/medical-en.yaml``, shipped inside the package)."""
+    from importlib import resources
+
+    return Path(str(resources.files("tunesmith") / "assets" / "configs" / "medical-en.yaml"))
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    """The file's mapping (YAML or TOML by extension)."""
+    if not path.is_file():
+        raise TunesmithError(
+            f"The config file {path} does not exist. Pass the path of a YAML file, for example "
+            "examples/medical-en.yaml, or run `tunesmith run` without a file for the built-in default."
+        )
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except Exception as err:  # yaml.YAMLError / tomllib.TOMLDecodeError carry the line number
+        raise TunesmithError(
+            f"The config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: "
+            f"{' '.join(str(err).split())}. Fix the syntax at the place named."
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TunesmithError(
+            f"The config file {path} must hold a mapping of sections (model:, data:, lora:, training:, "
+            f"probes:, export:, output:), but it holds a {type(data).__name__}."
+        )
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` assignments (value read as YAML, so ``10`` is an int and ``[a, b]`` a list)."""
+    data = _deep_copy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise TunesmithError(
+                f"The override --set {item!r} is not of the form SECTION.FIELD=VALUE "
+                "(for example --set training.max_steps=10)."
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_copy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deep_copy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deep_copy(v) for v in data]
+    return data
+
+
+def parse_config(data: dict[str, Any], *, source: str, base_dir: str | os.PathLike = ".") -> RunConfig:
+    """Validate a config mapping; ``source`` names it in errors, ``base_dir`` anchors relative data paths."""
+    try:
+        return RunConfig.model_validate(data, context={"base_dir": str(base_dir)})
+    except ValidationError as err:
+        raise TunesmithError(_explain(err, source)) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a config; ``path=None`` is the embedded default (medical-en)."""
+    file = Path(path) if path is not None else default_config_path()
+    data = apply_overrides(_read_file(file), overrides or [])
+    source = str(file) + (f" (with --set {' '.join(overrides)})" if overrides else "")
+    return parse_config(data, source=source, base_dir=file.resolve().parent)
+
+
+def dump_config(config: RunConfig) -> str:
+    """The fully resolved config as YAML (what ``--print-config`` shows)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False, allow_unicode=True, width=100)
+
+
+# -- errors ----------------------------------------------------------------------------------------------
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """The valid field names of the section at ``loc`` (a path of field names)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return list(model.model_fields)
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    """One paragraph for the first validation problem (and a count of the others)."""
+    problems = err.errors(include_url=False)
+    first = problems[0]
+    loc = tuple(first["loc"])
+    path = _dotted(loc)
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        parent = [str(p) for p in loc[:-1]]
+        valid = _fields_at(tuple(parent))
+        hint = closest_name(str(loc[-1]), valid)
+        where = f"section '{'.'.join(parent)}'" if parent else "the top level"
+        text = (
+            f"In {source}, the field '{path}' is not a known field of {where}. "
+            + (f"Did you mean '{'.'.join([*parent, hint])}'? " if hint else "")
+            + f"Valid fields there: {', '.join(valid)}."
+        )
+    else:
+        msg = first["msg"].removeprefix("Value error, ").rstrip(".")
+        text = f"In {source}, the field '{path}' has the value {_short(value)}, which is not valid: {msg}."
+        if first["type"] == "literal_error":
+            hint = closest_name(str(value), re.findall(r"'([^']*)'", first["ctx"]["expected"]))
+            if hint:
+                text += f" Did you mean '{hint}'?"
+        if loc and loc[0] == "probes":
+            text += " Write probes as a list of questions, one per line, each starting with '- '."
+    if len(problems) > 1:
+        text += f" ({len(problems) - 1} more problem{'s' if len(problems) > 2 else ''} after this one.)"
+    return text
+
+
+def _dotted(loc: tuple) -> str:
+    """``("probes", 0)`` -> ``probes[0]``; ``("training", "max_steps")`` -> ``training.max_steps``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
