@@ -1,0 +1,59 @@
+"""4-bit (NF4) and 8-bit weights through bitsandbytes, on GPU and on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from tunesmith.errors import TunesmithError
+
+__all__ = ["bnb_config", "require_bitsandbytes", "keep_4bit_weights_unpacked"]
+
+_BNB_HINT = "pip install 'bitsandbytes>=0.46'"
+
+
+def require_bitsandbytes() -> None:
+    """Raise a clear error when bitsandbytes is not installed."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise TunesmithError(
+            f"load_in_4bit/load_in_8bit need the bitsandbytes package, which is not installed. Install it "
+            f"with: {_BNB_HINT} (or load without 4-bit/8-bit)."
+        )
+
+
+def bnb_config(load_in_4bit: bool, load_in_8bit: bool, compute_dtype: torch.dtype):
+    """The transformers ``BitsAndBytesConfig`` for the request, or None for full-precision weights.
+
+    4-bit uses NF4 with double quantization (QLoRA's recipe); matmuls run in ``compute_dtype``.
+    """
+    if not (load_in_4bit or load_in_8bit):
+        return None
+    require_bitsandbytes()
+    from transformers import BitsAndBytesConfig
+
+    if load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=torch.uint8,
+    )
+
+
+def keep_4bit_weights_unpacked(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights; returns how many modules were changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its bf16 kernel on the first
+    no-grad pass (``generate()``, eval) and never unpacks it; the backward pass then reads the repacked
+    bytes as NF4 and LoRA gradients come out wrong without an error. ``support_avx512bf16_for_cpu`` is
+    the module's public switch for that path.
+    """
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

