@@ -179,7 +179,7 @@ class ExportConfig(_Section):
 class OutputConfig(_Section):
     """Where the run writes everything."""
 
-    folder: StrictStr = Field("tunesmith-run", description="output folder (relative to the current folder)")
+    folder: StrictStr = Field("runs/run", description="output folder; left out: runs/<config file name>")
     overwrite: bool = Field(False, description="replace a finished previous run in the folder")
 
 
@@ -202,10 +202,6 @@ class RunConfig(_Section):
             if not probe.strip():
                 raise ValueError(f"probe {i} is empty")
         return value
-
-    def data_file(self) -> Path:
-        """The training file: the configured one, or the MedQuAD subset shipped in the package."""
-        return Path(self.data.file) if self.data.file else _default_data_file()
 
 
 def _default_data_file() -> Path:
@@ -291,6 +287,10 @@ def _deep_copy(data: Any) -> Any:
 
 def parse_config(data: dict[str, Any], *, source: str, base_dir: str | os.PathLike = ".") -> RunConfig:
     """Validate a config mapping; ``source`` names it in errors, ``base_dir`` anchors relative data paths."""
+    section = data.get("data")
+    if section is None or (isinstance(section, dict) and section.get("file") is None):
+        # the shipped MedQuAD subset, spelled out so --print-config shows the file that is used
+        data = {**data, "data": {**(section or {}), "file": str(_default_data_file())}}
     try:
         return RunConfig.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as err:
@@ -301,6 +301,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Read, override and validate a config; ``path=None`` is the embedded default (medical-en)."""
     file = Path(path) if path is not None else default_config_path()
     data = apply_overrides(_read_file(file), overrides or [])
+    output = data.get("output")
+    if output is None or (isinstance(output, dict) and "folder" not in output):
+        data["output"] = {**(output or {}), "folder": f"runs/{file.stem}"}
     source = str(file) + (f" (with --set {' '.join(overrides)})" if overrides else "")
     return parse_config(data, source=source, base_dir=file.resolve().parent)
 

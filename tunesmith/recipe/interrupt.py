@@ -1,0 +1,60 @@
+"""Ctrl-C during training: finish the current step, save a checkpoint and the loss curve, then stop.
+
+The first Ctrl-C only raises a flag; a trainer callback sees it at the end of the step and asks the
+trainer to save and stop, so the run can be resumed from exactly there. A second Ctrl-C stops at once
+(the last periodic checkpoint is then where a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+
+from transformers import TrainerCallback
+
+__all__ = ["StopOnInterrupt", "graceful_interrupt"]
+
+
+class StopOnInterrupt(TrainerCallback):
+    """Saves a checkpoint and ends training at the first step end after :attr:`requested` is set."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Turn a pending interrupt into save + stop (the trainer then writes the checkpoint)."""
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+            self.stopped_at = state.global_step
+        return control
+
+
+@contextlib.contextmanager
+def graceful_interrupt(callback: StopOnInterrupt) -> Iterator[StopOnInterrupt]:
+    """While inside, the first SIGINT sets ``callback.requested``; the second raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield callback  # signal handlers can only be set from the main thread
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if callback.requested:
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        callback.requested = True
+        print(
+            "\nCtrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield callback
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,126 @@
+"""The output folder of a run and its state file: which stages finished, and what they found.
+
+``run-state.json`` is rewritten atomically after every stage. It lets a re-run of the same command
+resume an interrupted or failed run (finished stages are not repeated; training continues from its
+last checkpoint), and it lets tunesmith refuse to mix two different runs in one folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith._atomic import atomic_file
+from tunesmith.errors import TunesmithError
+
+__all__ = ["RunState", "STATE_FILE", "open_output_folder", "config_fingerprint"]
+
+STATE_FILE = "run-state.json"
+
+
+def config_fingerprint(config_json: dict[str, Any]) -> str:
+    """A hash of everything in the config that changes the result (``output.overwrite`` does not)."""
+    relevant = json.loads(json.dumps(config_json))
+    relevant.get("output", {}).pop("overwrite", None)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RunState:
+    """What ``run-state.json`` records."""
+
+    folder: Path
+    fingerprint: str
+    status: str = "running"  # running | interrupted | failed | finished
+    completed: list[str] = field(default_factory=list)
+    results: dict[str, Any] = field(default_factory=dict)
+    resumed: bool = False
+
+    def done(self, stage: str) -> bool:
+        """Whether ``stage`` finished in this or an earlier attempt."""
+        return stage in self.completed
+
+    def complete(self, stage: str, result: Any = None) -> None:
+        """Record a finished stage (and its JSON-able result) and save."""
+        if stage not in self.completed:
+            self.completed.append(stage)
+        if result is not None:
+            self.results[stage] = result
+        self.save()
+
+    def save(self) -> None:
+        """Write the state file atomically."""
+        payload = {
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "completed": self.completed,
+            "results": self.results,
+        }
+        with atomic_file(self.folder / STATE_FILE, "w") as handle:
+            json.dump(payload, handle, indent=2, ensure_ascii=False)
+
+
+def _read_state(folder: Path) -> dict[str, Any] | None:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunState:
+    """Start a run in ``folder``: a fresh one, a resumed one, or a clear refusal.
+
+    - missing or empty folder: a fresh run;
+    - an unfinished run of the same config: resume it;
+    - a finished run, or a run of another config: refuse, unless ``overwrite`` (then start afresh);
+    - files that are not a tunesmith run: always refuse (tunesmith never deletes what it did not write).
+    """
+    if folder.exists() and not folder.is_dir():
+        raise TunesmithError(f"The output folder {folder} is a file. Set output.folder to a folder path.")
+    previous = _read_state(folder) if folder.is_dir() else None
+    if folder.is_dir() and any(folder.iterdir()) and previous is None:
+        raise TunesmithError(
+            f"The output folder {folder} already holds files that are not from a tunesmith run "
+            f"(there is no {STATE_FILE}). tunesmith does not delete them: choose another folder with "
+            "--set output.folder=PATH."
+        )
+    if previous is not None and overwrite:
+        shutil.rmtree(folder)
+        previous = None
+    if previous is not None:
+        _check_resumable(folder, previous, fingerprint)
+    folder.mkdir(parents=True, exist_ok=True)
+    if previous is None:
+        state = RunState(folder=folder, fingerprint=fingerprint)
+    else:
+        state = RunState(
+            folder=folder,
+            fingerprint=fingerprint,
+            completed=list(previous.get("completed", [])),
+            results=dict(previous.get("results", {})),
+            resumed=True,
+        )
+    state.save()
+    return state
+
+
+def _check_resumable(folder: Path, previous: dict[str, Any], fingerprint: str) -> None:
+    """Refuse a finished run or a run of another config (the message says what to do)."""
+    if previous.get("status") == "finished":
+        raise TunesmithError(
+            f"The output folder {folder} holds a finished run (see {folder / 'report.html'}). "
+            "Run with --overwrite to replace it, or choose another folder with --set output.folder=PATH."
+        )
+    if previous.get("fingerprint") != fingerprint:
+        raise TunesmithError(
+            f"The output folder {folder} holds an unfinished run of a different config, so it cannot be "
+            "resumed with this one. Run with --overwrite to start afresh there, or choose another folder "
+            "with --set output.folder=PATH."
+        )
