@@ -1,0 +1,82 @@
+"""Recognise a data set's layout from its columns: Alpaca, ShareGPT, OpenAI messages, prompt/completion, text.
+
+``fields=`` maps tunesmith's names onto the user's columns (``{"instruction": "Question", "output":
+"Response", "reasoning": "Complex_CoT"}``); a column that is a near-miss of a known name gets a
+did-you-mean hint instead of a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tunesmith.errors import TunesmithError, closest_name
+
+__all__ = ["Layout", "LAYOUTS", "detect_layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A data layout: the fields a row must have, and those it may have."""
+
+    name: str
+    required: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    answer: str | None = None  # the field holding the text the model learns to write
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+LAYOUTS: dict[str, Layout] = {
+    layout.name: layout
+    for layout in (
+        Layout("sharegpt", ("conversations",), ("system",)),
+        Layout("messages", ("messages",)),
+        Layout("alpaca", ("instruction", "output"), ("input", "reasoning", "system"), answer="output"),
+        Layout("prompt_completion", ("prompt", "completion"), answer="completion"),
+        Layout("text", ("text",), answer="text"),
+    )
+}
+_KNOWN = sorted({f for layout in LAYOUTS.values() for f in layout.fields})
+
+
+def detect_layout(
+    columns, fields: dict[str, str] | None = None, source: str = "the data"
+) -> tuple[Layout, dict]:
+    """The layout of a data set with these ``columns``, and the mapping {tunesmith field: column}.
+
+    ``fields`` overrides the mapping for named fields. Raises a TunesmithError naming the columns found,
+    the closest known names, and how to map them.
+    """
+    columns = list(columns)
+    fields = dict(fields or {})
+    for ours, theirs in fields.items():
+        if theirs not in columns:
+            hint = closest_name(theirs, columns)
+            raise TunesmithError(
+                f"fields maps '{ours}' to column '{theirs}', but {source} has no such column"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f". Its columns are: {', '.join(columns)}."
+            )
+    available = set(columns) | set(fields)
+    for layout in LAYOUTS.values():
+        if all(name in available for name in layout.required):
+            mapping = {name: fields.get(name, name) for name in layout.fields if name in available}
+            return layout, mapping
+    raise TunesmithError(_no_layout_message(columns, source))
+
+
+def _no_layout_message(columns: list[str], source: str) -> str:
+    hints = []
+    for column in columns:
+        near = closest_name(column.lower(), _KNOWN)
+        if near and near != column:
+            hints.append(f"column '{column}' looks like '{near}'")
+    hint_text = ("; ".join(hints) + " — rename it or map it with fields={...}. ") if hints else ""
+    return (
+        f"tunesmith does not recognise the layout of {source} (columns: {', '.join(columns) or 'none'}). "
+        f"{hint_text}Expected one of: instruction/output (+input, reasoning) [Alpaca]; conversations with "
+        "from/value [ShareGPT]; messages with role/content [OpenAI]; prompt/completion; or text. "
+        "To use other column names, pass fields={'instruction': 'YourQuestionColumn', 'output': 'YourAnswerColumn'}."
+    )

@@ -1,0 +1,243 @@
+"""From a file (or ``datasets`` object) to tokenized train/eval sets with statistics, validating everything first.
+
+``prepare_dataset`` reads top to bottom: load -> recognise layout -> choose template -> validate rows ->
+duplicates -> format -> tokenize (label answers, truncate with a count) -> split off held-out rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from dataclasses import dataclass
+
+from tunesmith.data.chat_templates import OWN_TEMPLATE_NAMES, get_chat_template, template_family
+from tunesmith.data.formatting import render_row
+from tunesmith.data.layouts import detect_layout
+from tunesmith.data.loading import load_dataset_file
+from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.data.stats import DataStats
+from tunesmith.data.tokenizing import IGNORE_INDEX, tokenize_rows
+from tunesmith.data.validation import (
+    DUPLICATE_POLICIES,
+    check_template_fields,
+    find_duplicates,
+    validate_rows,
+)
+from tunesmith.errors import TunesmithError
+
+__all__ = ["PreparedData", "prepare_dataset", "DEFAULT_PROMPT"]
+
+logger = logging.getLogger(__name__)
+
+# Used for instruction data when the tokenizer has no chat template (a base model).
+DEFAULT_PROMPT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+)
+
+
+@dataclass
+class PreparedData:
+    """Tokenized ``train`` (and optional ``eval``) ``datasets.Dataset`` with columns text, input_ids, labels."""
+
+    train: object
+    eval: object | None
+    stats: DataStats
+
+
+def _source_name(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"the {type(source).__name__}"
+
+
+def _choose_template(template, tokenizer, layout_name: str):
+    """(PromptTemplate or None, label for the statistics); sets the tokenizer's chat template to match."""
+    if layout_name in ("text", "prompt_completion"):
+        return None, "none"
+    if isinstance(template, str) and "{" in template:
+        template = PromptTemplate(template)
+    if isinstance(template, PromptTemplate):
+        if layout_name != "alpaca":
+            raise TunesmithError(
+                "A PromptTemplate formats instruction/output rows; this data is a conversation "
+                f"({layout_name}). Use a chat template name instead (e.g. template='chatml')."
+            )
+        tokenizer.chat_template = template.to_chat_template()  # inference and export read the same format
+        return template, "prompt template"
+    if isinstance(template, str) and template.lower() not in OWN_TEMPLATE_NAMES:
+        get_chat_template(tokenizer, template)
+        return None, template_family(tokenizer) or template
+    if template is not None and not isinstance(template, str):
+        raise TunesmithError(
+            f"template must be a PromptTemplate, a chat template name or None, not {type(template).__name__}."
+        )
+    if getattr(tokenizer, "chat_template", None):
+        own = PromptTemplate.from_chat_template(tokenizer.chat_template)
+        if own is not None and layout_name == "alpaca":
+            return own, "prompt template"
+        return None, template_family(tokenizer) or "tokenizer's own"
+    if layout_name != "alpaca":
+        raise TunesmithError(
+            "The data is a conversation but the tokenizer has no chat template. Pass template='chatml' "
+            "(or 'llama-3', 'qwen-2.5', 'mistral', 'alpaca')."
+        )
+    template = PromptTemplate(DEFAULT_PROMPT)
+    tokenizer.chat_template = template.to_chat_template()
+    return template, "prompt template"
+
+
+def _drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, list[int], int]:
+    """(rows to use, their 1-based row numbers, number of duplicates found)."""
+    if policy not in DUPLICATE_POLICIES:
+        raise TunesmithError(
+            f"duplicates={policy!r} is not understood; use one of {', '.join(DUPLICATE_POLICIES)}."
+        )
+    repeats = find_duplicates(rows, mapping)
+    if repeats and policy == "error":
+        raise TunesmithError(
+            f"{source} has {len(repeats)} exact duplicate rows (first: row {repeats[0] + 1}). Remove them, or "
+            "set duplicates='drop' (or 'keep')."
+        )
+    if repeats:
+        logger.warning(
+            "%s: %d exact duplicate rows (%s).",
+            source,
+            len(repeats),
+            "dropped" if policy == "drop" else "kept",
+        )
+    skip = set(repeats) if policy == "drop" else set()
+    kept = [(i + 1, row) for i, row in enumerate(rows) if i not in skip]
+    return [r for _, r in kept], [n for n, _ in kept], len(repeats)
+
+
+def _tokenized(
+    rows, numbers, layout, mapping, tokenizer, template, max_seq_length, on_too_long, responses_only, source
+):
+    rendered = [
+        render_row(row, layout, mapping, tokenizer, template, f"{source}, row {n}")
+        for row, n in zip(rows, numbers, strict=True)
+    ]
+    labelled = responses_only and layout.name != "text"
+    tok = tokenize_rows(
+        rendered,
+        tokenizer,
+        max_seq_length,
+        on_too_long=on_too_long,
+        responses_only=labelled,
+        source=source,
+        row_numbers=numbers,
+    )
+    if not tok.input_ids or all(all(x == IGNORE_INDEX for x in labels[1:]) for labels in tok.labels):
+        raise TunesmithError(
+            f"{source}: after formatting every label is masked, so training would learn nothing. Cause: "
+            + (
+                "every answer lies beyond max_seq_length; raise max_seq_length."
+                if tok.truncated
+                else "no answer text was found in the formatted rows; check the template and the answer field."
+            )
+        )
+    texts = [rendered[i].text for i in tok.kept]
+    return texts, tok
+
+
+def prepare_dataset(
+    source,
+    tokenizer,
+    *,
+    template=None,
+    fields: dict[str, str] | None = None,
+    max_seq_length: int = 2048,
+    on_too_long: str = "truncate",
+    duplicates: str = "drop",
+    eval_split=None,
+    responses_only: bool = True,
+    encoding: str | None = None,
+    limit: int | None = None,
+    seed: int = 3407,
+    split: str = "train",
+) -> PreparedData:
+    """Load, validate, format and tokenize training data; see the module docstring for the steps.
+
+    ``template``: a :class:`PromptTemplate` (or its text), a chat family name ("chatml", "llama-3", ...),
+    "own", or None (the tokenizer's chat template, else an Alpaca-style prompt template). The tokenizer's
+    chat template is set to match, so inference and export use the same format. ``eval_split``: a fraction
+    of the rows (e.g. 0.1), a file or a ``datasets`` object held out for evaluation. ``limit``: use only the
+    first N rows. ``responses_only``: loss on answer tokens only.
+    """
+    import datasets
+
+    name = _source_name(source)
+    data = load_dataset_file(source, encoding=encoding, split=split)
+    if limit is not None:
+        data = data.select(range(min(limit, len(data))))
+    layout, mapping = detect_layout(data.column_names, fields, name)
+    prompt_template, template_label = _choose_template(template, tokenizer, layout.name)
+    if prompt_template is not None:
+        check_template_fields(prompt_template, mapping, data.column_names, name)
+    rows = data.to_list()
+    validate_rows(rows, layout, mapping, name)
+    rows, numbers, n_duplicates = _drop_duplicates(rows, mapping, duplicates, name)
+
+    held_out = None
+    if isinstance(eval_split, float) and 0 < eval_split < 1:
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, round(len(rows) * eval_split))
+        if n_eval >= len(rows):
+            raise TunesmithError(
+                f"{name} has {len(rows)} rows: too few to hold out {eval_split:.0%} for evaluation."
+            )
+        eval_idx, order = sorted(order[:n_eval]), sorted(order[n_eval:])
+        held_out = ([rows[i] for i in eval_idx], [numbers[i] for i in eval_idx])
+        rows, numbers = [rows[i] for i in order], [numbers[i] for i in order]
+    elif eval_split is not None and not isinstance(eval_split, float):
+        other = prepare_dataset(
+            eval_split,
+            tokenizer,
+            template=prompt_template or template,
+            fields=fields,
+            max_seq_length=max_seq_length,
+            on_too_long=on_too_long,
+            duplicates=duplicates,
+            responses_only=responses_only,
+            encoding=encoding,
+            seed=seed,
+        )
+        held_out = other.train
+    elif eval_split is not None:
+        raise TunesmithError(f"eval_split={eval_split!r}: give a fraction between 0 and 1, or a file.")
+
+    args = (layout, mapping, tokenizer, prompt_template, max_seq_length, on_too_long, responses_only, name)
+    texts, tok = _tokenized(rows, numbers, *args)
+    train = datasets.Dataset.from_dict({"text": texts, "input_ids": tok.input_ids, "labels": tok.labels})
+    eval_set = held_out
+    if isinstance(held_out, tuple):
+        eval_texts, eval_tok = _tokenized(*held_out, *args)
+        eval_set = datasets.Dataset.from_dict(
+            {"text": eval_texts, "input_ids": eval_tok.input_ids, "labels": eval_tok.labels}
+        )
+    stats = DataStats(
+        source=name,
+        layout=layout.name,
+        template=template_label,
+        rows=len(train),
+        eval_rows=len(eval_set) if eval_set is not None else 0,
+        tokens=sum(map(len, tok.input_ids)),
+        answer_tokens=sum(sum(1 for x in labels[1:] if x != IGNORE_INDEX) for labels in tok.labels),
+        max_tokens=tok.max_tokens,
+        truncated=tok.truncated,
+        dropped_no_answer=tok.dropped_no_answer,
+        duplicates=n_duplicates,
+        duplicates_dropped=duplicates == "drop" and n_duplicates > 0,
+        max_seq_length=max_seq_length,
+    )
+    if tok.truncated:
+        logger.warning(
+            "%s: %d rows were longer than max_seq_length=%d and were truncated.",
+            name,
+            tok.truncated,
+            max_seq_length,
+        )
+    return PreparedData(train, eval_set, stats)

@@ -1,0 +1,113 @@
+"""Check every row before training starts, so a bad row never stops a run half-way.
+
+Each error names the source, the 1-based row number and the field.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tunesmith.data.layouts import Layout
+from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.errors import TunesmithError, closest_name
+
+__all__ = ["validate_rows", "check_template_fields", "find_duplicates", "DUPLICATE_POLICIES"]
+
+DUPLICATE_POLICIES = ("drop", "keep", "error")
+
+
+def _where(source: str, index: int) -> str:
+    return f"{source}, row {index + 1}"
+
+
+def _check_text(
+    value, source: str, index: int, field: str, column: str, *, required: bool, answer: bool
+) -> None:
+    where = f"{_where(source, index)}, field '{column}'"
+    if value is None:
+        if required:
+            raise TunesmithError(
+                f"{where} is missing (null). Every row needs a '{column}' value; fill it or drop the row."
+            )
+        return
+    if not isinstance(value, str):
+        raise TunesmithError(
+            f"{where} is a {type(value).__name__} ({str(value)[:60]!r}), but '{field}' must be text. "
+            "Quote it as a string in the file."
+        )
+    if required and not value.strip():
+        what = "answer" if answer else "value"
+        raise TunesmithError(
+            f"{where} is empty: a row needs a non-empty {what}. Fill it in or remove the row."
+        )
+
+
+def _check_messages(messages, source: str, index: int, column: str) -> None:
+    where = f"{_where(source, index)}, field '{column}'"
+    if not isinstance(messages, list) or not messages:
+        raise TunesmithError(f"{where} must be a non-empty list of {{'role', 'content'}} messages.")
+    for turn, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
+            raise TunesmithError(f"{where}, message {turn} needs 'role' and 'content' (it has: {keys}).")
+        if not isinstance(message["content"], str):
+            raise TunesmithError(
+                f"{where}, message {turn}: 'content' must be text, not {type(message['content']).__name__}."
+            )
+    answers = [m for m in messages if m["role"] == "assistant"]
+    if not answers:
+        raise TunesmithError(f"{where} has no assistant message: there is no answer to learn from.")
+    if not answers[-1]["content"].strip():
+        raise TunesmithError(f"{where}: the last assistant message is empty. Fill it in or remove the row.")
+
+
+def validate_rows(rows: list[dict], layout: Layout, mapping: dict[str, str], source: str) -> None:
+    """Raise a TunesmithError at the first row with a missing field, a wrong type or an empty answer."""
+    if not rows:
+        raise TunesmithError(f"{source} is empty: there are no rows to train on.")
+    for index, row in enumerate(rows):
+        for field, column in mapping.items():
+            if field in ("conversations", "messages"):
+                value = row.get(column)
+                if field == "conversations":
+                    from tunesmith.data.sharegpt import sharegpt_to_messages
+
+                    value = sharegpt_to_messages(value, _where(source, index))
+                _check_messages(value, source, index, column)
+            else:
+                _check_text(
+                    row.get(column),
+                    source,
+                    index,
+                    field,
+                    column,
+                    required=field in layout.required,
+                    answer=field == layout.answer,
+                )
+
+
+def check_template_fields(template: PromptTemplate, mapping: dict[str, str], columns, source: str) -> None:
+    """Refuse a prompt template whose placeholders the data cannot fill."""
+    for placeholder in template.placeholders:
+        if placeholder not in mapping:
+            hint = closest_name(placeholder, columns)
+            raise TunesmithError(
+                f"The prompt template uses {{{placeholder}}}, but {source} has no '{placeholder}' column"
+                + (
+                    f" (did you mean '{hint}'? map it with fields={{'{placeholder}': '{hint}'}})"
+                    if hint
+                    else ""
+                )
+                + f". Its columns are: {', '.join(columns)}. Remove {{{placeholder}}} from the template or add the column."
+            )
+
+
+def find_duplicates(rows: list[dict], mapping: dict[str, str]) -> list[int]:
+    """Indices of rows that repeat an earlier row exactly (on the fields used for training)."""
+    seen, repeats = set(), []
+    for index, row in enumerate(rows):
+        key = json.dumps([row.get(column) for column in mapping.values()], ensure_ascii=False, sort_keys=True)
+        if key in seen:
+            repeats.append(index)
+        seen.add(key)
+    return repeats

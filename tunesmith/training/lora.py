@@ -1,0 +1,188 @@
+"""Add LoRA adapters to a loaded model (Unsloth-compatible ``get_peft_model``), on 16-bit or 4-bit bases.
+
+The adapters are ordinary PEFT ``LoraConfig`` adapters, so ``save_pretrained`` writes the standard
+``adapter_config.json`` + ``adapter_model.safetensors`` that ``peft.PeftModel.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable
+
+import torch
+
+from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
+
+__all__ = ["get_peft_model", "default_target_modules", "CHECKPOINTING_MODES"]
+
+logger = logging.getLogger(__name__)
+
+# "unsloth" names the best mode tunesmith has; until CPU offloading lands it is ordinary checkpointing.
+CHECKPOINTING_MODES = ("unsloth", True, False)
+
+
+def default_target_modules(model: torch.nn.Module) -> list[str]:
+    """The LoRA target module names for ``model``'s family (all seven projections for Llama-style models)."""
+    family = family_of(getattr(getattr(model, "config", None), "model_type", "") or "")
+    wanted = family.lora_targets if family else LLAMA_STYLE_TARGETS
+    present = _linear_leaf_names(model)
+    found = [name for name in wanted if name in present]
+    if not found:
+        raise TunesmithError(
+            f"tunesmith does not know which layers of this {type(model).__name__} to adapt, and none of the usual "
+            f"projection names ({', '.join(wanted)}) exist in it. Pass target_modules=[...] with names of its "
+            f"linear layers, for example {', '.join(sorted(present)[:6]) or '(none found)'}."
+        )
+    return found
+
+
+def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
+    """Last name component of every linear layer (including bitsandbytes' 4-/8-bit linear layers)."""
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt"}:
+            names.add(name.rsplit(".", 1)[-1])
+    return names
+
+
+def _check_targets(model: torch.nn.Module, target_modules: Iterable[str] | str) -> list[str] | str:
+    """Refuse target names that match no layer, with a did-you-mean hint."""
+    if isinstance(target_modules, str):  # "all-linear" or a regular expression: PEFT checks those itself
+        return target_modules
+    present = _linear_leaf_names(model)
+    targets = list(target_modules)
+    for name in targets:
+        if name not in present and not any(n.endswith(name) for n in present):
+            hint = closest_name(name, present)
+            raise TunesmithError(
+                f"target_modules names '{name}', but the model has no linear layer of that name"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f". Its linear layers are: {', '.join(sorted(present))}."
+            )
+    return targets
+
+
+def _is_quantized(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
+    """Keep bitsandbytes 4-bit weights in their trainable layout on CPU.
+
+    On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for a faster inference kernel on the first
+    no-grad pass and has no backward for that layout, so QLoRA gradients come out wrong. Turn that repacking
+    off for each layer and undo any repacking that already happened (e.g. after asking a question before training).
+    """
+    functional = importlib.import_module("bitsandbytes.functional")
+    for module in model.modules():
+        if type(module).__name__ != "Linear4bit":
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = functional._convert_weight_packed_for_cpu_inverse(
+                weight.data, state
+            )
+
+
+def _enable_checkpointing(model: torch.nn.Module, mode) -> None:
+    if mode not in CHECKPOINTING_MODES:
+        raise TunesmithError(
+            f'use_gradient_checkpointing={mode!r} is not understood; use "unsloth" (the best mode), True or False.'
+        )
+    if mode is False:
+        if hasattr(model, "gradient_checkpointing_disable"):
+            model.gradient_checkpointing_disable()
+        return
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # LoRA leaves the embeddings frozen; checkpointed blocks still need an input that requires grad.
+    model.enable_input_require_grads()
+
+
+def get_peft_model(
+    model: torch.nn.Module,
+    r: int = 16,
+    target_modules: Iterable[str] | str | None = None,
+    lora_alpha: int = 16,
+    lora_dropout: float = 0.0,
+    bias: str = "none",
+    use_gradient_checkpointing: bool | str = "unsloth",
+    random_state: int = 3407,
+    use_rslora: bool = False,
+    loftq_config: dict | None = None,
+    modules_to_save: list[str] | None = None,
+    **kwargs,
+):
+    """Wrap ``model`` in LoRA adapters and return the ``peft.PeftModel`` (Unsloth's signature).
+
+    ``target_modules=None`` takes the family's projections from ``tunesmith.models.registry``.
+    ``use_gradient_checkpointing`` is ``"unsloth"`` (best mode), ``True`` or ``False``. A 4-/8-bit
+    (bitsandbytes) base is prepared for k-bit training first (QLoRA). ``random_state`` seeds the adapter init.
+    Extra keyword arguments go to ``peft.LoraConfig`` (e.g. ``init_lora_weights``, ``layers_to_transform``).
+    """
+    import peft
+
+    if isinstance(model, peft.PeftModel):
+        logger.warning("The model already has LoRA adapters; returning it unchanged.")
+        return model
+    if r <= 0 or lora_alpha <= 0:
+        raise TunesmithError(f"LoRA needs r > 0 and lora_alpha > 0 (got r={r}, lora_alpha={lora_alpha}).")
+    if bias not in ("none", "all", "lora_only"):
+        raise TunesmithError(f'bias={bias!r} is not understood; use "none", "all" or "lora_only".')
+    targets = (
+        default_target_modules(model) if target_modules is None else _check_targets(model, target_modules)
+    )
+    kwargs.pop("max_seq_length", None)  # Unsloth accepts (and ignores) it here
+    kwargs.setdefault("task_type", "CAUSAL_LM")
+    init = kwargs.pop("init_lora_weights", True)
+    if loftq_config:
+        init = "loftq"
+        kwargs["loftq_config"] = (
+            peft.LoftQConfig(**loftq_config) if isinstance(loftq_config, dict) else loftq_config
+        )
+
+    checkpointing = use_gradient_checkpointing if use_gradient_checkpointing in CHECKPOINTING_MODES else None
+    if checkpointing is None:
+        _enable_checkpointing(model, use_gradient_checkpointing)  # raises the clear error
+    if _is_quantized(model):
+        if next(model.parameters()).device.type == "cpu":
+            _keep_cpu_4bit_trainable(model)
+        model = peft.prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(checkpointing),
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    else:
+        _enable_checkpointing(model, checkpointing)
+
+    config = peft.LoraConfig(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        bias=bias,
+        target_modules=targets,
+        use_rslora=use_rslora,
+        modules_to_save=modules_to_save,
+        init_lora_weights=init,
+        **kwargs,
+    )
+    torch.manual_seed(random_state)  # seeds every device, so the adapter init is reproducible on GPU too
+    peft_model = peft.get_peft_model(model, config)
+    _attach_export_methods(peft_model)
+    return peft_model
+
+
+def _attach_export_methods(model) -> None:
+    """Bind ``save_pretrained_merged`` / ``save_pretrained_gguf`` when the export package is present."""
+    try:
+        methods = importlib.import_module("tunesmith.export.methods")
+    except ModuleNotFoundError as err:
+        if err.name in ("tunesmith.export", "tunesmith.export.methods"):
+            return
+        raise
+    attach = getattr(methods, "attach_export_methods", None)
+    if attach is not None:
+        attach(model)
