@@ -1,6 +1,8 @@
-"""``python -m tunesmith``: the environment check (same as ``tunesmith check``)."""
+"""``python -m tunesmith``: the environment check (same as ``tunesmith check``); with arguments, the CLI."""
+
+import sys
 
 from tunesmith.cli.main import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(["check"]))
+    raise SystemExit(main(sys.argv[1:] or ["check"]))

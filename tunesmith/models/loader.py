@@ -122,8 +122,11 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
             f"The tokenizer in {folder} could not be loaded ({type(err).__name__}: {err}). The folder needs "
             "tokenizer.json (or tokenizer.model) and tokenizer_config.json beside config.json."
         ) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    # Padding with the end-of-sequence token can hide EOS from the loss (the model then never learns to
+    # stop), so a distinct unknown token is preferred when the tokenizer has one.
+    if tokenizer.pad_token is None or tokenizer.pad_token == tokenizer.eos_token:
+        spare = tokenizer.unk_token if tokenizer.unk_token not in (None, tokenizer.eos_token) else None
+        tokenizer.pad_token = spare or tokenizer.pad_token or tokenizer.eos_token
     return tokenizer
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-
-import torch
+import logging
 
 from tunesmith.errors import TunesmithError
 
-__all__ = ["bnb_config", "require_bitsandbytes", "keep_4bit_weights_unpacked"]
+__all__ = ["bnb_config", "require_bitsandbytes", "import_bitsandbytes", "keep_4bit_weights_unpacked"]
 
 _BNB_HINT = "pip install 'bitsandbytes>=0.46'"
+# On CPU, bitsandbytes logs at import that an optional kernel package (fetched from the hub on demand)
+# is absent, then uses its built-in kernels; the notice only alarms users. peft and transformers import
+# bitsandbytes on their own, so this is set before any of them runs.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 def require_bitsandbytes() -> None:
@@ -22,14 +25,23 @@ def require_bitsandbytes() -> None:
         )
 
 
-def bnb_config(load_in_4bit: bool, load_in_8bit: bool, compute_dtype: torch.dtype):
+def import_bitsandbytes():
+    """Import bitsandbytes, with an install hint when it is missing."""
+    require_bitsandbytes()
+    import bitsandbytes
+
+    return bitsandbytes
+
+
+def bnb_config(load_in_4bit: bool, load_in_8bit: bool, compute_dtype):
     """The transformers ``BitsAndBytesConfig`` for the request, or None for full-precision weights.
 
     4-bit uses NF4 with double quantization (QLoRA's recipe); matmuls run in ``compute_dtype``.
     """
     if not (load_in_4bit or load_in_8bit):
         return None
-    require_bitsandbytes()
+    import_bitsandbytes()
+    import torch
     from transformers import BitsAndBytesConfig
 
     if load_in_8bit:
@@ -43,7 +55,7 @@ def bnb_config(load_in_4bit: bool, load_in_8bit: bool, compute_dtype: torch.dtyp
     )
 
 
-def keep_4bit_weights_unpacked(model: torch.nn.Module) -> int:
+def keep_4bit_weights_unpacked(model) -> int:
     """Turn off bitsandbytes' CPU repacking of 4-bit weights; returns how many modules were changed.
 
     On a CPU with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its bf16 kernel on the first

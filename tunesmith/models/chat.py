@@ -1,0 +1,138 @@
+"""``chat(model, tokenizer, "question")``: format with the model's own template, generate with the KV
+cache, stream tokens as they come, return the answer.
+
+The prompt comes from the tokenizer: a tunesmith :class:`PromptTemplate` stored as its chat template
+(training and inference then share one declaration), else its Jinja chat template with the generation
+prompt, else the plain text.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+import torch
+from transformers import TextStreamer
+
+from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.errors import TunesmithError
+from tunesmith.models.quantization import keep_4bit_weights_unpacked
+
+__all__ = ["chat", "build_prompt", "prompt_ids", "as_messages"]
+
+
+def as_messages(message_or_messages, system: str | None = None) -> list[dict]:
+    """A chat message list from a string or a list of ``{"role", "content"}`` dicts (system first)."""
+    if isinstance(message_or_messages, str):
+        messages = [{"role": "user", "content": message_or_messages}]
+    else:
+        messages = [dict(m) for m in message_or_messages]
+    for index, message in enumerate(messages):
+        if not isinstance(message.get("content"), str) or message.get("role") not in (
+            "system",
+            "user",
+            "assistant",
+        ):
+            raise TunesmithError(
+                f"Chat message {index} is {message!r}; each message needs a role of 'system', 'user' or "
+                "'assistant' and a text 'content'."
+            )
+    if not messages or messages[-1]["role"] != "user":
+        raise TunesmithError("The last chat message must come from the user: it is what the model answers.")
+    if system is not None:
+        messages = [{"role": "system", "content": system}, *[m for m in messages if m["role"] != "system"]]
+    return messages
+
+
+def build_prompt(tokenizer, messages) -> str:
+    """The exact text the model is given for ``messages`` (ending where the answer starts)."""
+    messages = as_messages(messages)
+    template = PromptTemplate.from_chat_template(getattr(tokenizer, "chat_template", None))
+    if template is not None:
+        # A PromptTemplate is single-turn: earlier turns render as trained, the last one as a prompt.
+        history = messages[:-1]
+        head = tokenizer.apply_chat_template(history, tokenize=False) if history else ""
+        return head + template.prompt(messages[-1]["content"])
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(m["content"] for m in messages if m["role"] != "system")
+
+
+def prompt_ids(tokenizer, messages) -> torch.Tensor:
+    """Token ids (1 x length) of :func:`build_prompt`.
+
+    A Jinja chat template writes its own special tokens, so none are added; a PromptTemplate or plain
+    prompt gets the tokenizer's usual ones (e.g. BOS), as training texts do.
+    """
+    text = build_prompt(tokenizer, messages)
+    jinja = bool(getattr(tokenizer, "chat_template", None)) and (
+        PromptTemplate.from_chat_template(tokenizer.chat_template) is None
+    )
+    return tokenizer(text, add_special_tokens=not jinja, return_tensors="pt").input_ids
+
+
+class _StreamTo(TextStreamer):
+    """A ``TextStreamer`` that writes to any text stream instead of stdout."""
+
+    def __init__(self, tokenizer, stream: TextIO):
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.stream = stream
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        self.stream.write(text + ("\n" if stream_end else ""))
+        self.stream.flush()
+
+
+def _stop_ids(model, tokenizer) -> list[int]:
+    """Every token that ends an answer: the generation config's EOS ids and the tokenizer's EOS."""
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [i for i in [*ids, tokenizer.eos_token_id] if i is not None]
+    return list(dict.fromkeys(ids))
+
+
+def chat(
+    model,
+    tokenizer,
+    message_or_messages,
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    stream: bool | TextIO = True,
+    system: str | None = None,
+) -> str:
+    """Answer a message (or continue a conversation) and return the answer text.
+
+    ``temperature=0`` decodes greedily (same answer every time); above 0 it samples. ``stream=True``
+    prints tokens to stdout as they come, a text stream receives them instead, ``False`` stays quiet.
+    """
+    if max_new_tokens < 1:
+        raise TunesmithError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+    if temperature < 0:
+        raise TunesmithError(f"temperature={temperature} must be 0 (greedy) or more (sampling).")
+    ids = prompt_ids(tokenizer, as_messages(message_or_messages, system)).to(model.device)
+    streamer = _StreamTo(tokenizer, sys.stdout if stream is True else stream) if stream else None
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    was_training = model.training
+    keep_4bit_weights_unpacked(model)  # an eval pass must not repack 4-bit weights (see quantization.py)
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                use_cache=True,
+                eos_token_id=_stop_ids(model, tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+                streamer=streamer,
+                **sampling,
+            )
+    finally:
+        model.train(was_training)
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
