@@ -1,0 +1,122 @@
+"""``save_pretrained_gguf``: a fine-tuned model (LoRA merged on the fly) as one GGUF file, plus an Ollama
+Modelfile beside it, optionally verified against llama.cpp.
+
+Everything that can be wrong with the request is checked before the first byte is written; the file
+is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from tunesmith.errors import TunesmithError
+from tunesmith.export._output import (
+    check_file_stem,
+    check_free_space,
+    check_output_dir,
+    disk_full_as_error,
+    partial_path,
+)
+from tunesmith.export.gguf_constants import QUANT_METHODS, QuantMethod, arch_info, quant_method
+from tunesmith.export.gguf_names import gguf_tensors
+from tunesmith.export.gguf_tokenizer import tokenizer_metadata
+from tunesmith.export.gguf_writer import estimate_bytes, write_gguf
+from tunesmith.export.merge import base_model_of, merged_tensors
+
+__all__ = ["save_pretrained_gguf", "gguf_file_name"]
+
+logger = logging.getLogger(__name__)
+
+
+def gguf_file_name(name: str, method: QuantMethod) -> str:
+    """``<name>.<QUANT>.gguf``, the file name llama.cpp users expect."""
+    return f"{name}.{method.label}.gguf"
+
+
+def _embedding_rows(model) -> int:
+    return int(base_model_of(model).get_input_embeddings().weight.shape[0])
+
+
+def _write_file(target: Path, method: QuantMethod, **write_args) -> None:
+    """Write ``target`` atomically; K-quants go through a 16-bit file that is removed afterwards."""
+    if not method.needs_llama_cpp:
+        with partial_path(target) as tmp:
+            write_gguf(tmp, method=method, **write_args)
+        return
+    from tunesmith.export.kquant import quantize_with_llama_cpp
+
+    intermediate = QUANT_METHODS[method.intermediate or "f16"]
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
+        source = Path(scratch) / gguf_file_name("intermediate", intermediate)
+        write_gguf(source, method=intermediate, **write_args)
+        with partial_path(target) as tmp:
+            quantize_with_llama_cpp(source, tmp, method)
+
+
+def save_pretrained_gguf(
+    model,
+    save_directory: str | os.PathLike,
+    tokenizer=None,
+    quantization_method: str = "q8_0",
+    *,
+    name: str | None = None,
+    modelfile: bool | None = None,
+    prompt_template=None,
+    num_ctx: int | None = None,
+    overwrite: bool = False,
+    verify: bool = False,
+) -> Path:
+    """Write ``save_directory/<name>.<QUANT>.gguf`` (and an Ollama ``Modelfile``); return the GGUF path.
+
+    ``quantization_method``: f32, f16, bf16, q8_0 (default), q4_0 (pure Python) or q4_k_m, q5_k_m, q6_k
+    (llama.cpp's quantizer, needs ``pip install "tunesmith[verify]"``). LoRA adapters are merged tensor by
+    tensor; 4-bit bases are dequantized. ``name`` defaults to the folder name. ``modelfile``: True
+    requires one (error when no prompt format is known), None writes one when the tokenizer has a chat
+    template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the model's context
+    length. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
+    """
+    from tunesmith.export.ollama import plan_modelfile, write_modelfile
+
+    method = quant_method(quantization_method)
+    config = base_model_of(model).config
+    arch = arch_info(getattr(config, "model_type", ""))
+    folder = check_output_dir(save_directory, overwrite)
+    stem = check_file_stem(name if name is not None else (folder.resolve().name or "model"))
+    if tokenizer is None:
+        raise TunesmithError(
+            "save_pretrained_gguf needs the tokenizer the model was trained with: "
+            "model.save_pretrained_gguf(folder, tokenizer)."
+        )
+    if method.needs_llama_cpp:
+        from tunesmith.export.kquant import import_llama_cpp
+
+        import_llama_cpp(f"Quantization method '{method.name}'")
+    meta = tokenizer_metadata(tokenizer, _embedding_rows(model))
+    modelfile_plan = (
+        plan_modelfile(tokenizer, prompt_template, required=modelfile) if modelfile is not False else None
+    )
+    tensors = gguf_tensors(merged_tensors(model), arch, config)
+    target = folder / gguf_file_name(stem, method)
+    needed = estimate_bytes(tensors, method, meta) * (2 if method.needs_llama_cpp else 1)
+    check_free_space(folder, needed)
+    folder.mkdir(parents=True, exist_ok=True)
+    with disk_full_as_error(target):
+        _write_file(
+            target, method, arch=arch, config=config, tensors=tensors, tokenizer_meta=meta, model_name=stem
+        )
+        if modelfile_plan is not None:
+            write_modelfile(folder, target, modelfile_plan, num_ctx=num_ctx or config.max_position_embeddings)
+    logger.info("wrote %s", target)
+    if verify:
+        from tunesmith.export.verify import verify_gguf
+
+        report = verify_gguf(target, (model, tokenizer))
+        print(report.summary())
+        if not report.passed:
+            raise TunesmithError(
+                f"The GGUF file {target} failed verification against the PyTorch model:\n{report.summary()}"
+            )
+    return target

@@ -1,0 +1,206 @@
+"""Merge LoRA adapters into the base weights one tensor at a time, and save merged or adapter-only folders.
+
+For each adapted linear layer the merged weight is ``W' = dequant(W) + sum_a scale_a * B_a @ A_a`` (PEFT's
+``get_delta_weight``), computed only when that tensor is written; the model in memory is never changed
+and never copied, so peak extra memory is about one weight matrix. The GGUF writer reads the same stream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tunesmith._atomic import atomic_dir
+from tunesmith.errors import TunesmithError
+from tunesmith.export._output import check_free_space, check_output_dir, disk_full_as_error
+
+__all__ = ["TensorSource", "merged_tensors", "save_pretrained_merged", "SAVE_METHODS", "base_model_of"]
+
+SAVE_METHODS = ("merged_16bit", "lora")
+
+
+@dataclass(frozen=True)
+class TensorSource:
+    """One tensor of the merged model, named as in a transformers state dict, computed on demand."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    load: Callable[[], torch.Tensor]
+
+
+def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a PEFT wrapper (LoRA layers still in place), or ``model`` itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _dense(weight: torch.Tensor) -> torch.Tensor:
+    """A floating-point copy-free view of a weight, dequantizing bitsandbytes 4-/8-bit storage."""
+    kind = type(weight).__name__
+    if kind == "Params4bit":
+        from bitsandbytes.functional import dequantize_4bit
+
+        return dequantize_4bit(weight.data, weight.quant_state)
+    if kind == "Int8Params" and getattr(weight, "SCB", None) is not None:
+        return weight.data.float() * (weight.SCB.float().unsqueeze(1) / 127.0)
+    return weight.detach()
+
+
+def _shape_dtype(weight: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
+    """The logical shape and dtype of a (possibly 4-bit packed) weight, without dequantizing it."""
+    state = getattr(weight, "quant_state", None)
+    if type(weight).__name__ == "Params4bit" and state is not None:
+        return tuple(state.shape), state.dtype
+    if type(weight).__name__ == "Int8Params":
+        return tuple(weight.shape), torch.float16
+    return tuple(weight.shape), weight.dtype
+
+
+def _merged_weight(layer: torch.nn.Module) -> torch.Tensor:
+    """``dequant(W) + delta`` of every active, not-yet-merged LoRA adapter of one PEFT layer."""
+    weight = _dense(layer.get_base_layer().weight)
+    if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
+        return weight  # already folded into W (or switched off): adding again would double it
+    out = weight.float()  # may be ``weight`` itself: only out-of-place sums below
+    for adapter in layer.active_adapters:
+        if adapter not in layer.lora_A:
+            continue
+        if layer.use_dora.get(adapter, False):
+            raise TunesmithError(
+                f"The adapter '{adapter}' uses DoRA, which tunesmith cannot merge yet. Save the adapter alone "
+                "with save_method='lora', or train without use_dora."
+            )
+        out = out + layer.get_delta_weight(adapter).float()
+    return out.to(weight.dtype)
+
+
+def _lora_sources(name: str, layer: torch.nn.Module) -> Iterator[TensorSource]:
+    base = layer.get_base_layer()
+    shape, dtype = _shape_dtype(base.weight)
+    yield TensorSource(f"{name}.weight", shape, dtype, lambda: _merged_weight(layer))
+    if getattr(base, "bias", None) is not None:
+        yield TensorSource(f"{name}.bias", tuple(base.bias.shape), base.bias.dtype, base.bias.detach)
+
+
+def _plain_sources(prefix: str, module: torch.nn.Module) -> Iterator[tuple[TensorSource, torch.Tensor]]:
+    for pname, param in module.named_parameters(recurse=False):
+        shape, dtype = _shape_dtype(param)
+        yield TensorSource(f"{prefix}{pname}", shape, dtype, lambda p=param: _dense(p)), param
+
+
+def merged_tensors(model: torch.nn.Module) -> list[TensorSource]:
+    """Every weight of the merged model, in module order, named as ``save_pretrained`` names them.
+
+    Tied weights appear once (under their first name, e.g. ``model.embed_tokens.weight``). Only
+    descriptions are built here; each tensor is computed when its ``load()`` is called.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    base = base_model_of(model)
+    sources: list[TensorSource] = []
+    seen: set[int] = set()
+    done: list[str] = []
+    for name, module in base.named_modules():
+        if any(name.startswith(prefix) for prefix in done):
+            continue
+        if isinstance(module, LoraLayer):
+            sources.extend(_lora_sources(name, module))
+            done.append(name + ".")
+            continue
+        if isinstance(module, ModulesToSaveWrapper):
+            active = (
+                module.modules_to_save[module.active_adapter]
+                if module.modules_to_save
+                else module.original_module
+            )
+            for sub, child in active.named_modules():
+                for source, param in _plain_sources(".".join(filter(None, [name, sub])) + ".", child):
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        sources.append(source)
+            done.append(name + ".")
+            continue
+        for source, param in _plain_sources(f"{name}." if name else "", module):
+            if id(param) not in seen:
+                seen.add(id(param))
+                sources.append(source)
+    return sources
+
+
+def _save_dtype(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.dtype:
+    """16-bit dtype of the merged weights: the model's own 16-bit dtype, else float16."""
+    if dtype is not None:
+        return dtype
+    for param in base_model_of(model).parameters():
+        if param.dtype in (torch.float16, torch.bfloat16):
+            return param.dtype
+    config_dtype = getattr(getattr(model, "config", None), "dtype", None)
+    return config_dtype if config_dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def _write_config(model: torch.nn.Module, folder: Path, dtype: torch.dtype) -> None:
+    """config.json (without the quantization of a 4-bit base) and generation_config.json."""
+    base = base_model_of(model)
+    config = base.config.to_dict()
+    config.pop("quantization_config", None)
+    config["dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    generation = getattr(base, "generation_config", None)
+    if generation is not None:
+        generation.save_pretrained(folder)
+
+
+def _save_adapter(model: torch.nn.Module, folder: Path) -> None:
+    if not hasattr(model, "peft_config"):
+        raise TunesmithError(
+            f"save_method='lora' saves a LoRA adapter, but this {type(model).__name__} has none. Add one with "
+            "FastLanguageModel.get_peft_model(model, ...) and train it, or use save_method='merged_16bit'."
+        )
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def save_pretrained_merged(
+    model: torch.nn.Module,
+    save_directory: str | os.PathLike,
+    tokenizer=None,
+    save_method: str = "merged_16bit",
+    *,
+    max_shard_size: int | str = "5GB",
+    dtype: torch.dtype | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` (LoRA merged in) as a plain transformers folder, or its LoRA adapter alone.
+
+    ``save_method``: ``"merged_16bit"`` writes sharded safetensors + ``config.json`` + tokenizer that
+    ``AutoModelForCausalLM.from_pretrained`` loads without PEFT; ``"lora"`` writes the PEFT adapter
+    (``adapter_config.json`` + ``adapter_model.safetensors``). 4-bit bases are dequantized first.
+    Returns the folder. The folder appears complete or not at all.
+    """
+    from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
+
+    if save_method not in SAVE_METHODS:
+        raise TunesmithError(
+            f"save_method={save_method!r} is not known. Use one of: {', '.join(SAVE_METHODS)} "
+            "(for GGUF files use save_pretrained_gguf)."
+        )
+    folder = check_output_dir(save_directory, overwrite)
+    with disk_full_as_error(folder), atomic_dir(folder) as tmp:
+        if save_method == "lora":
+            _save_adapter(model, tmp)
+        else:
+            target = _save_dtype(model, dtype)
+            sources = merged_tensors(model)
+            shards = shard_plan(sources, target, parse_size(max_shard_size))
+            check_free_space(folder.parent, sum(s.nbytes for s in shards))
+            write_shards(shards, tmp, target)
+            _write_config(model, tmp, target)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return folder
