@@ -44,10 +44,8 @@ __all__ = [
     "apply_overrides",
     "dump_config",
     "default_config_path",
-    "DEFAULT_DATA_FILE",
 ]
 
-DEFAULT_DATA_FILE = "tunesmith/assets/data/medquad_en.jsonl"  # inside the package; see _default_data_file
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 EXPORT_FORMATS = ("gguf", "merged", "lora")
 QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
@@ -96,7 +94,11 @@ class DataConfig(_Section):
     eval_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of rows held out for eval loss")
     eval_file: StrictStr | None = Field(None, description="held-out rows from a separate file instead")
     max_rows: int | None = Field(None, ge=1, description="use at most this many training rows")
-    too_long: Literal["truncate", "refuse"] = Field("truncate", description="rows over max_seq_length")
+    fields: dict[StrictStr, StrictStr] | None = Field(
+        None, description="map tunesmith's field names to your columns, e.g. {instruction: Question}"
+    )
+    too_long: Literal["truncate", "error"] = Field("truncate", description="rows over max_seq_length")
+    duplicates: Literal["drop", "keep", "error"] = Field("drop", description="exact duplicate rows")
     train_on_responses_only: bool = Field(True, description="loss on answer tokens only")
     encoding: StrictStr | None = Field(None, description="file encoding; empty: UTF-8 (with or without BOM)")
 
@@ -205,9 +207,9 @@ class RunConfig(_Section):
 
 
 def _default_data_file() -> Path:
-    from importlib import resources
+    from tunesmith.data.builtin import builtin_dataset_path
 
-    return Path(str(resources.files("tunesmith") / "assets" / "data" / "medquad_en.jsonl"))
+    return builtin_dataset_path("medquad_en")
 
 
 def default_config_path() -> Path:

@@ -1,0 +1,569 @@
+"""``run(config)``: the reference tutorial's whole flow, as one function that reads top to bottom.
+
+check -> load -> ask the probes -> data -> LoRA + held-out loss -> train -> held-out loss -> ask again
+-> export -> verify -> report. Each stage is a named function below, in run order; each prints one
+headed line and records what it found in the output folder's state file, so a failed or interrupted
+run keeps its results and the same command resumes it (finished stages are not repeated; training
+continues from its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.errors import TunesmithError
+from tunesmith.recipe.config import RunConfig, dump_config
+from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData, write_report
+from tunesmith.recipe.state import RunState, config_fingerprint, open_output_folder
+
+__all__ = ["run", "dry_run", "RunResult", "RunContext"]
+
+LOSS_PNG = "loss.png"
+
+
+@dataclass
+class RunResult:
+    """What a run produced (paths are inside ``folder``)."""
+
+    folder: Path
+    finished: bool
+    status: str
+    report_md: Path | None = None
+    report_html: Path | None = None
+    eval_loss_before: float | None = None
+    eval_loss_after: float | None = None
+    probes: list[ProbeAnswer] = field(default_factory=list)
+    exports: list[ExportFile] = field(default_factory=list)
+    verification: dict[str, Any] | None = None
+
+
+@dataclass
+class RunContext:
+    """What the stages hand to each other: the config, the folder state and the live objects."""
+
+    config: RunConfig
+    state: RunState
+    stage_count: int
+    model: Any = None
+    tokenizer: Any = None
+    prepared: Any = None  # tunesmith.data prepared train/eval sets and their statistics
+    trainer: Any = None
+    stage_number: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def folder(self) -> Path:
+        return self.state.folder
+
+    def stage(self, key: str, title: str, body: Callable[[RunContext], Any], *, once: bool = False) -> None:
+        """Run one stage: print its headed line, time it, record its result, name it in any failure.
+
+        ``once`` stages (their result is all that matters, e.g. probe answers) are skipped when an
+        earlier attempt finished them; the others rebuild live objects (model, trainer) every time.
+        """
+        self.stage_number += 1
+        head = f"[{self.stage_number}/{self.stage_count}] {title}"
+        if once and self.state.done(key):
+            print(f"{head} ... done in the earlier attempt", flush=True)
+            return
+        print(f"{head} ...", flush=True)
+        start = time.perf_counter()
+        try:
+            result = body(self)
+        except TunesmithError as err:
+            self._fail(key, title)
+            raise TunesmithError(
+                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed: {err} {self._kept()}"
+            ) from err
+        except KeyboardInterrupt:
+            self._stop(
+                "interrupted", f"interrupted during stage {self.stage_number}/{self.stage_count} ({title})"
+            )
+            raise
+        except Exception as err:
+            self._fail(key, title)
+            raise TunesmithError(
+                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed with an unexpected "
+                f"{type(err).__name__}: {err}. {self._kept()} Run again with --debug for the traceback."
+            ) from err
+        self.seconds[title] = self.seconds.get(title, 0.0) + time.perf_counter() - start
+        if not self.interrupted:
+            self.state.complete(key, result)
+
+    def _kept(self) -> str:
+        return (
+            f"What earlier stages produced is kept in {self.folder} (report.md lists it); fix the cause "
+            "and run the same command again to continue from there."
+        )
+
+    def _fail(self, key: str, title: str) -> None:
+        self._stop("failed", f"failed at stage {self.stage_number}/{self.stage_count} ({title})")
+
+    def _stop(self, status: str, text: str) -> None:
+        self.state.status = status
+        self.state.save()
+        write_report(report_data(self, text), self.folder)
+
+
+def run(config: RunConfig) -> RunResult:
+    """Fine-tune, compare, export, verify and report, as ``config`` says (see the module docstring)."""
+    state = open_output_folder(
+        Path(config.output.folder), config_fingerprint(_json(config)), config.output.overwrite
+    )
+    ctx = RunContext(config=config, state=state, stage_count=11)
+    if state.resumed:
+        print(
+            f"Resuming the unfinished run in {ctx.folder} (finished stages: {', '.join(state.completed) or 'none'})."
+        )
+    ctx.stage("check", "Checking the environment and the data file", check_environment)
+    ctx.stage("load", f"Loading the base model {config.model.name}", load_base_model)
+    ctx.stage("probes_before", "Asking the probe questions before training", probe_before, once=True)
+    ctx.stage("data", "Loading and formatting the data", prepare_data)
+    ctx.stage("lora", "Adding LoRA adapters and measuring the held-out loss", add_lora)
+    ctx.stage("train", f"Training for {config.training.max_steps} steps", train)
+    if ctx.interrupted:
+        return _interrupted(ctx)
+    ctx.stage("eval_after", "Measuring the held-out loss after training", eval_after, once=True)
+    ctx.stage("probes_after", "Asking the probe questions after training", probe_after, once=True)
+    ctx.stage("export", "Exporting " + ", ".join(config.export.formats), export, once=True)
+    ctx.stage("verify", "Verifying the GGUF in llama.cpp", verify, once=True)
+    ctx.stage("report", "Writing the report", report)
+    return _result(ctx, finished=True, status="finished")
+
+
+def dry_run(config: RunConfig) -> None:
+    """Check the config and the data (no model is loaded, nothing is written); raise on a problem."""
+    summary = check_data(config)
+    print(f"Config OK. Data OK: {summary}.")
+    print(f"A run would write to {Path(config.output.folder).resolve()}.")
+
+
+def check_data(config: RunConfig) -> str:
+    """Read and validate the data file(s) without a tokenizer: layout, fields, template, every row."""
+    from tunesmith.data import detect_layout, load_dataset_file
+    from tunesmith.data.validation import check_template_fields, find_duplicates, validate_rows
+
+    d, summaries = config.data, []
+    for path in filter(None, [d.file, d.eval_file]):
+        data = load_dataset_file(path, encoding=d.encoding)
+        layout, mapping = detect_layout(data.column_names, d.fields, path)
+        if d.format != "auto" and layout.name != d.format:
+            raise TunesmithError(
+                f"data.format is '{d.format}', but {path} looks like '{layout.name}' data (columns: "
+                f"{', '.join(data.column_names)}). Set data.format to '{layout.name}' or 'auto', or fix the file."
+            )
+        if d.prompt_template:
+            check_template_fields(PromptTemplate(d.prompt_template), mapping, data.column_names, path)
+        rows = data.to_list()
+        validate_rows(rows, layout, mapping, path)
+        repeats = len(find_duplicates(rows, mapping))
+        summaries.append(f"{Path(path).name}: {len(rows)} {layout.name} rows, {repeats} exact duplicates")
+    return "; ".join(summaries)
+
+
+# -- the stages, in run order ----------------------------------------------------------------------------
+
+
+def check_environment(ctx: RunContext) -> dict[str, str]:
+    """Versions, device and precision; the data file is read and checked before any model loads."""
+    env = _environment()
+    if ctx.config.export.verify and "gguf" in ctx.config.export.formats:
+        _require_llama_cpp()
+    summary = check_data(ctx.config)
+    print(f"    {env['device']}, torch {env['torch']}; data: {summary}")
+    return env
+
+
+def load_base_model(ctx: RunContext) -> None:
+    """Load the model and tokenizer, and give the tokenizer the prompt format the data will use."""
+    from tunesmith.data import get_chat_template
+    from tunesmith.models.loader import load
+
+    m = ctx.config.model
+    ctx.model, ctx.tokenizer = load(
+        m.name,
+        max_seq_length=m.max_seq_length,
+        dtype=None if m.dtype == "auto" else m.dtype,
+        load_in_4bit=m.load_in_4bit,
+        load_in_8bit=m.load_in_8bit,
+        trust_remote_code=m.trust_remote_code,
+    )
+    template = _template(ctx.config)
+    if isinstance(template, PromptTemplate):
+        ctx.tokenizer.chat_template = template.to_chat_template()  # probes, training and export share it
+    elif template is not None:
+        get_chat_template(ctx.tokenizer, template)
+
+
+def probe_before(ctx: RunContext) -> list[str]:
+    """Greedy answers of the base model (the same prompt format the fine-tuned model will see)."""
+    return _ask(ctx)
+
+
+def prepare_data(ctx: RunContext) -> dict[str, Any]:
+    """Read, validate, format and tokenize the data; split off the held-out rows."""
+    from tunesmith.data import prepare_dataset
+
+    d = ctx.config.data
+    ctx.prepared = prepare_dataset(
+        d.file,
+        ctx.tokenizer,
+        template=_template(ctx.config),
+        fields=d.fields,
+        max_seq_length=ctx.config.model.max_seq_length,
+        on_too_long=d.too_long,
+        duplicates=d.duplicates,
+        eval_split=d.eval_file or (d.eval_split or None),
+        responses_only=d.train_on_responses_only,
+        encoding=d.encoding,
+        limit=d.max_rows,
+        seed=ctx.config.training.seed,
+    )
+    stats = ctx.prepared.stats
+    print(f"    {stats.summary()}")
+    return stats.to_dict()
+
+
+def add_lora(ctx: RunContext) -> dict[str, float | None]:
+    """Wrap the model in LoRA adapters, build the trainer and measure the held-out loss before training."""
+    from tunesmith.training.lora import get_peft_model
+
+    lo = ctx.config.lora
+    ctx.model = get_peft_model(
+        ctx.model,
+        r=lo.r,
+        target_modules=lo.target_modules,
+        lora_alpha=lo.lora_alpha,
+        lora_dropout=lo.lora_dropout,
+        bias=lo.bias,
+        use_gradient_checkpointing=lo.use_gradient_checkpointing,
+        random_state=lo.random_state,
+        use_rslora=lo.use_rslora,
+    )
+    ctx.trainer = _build_trainer(ctx)
+    if "eval_loss_before" in ctx.state.results.get("lora", {}):
+        return ctx.state.results["lora"]
+    loss = _eval_loss(ctx)
+    print(f"    held-out loss before training: {_fmt(loss)}")
+    return {"eval_loss_before": loss}
+
+
+def train(ctx: RunContext) -> dict[str, Any]:
+    """Train with a progress bar; Ctrl-C stops after a checkpoint; a re-run resumes from the last one."""
+    from tunesmith.recipe.interrupt import StopOnInterrupt, graceful_interrupt
+
+    stopper = StopOnInterrupt()
+    ctx.trainer.add_callback(stopper)
+    resume = _last_checkpoint(ctx) is not None
+    if resume:
+        print(f"    resuming from {_last_checkpoint(ctx).name}")
+    with graceful_interrupt(stopper):
+        ctx.trainer.train(resume_from_checkpoint=True if resume else None)
+    _plot_loss(ctx)
+    if stopper.requested:
+        ctx.interrupted = True
+    losses = _train_losses(ctx)
+    return {"losses": losses, "steps": ctx.trainer.state.global_step}
+
+
+def eval_after(ctx: RunContext) -> dict[str, float | None]:
+    """The held-out loss after training (the same rows as before)."""
+    loss = _eval_loss(ctx)
+    before = ctx.state.results.get("lora", {}).get("eval_loss_before")
+    print(f"    held-out loss: {_fmt(before)} before -> {_fmt(loss)} after")
+    return {"eval_loss_after": loss}
+
+
+def probe_after(ctx: RunContext) -> list[str]:
+    """Greedy answers of the fine-tuned model to the same questions."""
+    return _ask(ctx)
+
+
+def export(ctx: RunContext) -> dict[str, Any]:
+    """Write the configured formats: GGUF (+ Ollama Modelfile), merged 16-bit folder, LoRA adapter."""
+    from tunesmith.export.gguf import save_pretrained_gguf
+    from tunesmith.export.merge import save_pretrained_merged
+
+    ex, out = ctx.config.export, {}
+    name = _model_name(ctx)
+    if "lora" in ex.formats:
+        save_pretrained_merged(ctx.model, ctx.folder / "lora", ctx.tokenizer, save_method="lora")
+        out["lora"] = "lora"
+    if "merged" in ex.formats:
+        save_pretrained_merged(ctx.model, ctx.folder / "merged", ctx.tokenizer, save_method="merged_16bit")
+        out["merged"] = "merged"
+    if "gguf" in ex.formats:
+        gguf = save_pretrained_gguf(
+            ctx.model,
+            ctx.folder / "gguf",
+            ctx.tokenizer,
+            quantization_method=ex.quant,
+            modelfile=ex.modelfile,
+            name=name,
+        )
+        out["gguf"] = Path(gguf).relative_to(ctx.folder).as_posix()
+        if ex.modelfile:
+            out["modelfile"] = (Path(gguf).parent / "Modelfile").relative_to(ctx.folder).as_posix()
+    return out
+
+
+def verify(ctx: RunContext) -> dict[str, Any] | None:
+    """Load the GGUF in llama.cpp and compare tokens and next-token choices with the PyTorch model."""
+    gguf = ctx.state.results.get("export", {}).get("gguf")
+    if not (ctx.config.export.verify and gguf):
+        print("    skipped (no GGUF, or export.verify is false)")
+        return None
+    from tunesmith.export.verify import verify_gguf
+
+    result = verify_gguf(ctx.folder / gguf, against=ctx.model, tokenizer=ctx.tokenizer)
+    print(f"    {result.summary()}")
+    if not result.passed:
+        raise TunesmithError(f"The GGUF {gguf} does not behave like the trained model: {result.summary()}.")
+    return result.to_dict()
+
+
+def report(ctx: RunContext) -> None:
+    """Write report.md and report.html and mark the run finished."""
+    ctx.state.status = "finished"
+    md, html = write_report(report_data(ctx, "finished"), ctx.folder)
+    print(f"    {html}")
+
+
+# -- helpers ---------------------------------------------------------------------------------------------
+
+
+def _json(config: RunConfig) -> dict[str, Any]:
+    return json.loads(config.model_dump_json())
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _template(config: RunConfig):
+    """The data's prompt format: a PromptTemplate, a chat template name, or None (the tokenizer's own)."""
+    if config.data.prompt_template:
+        return PromptTemplate(config.data.prompt_template)
+    return config.data.chat_template
+
+
+def _environment() -> dict[str, str]:
+    import platform
+
+    import torch
+    import transformers
+
+    from tunesmith import __version__
+    from tunesmith.models.device import is_bfloat16_supported, resolve_device
+
+    device = resolve_device(None)
+    return {
+        "tunesmith": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
+        "bf16": "yes" if is_bfloat16_supported(device) else "no",
+        "CPU threads": str(torch.get_num_threads()),
+        "platform": platform.platform(),
+    }
+
+
+def _require_llama_cpp() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise TunesmithError(
+            "export.verify is on, but llama-cpp-python (which loads the GGUF to check it) is not installed. "
+            "Install it with `pip install 'tunesmith[verify]'` (it compiles llama.cpp once, a few minutes), "
+            "or skip the check with --set export.verify=false."
+        )
+
+
+def _ask(ctx: RunContext) -> list[str]:
+    from tunesmith.models.chat import chat
+
+    answers = []
+    for question in ctx.config.probes:
+        answer = chat(
+            ctx.model,
+            ctx.tokenizer,
+            question,
+            max_new_tokens=ctx.config.generation.max_new_tokens,
+            stream=False,
+        )
+        print(f"    Q: {question}\n    A: {_one_line(answer)}")
+        answers.append(answer)
+    return answers
+
+
+def _one_line(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 3] + "..."
+
+
+def _build_trainer(ctx: RunContext):
+    from tunesmith.training import SFTTrainer, TrainingArguments
+
+    t = ctx.config.training
+    args = TrainingArguments(
+        output_dir=str(ctx.folder / "checkpoints"),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        optim=t.optim,
+        weight_decay=t.weight_decay,
+        lr_scheduler_type=t.lr_scheduler_type,
+        seed=t.seed,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        report_to="none",
+    )
+    return SFTTrainer(
+        model=ctx.model,
+        tokenizer=ctx.tokenizer,
+        train_dataset=ctx.prepared.train,
+        eval_dataset=ctx.prepared.eval,
+        args=args,
+    )
+
+
+def _eval_loss(ctx: RunContext) -> float | None:
+    if ctx.prepared.eval is None or len(ctx.prepared.eval) == 0:
+        return None
+    return float(ctx.trainer.evaluate()["eval_loss"])
+
+
+def _last_checkpoint(ctx: RunContext) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = ctx.folder / "checkpoints"
+    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    return Path(found) if found else None
+
+
+def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in ctx.trainer.state.log_history if "loss" in h and "step" in h]
+
+
+def _plot_loss(ctx: RunContext) -> None:
+    from tunesmith.training.plot import plot_loss
+
+    plot_loss(ctx.trainer.state.log_history, ctx.folder / LOSS_PNG)
+
+
+def _model_name(ctx: RunContext) -> str:
+    import re
+
+    raw = ctx.config.export.name or ctx.folder.resolve().name
+    return re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("-._") or "tunesmith-model"
+
+
+def report_data(ctx: RunContext, status: str) -> ReportData:
+    """Everything the report shows, from the state file's results (so partial runs report too)."""
+    res = ctx.state.results
+    before, after = res.get("probes_before") or [], res.get("probes_after") or []
+    probes = [
+        ProbeAnswer(q, before[i] if i < len(before) else None, after[i] if i < len(after) else None)
+        for i, q in enumerate(ctx.config.probes)
+    ]
+    exported = res.get("export") or {}
+    png = ctx.folder / LOSS_PNG
+    return ReportData(
+        title=f"tunesmith run: {ctx.folder.name}",
+        status=status,
+        config_yaml=dump_config(ctx.config),
+        environment=res.get("check") or {},
+        data_stats=_data_rows(res.get("data") or {}),
+        loss_png=png if png.is_file() else None,
+        train_losses=[tuple(x) for x in (res.get("train") or {}).get("losses", [])],
+        eval_loss_before=(res.get("lora") or {}).get("eval_loss_before"),
+        eval_loss_after=(res.get("eval_after") or {}).get("eval_loss_after"),
+        probes=probes,
+        exports=_export_files(ctx.folder, exported),
+        verification=res.get("verify"),
+        ollama_name=_model_name(ctx) if exported.get("modelfile") else None,
+        modelfile=exported.get("modelfile"),
+        gguf_file=exported.get("gguf"),
+        llama_prompt=_rendered_prompt(ctx),
+        stage_seconds=dict(ctx.seconds),
+    )
+
+
+def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
+    names = {
+        "source": "file",
+        "layout": "layout",
+        "template": "prompt format",
+        "rows": "training rows",
+        "eval_rows": "held-out rows",
+        "tokens": "training tokens",
+        "answer_tokens": "answer tokens (carry the loss)",
+        "max_tokens": "longest row (tokens)",
+        "truncated": "rows truncated",
+        "dropped_no_answer": "rows dropped (answer cut off)",
+        "duplicates": "duplicate rows",
+        "max_seq_length": "max_seq_length",
+    }
+    return {label: stats[key] for key, label in names.items() if key in stats}
+
+
+def _export_files(folder: Path, exported: dict[str, str]) -> list[ExportFile]:
+    files = []
+    for kind, rel in exported.items():
+        path = folder / rel
+        if path.is_dir():
+            files += [
+                ExportFile(p.relative_to(folder).as_posix(), kind, p.stat().st_size)
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+            ]
+        elif path.is_file():
+            files.append(ExportFile(rel, kind, path.stat().st_size))
+    return files
+
+
+def _rendered_prompt(ctx: RunContext) -> str | None:
+    from tunesmith.models.chat import build_prompt
+
+    if ctx.tokenizer is None or not ctx.config.probes:
+        return None
+    return build_prompt(ctx.tokenizer, ctx.config.probes[0])
+
+
+def _result(ctx: RunContext, finished: bool, status: str) -> RunResult:
+    data = report_data(ctx, status)
+    return RunResult(
+        folder=ctx.folder,
+        finished=finished,
+        status=status,
+        report_md=ctx.folder / "report.md",
+        report_html=ctx.folder / "report.html",
+        eval_loss_before=data.eval_loss_before,
+        eval_loss_after=data.eval_loss_after,
+        probes=data.probes,
+        exports=data.exports,
+        verification=data.verification,
+    )
+
+
+def _interrupted(ctx: RunContext) -> RunResult:
+    step = ctx.trainer.state.global_step
+    status = f"interrupted at training step {step} of {ctx.config.training.max_steps}"
+    ctx._stop("interrupted", status)
+    print(
+        f"Stopped at step {step}: a checkpoint and the loss curve are in {ctx.folder}. "
+        "Run the same command again to resume.",
+        file=sys.stderr,
+    )
+    return _result(ctx, finished=False, status=status)
