@@ -42,10 +42,11 @@ _KNOWN = sorted({f for layout in LAYOUTS.values() for f in layout.fields})
 
 
 def detect_layout(
-    columns, fields: dict[str, str] | None = None, source: str = "the data"
+    columns, fields: dict[str, str] | None = None, source: str = "the data", layout: str | None = None
 ) -> tuple[Layout, dict]:
     """The layout of a data set with these ``columns``, and the mapping {tunesmith field: column}.
 
+    ``layout`` forces a layout by name instead of recognising it.
     ``fields`` overrides the mapping for named fields. Raises a TunesmithError naming the columns found,
     the closest known names, and how to map them.
     """
@@ -60,10 +61,12 @@ def detect_layout(
                 + f". Its columns are: {', '.join(columns)}."
             )
     available = set(columns) | set(fields)
-    for layout in LAYOUTS.values():
-        if all(name in available for name in layout.required):
-            mapping = {name: fields.get(name, name) for name in layout.fields if name in available}
-            return layout, mapping
+    if layout is not None and layout not in LAYOUTS:
+        raise TunesmithError(f"Unknown layout '{layout}'; known: {', '.join(LAYOUTS)}.")
+    for candidate in [LAYOUTS[layout]] if layout else LAYOUTS.values():
+        if all(name in available for name in candidate.required):
+            mapping = {name: fields.get(name, name) for name in candidate.fields if name in available}
+            return candidate, mapping
     raise TunesmithError(_no_layout_message(columns, source))
 
 

@@ -157,6 +157,7 @@ def prepare_dataset(
     limit: int | None = None,
     seed: int = 3407,
     split: str = "train",
+    layout: str | None = None,
 ) -> PreparedData:
     """Load, validate, format and tokenize training data; see the module docstring for the steps.
 
@@ -164,7 +165,8 @@ def prepare_dataset(
     "own", or None (the tokenizer's chat template, else an Alpaca-style prompt template). The tokenizer's
     chat template is set to match, so inference and export use the same format. ``eval_split``: a fraction
     of the rows (e.g. 0.1), a file or a ``datasets`` object held out for evaluation. ``limit``: use only the
-    first N rows. ``responses_only``: loss on answer tokens only.
+    first N rows. ``responses_only``: loss on answer tokens only. ``layout`` forces a layout
+    ("alpaca", "sharegpt", "messages", "prompt_completion", "text") instead of recognising it.
     """
     import datasets
 
@@ -172,7 +174,7 @@ def prepare_dataset(
     data = load_dataset_file(source, encoding=encoding, split=split)
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
-    layout, mapping = detect_layout(data.column_names, fields, name)
+    layout, mapping = detect_layout(data.column_names, fields, name, layout)
     prompt_template, template_label = _choose_template(template, tokenizer, layout.name)
     if prompt_template is not None:
         check_template_fields(prompt_template, mapping, data.column_names, name)

@@ -93,11 +93,19 @@ def _enable_checkpointing(model: torch.nn.Module, mode) -> None:
         raise TunesmithError(
             f'use_gradient_checkpointing={mode!r} is not understood; use "unsloth" (the best mode), True or False.'
         )
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; older versions have the old name.
+    new_api = hasattr(model, "activation_checkpointing_enable")
     if mode is False:
-        if hasattr(model, "gradient_checkpointing_disable"):
-            model.gradient_checkpointing_disable()
+        disable = getattr(
+            model, "activation_checkpointing_disable" if new_api else "gradient_checkpointing_disable", None
+        )
+        if disable is not None:
+            disable()
         return
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if new_api:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     # LoRA leaves the embeddings frozen; checkpointed blocks still need an input that requires grad.
     model.enable_input_require_grads()
 

@@ -1,0 +1,125 @@
+"""Training arguments that take the tutorial's settings as they are and pick device and precision themselves.
+
+transformers' own ``TrainingArguments(bf16=True)`` raises on a machine without a GPU. Here ``fp16``/``bf16``
+say "use half precision if you can": on a GPU, bf16 where supported, else fp16; on a CPU, bf16 autocast
+where the CPU has native bf16, else fp32. ``SFTConfig`` is the same class (it is TRL's ``SFTConfig``
+underneath), so TRL's current argument names work too; the tutorial's ``max_seq_length`` maps to ``max_length``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+
+import torch
+import trl
+
+from tunesmith.errors import TunesmithError
+
+__all__ = ["TrainingArguments", "SFTConfig", "as_tunesmith_arguments", "EIGHT_BIT_OPTIMIZERS"]
+
+logger = logging.getLogger(__name__)
+
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit", "lion_8bit", "paged_lion_8bit")
+
+
+def _cpu_has_bf16() -> bool:
+    from tunesmith.models.device import cpu_has_bf16
+
+    return cpu_has_bf16()
+
+
+@dataclass
+class TrainingArguments(trl.SFTConfig):
+    """``trl.SFTConfig`` with tunesmith's defaults, device/precision resolution and the tutorial's names.
+
+    Differences from TRL: activation (gradient) checkpointing defaults to off (``get_peft_model`` turns it on),
+    ``report_to`` defaults to "none" (nothing leaves the machine), ``fp16``/``bf16`` are requests resolved
+    against the hardware (see :attr:`precision`).
+    """
+
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={"help": "Deprecated alias of activation_checkpointing; get_peft_model sets it."},
+    )
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "Trackers; none by default."})
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "The tutorial's name for max_length (longest training sequence)."}
+    )
+    on_too_long: str = field(
+        default="truncate",
+        metadata={"help": "Rows longer than max_length: 'truncate' (counted) or 'error' (refuse)."},
+    )
+    held_out_eval: bool = field(
+        default=True, metadata={"help": "With an eval set, measure held-out loss before and after training."}
+    )
+
+    def __post_init__(self):
+        if self.max_seq_length is not None:
+            self.max_length = self.max_seq_length
+        self.max_seq_length = self.max_length
+        if self.on_too_long not in ("truncate", "error"):
+            raise TunesmithError(f"on_too_long={self.on_too_long!r}: use 'truncate' or 'error'.")
+        self._resolve_precision()
+        self._check_optimizer()
+        super().__post_init__()
+
+    def _resolve_precision(self) -> None:
+        """Turn fp16/bf16 requests into what this machine can do (see the module docstring)."""
+        wants_half = bool(self.fp16) or self.bf16 is None or bool(self.bf16)
+        on_gpu = torch.cuda.is_available() and not self.use_cpu
+        if on_gpu:
+            bf16_ok = torch.cuda.is_bf16_supported()
+            prefer_bf16 = self.bf16 is not False or not self.fp16
+            self.bf16 = bool(wants_half and bf16_ok and prefer_bf16)
+            self.fp16 = bool(wants_half and not self.bf16)
+            return
+        self.use_cpu = True
+        asked_fp16 = bool(self.fp16)
+        self.bf16 = bool(wants_half and _cpu_has_bf16())
+        self.fp16 = False  # fp16 autocast on CPU is slow and unstable; bf16 or fp32 instead
+        if asked_fp16:
+            logger.info("fp16 requested on CPU: using %s instead.", "bf16 autocast" if self.bf16 else "fp32")
+
+    def _check_optimizer(self) -> None:
+        optim = str(getattr(self.optim, "value", self.optim))
+        if optim in EIGHT_BIT_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
+            raise TunesmithError(
+                f"optim='{optim}' needs bitsandbytes, which is not installed. Install it with "
+                "`pip install bitsandbytes`, or use optim='adamw_torch'."
+            )
+
+    @property
+    def precision(self) -> str:
+        """ "bf16", "fp16" or "fp32": what training actually uses."""
+        return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
+
+
+SFTConfig = TrainingArguments
+
+
+def as_tunesmith_arguments(args, **overrides) -> TrainingArguments:
+    """Our :class:`TrainingArguments` from None, ours, TRL's ``SFTConfig`` or transformers' ``TrainingArguments``.
+
+    ``overrides`` (the tutorial's trainer-level arguments such as ``dataset_text_field``) win over ``args``;
+    None values are ignored.
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args is None:
+        return TrainingArguments(output_dir=overrides.pop("output_dir", "outputs"), **overrides)
+    if isinstance(args, TrainingArguments) and not overrides:
+        return args
+    if isinstance(args, dict):
+        values = dict(args)
+    else:
+        values = args.to_dict()
+        for name in [k for k in values if k.endswith("_token")]:  # to_dict masks these as "<NAME>"
+            values[name] = getattr(args, name, None)
+    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    values = {k: v for k, v in values.items() if k in known and not k.startswith("gradient_checkpointing")}
+    if "max_length" in overrides:
+        values.pop("max_seq_length", None)
+    values.update(overrides)
+    return TrainingArguments(**values)

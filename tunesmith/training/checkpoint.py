@@ -1,0 +1,107 @@
+"""Checkpoints that are never half-written: each is saved into a hidden temporary folder, then renamed.
+
+transformers' Trainer writes ``checkpoint-N`` in place (weights, optimizer, scheduler, RNG state, trainer
+state), so a crash mid-save leaves a folder that ``resume_from_checkpoint=True`` would pick up. Here the
+whole save goes to ``.checkpoint-N.<random>.partial`` and is renamed to ``checkpoint-N`` only when complete;
+``get_last_checkpoint`` never matches the hidden name, and leftovers are removed when training starts.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+from tunesmith.errors import TunesmithError
+
+__all__ = ["AtomicCheckpointMixin", "remove_partial_checkpoints", "find_checkpoint"]
+
+
+def remove_partial_checkpoints(output_dir: str | os.PathLike) -> int:
+    """Delete temporary checkpoint folders left by a run killed while saving; returns how many."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial") if p.is_dir()]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return len(stale)
+
+
+def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
+    """The checkpoint folder to resume from (``True``: the latest in ``output_dir``), or a clear error."""
+    if resume_from_checkpoint in (None, False):
+        return None
+    if resume_from_checkpoint is True:
+        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if last is None:
+            raise TunesmithError(
+                f"resume_from_checkpoint=True, but {output_dir} holds no checkpoint-N folder to resume from. "
+                "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets how often "
+                "checkpoints are written)."
+            )
+        return last
+    if not os.path.isdir(resume_from_checkpoint):
+        raise TunesmithError(
+            f"resume_from_checkpoint={resume_from_checkpoint!r} is not a folder. Check the path."
+        )
+    return str(resume_from_checkpoint)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class AtomicCheckpointMixin:
+    """Mix into a ``transformers.Trainer`` subclass to make ``_save_checkpoint`` atomic (see the module docstring)."""
+
+    _staging_dir: Path | None = None
+
+    def _get_output_dir(self, trial):
+        if self._staging_dir is not None:
+            return str(self._staging_dir)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        run_dir = Path(super()._get_output_dir(trial))
+        run_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        finally:
+            self._staging_dir = None
+        self._publish(staging / name, run_dir / name)
+        shutil.rmtree(staging, ignore_errors=True)
+        if self.args.should_save:
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+            )
+
+    def _publish(self, saved: Path, final: Path) -> None:
+        """Rename the complete checkpoint into place (replacing an older save of the same step)."""
+        if self.state.best_global_step:  # the trainer looked for the best checkpoint in the staging folder
+            best = final.parent / f"{PREFIX_CHECKPOINT_DIR}-{self.state.best_global_step}"
+            if best.exists() or best == final:
+                self.state.best_model_checkpoint = str(best)
+                self.state.save_to_json(str(saved / TRAINER_STATE_NAME))
+        if final.exists():
+            old = final.with_name(f".{final.name}.old.partial")
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(saved, final)
+        _fsync_dir(final.parent)

@@ -1,0 +1,57 @@
+"""The loss curve as a PNG: training loss per logged step, held-out loss where it was measured."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tunesmith._atomic import atomic_file
+
+__all__ = ["plot_loss_curve", "read_log"]
+
+
+def read_log(log_path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines training log (a half-written last line is skipped)."""
+    records = []
+    path = Path(log_path)
+    if not path.exists():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def plot_loss_curve(
+    records: list[dict], png_path: str | os.PathLike, title: str = "Training loss"
+) -> Path | None:
+    """Draw loss against step from log records and write ``png_path`` atomically; None when nothing to draw."""
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
+    held_out = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and "step" in r]
+    if not train and not held_out:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 4), dpi=110)
+    axes = figure.add_subplot()
+    if train:
+        axes.plot(*zip(*train, strict=True), label="training loss", color="#1f77b4", linewidth=1.4)
+    if held_out:
+        axes.plot(*zip(*held_out, strict=True), "o--", label="held-out loss", color="#d62728")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    png_path = Path(png_path)
+    with atomic_file(png_path) as handle:
+        figure.savefig(handle, format="png")
+    png_path.chmod(0o644)  # the temporary file was private; the picture is for people to open
+    return png_path
