@@ -1,0 +1,155 @@
+"""RMSNorm (Llama, Qwen2): ``y = w * (x / sqrt(mean(x^2) + eps))``, one row per Triton program.
+
+Forward keeps only ``x`` (the caller's tensor, saved anyway by the residual stream) and one float32
+``rstd`` per row; backward recomputes the normalised row. Rounding follows transformers' LlamaRMSNorm:
+the normalised row is computed in float32, cast to the input dtype, then multiplied by the weight.
+
+Backward, with ``n = x * rstd`` and ``g = dy * w``:  ``dx = rstd * (g - n * mean(g * n))``,
+``dw = sum_rows(dy * n)``.  Source: Zhang & Sennrich 2019, https://arxiv.org/abs/1910.07467.
+"""
+
+import torch
+from torch import nn
+
+from tunesmith.kernels._triton import kernel_for, next_power_of_2, num_warps_for, on_gpu, tl, triton
+
+__all__ = [
+    "rms_norm_forward",
+    "rms_norm_backward",
+    "rms_norm_reference",
+    "RMSNormFunction",
+    "FastRMSNorm",
+]
+
+# Rows per program in the weight-gradient pass: each program sums its rows' dw into one float32
+# partial row, so the final reduction reads (rows / ROWS_PER_PROGRAM) x H instead of rows x H.
+ROWS_PER_PROGRAM = 16
+
+
+@triton.jit
+def _rms_norm_forward_kernel(X, W, Y, RSTD, stride, n_cols, eps, BLOCK: tl.constexpr):
+    """One row: 1. load x in float32; 2. rstd = 1/sqrt(mean(x^2)+eps); 3. y = w * cast(x*rstd)."""
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+    w = tl.load(W + cols, mask=mask, other=0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / n_cols + eps)
+    normed = (x * rstd).to(Y.dtype.element_ty)
+    tl.store(
+        Y + row * stride + cols, (normed.to(tl.float32) * w.to(tl.float32)).to(Y.dtype.element_ty), mask=mask
+    )
+    tl.store(RSTD + row, rstd)
+
+
+@triton.jit
+def _rms_norm_backward_kernel(
+    DY,
+    X,
+    W,
+    RSTD,
+    DX,
+    DW_PARTIAL,
+    stride,
+    n_rows,
+    n_cols,
+    ROWS: tl.constexpr,
+    BLOCK: tl.constexpr,
+    HAS_DW: tl.constexpr,
+):
+    """ROWS rows per program: dx per row; the float32 dw partial sum of those rows when HAS_DW."""
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    dw = tl.zeros((BLOCK,), dtype=tl.float32)
+    for i in range(ROWS):
+        row = (pid * ROWS + i).to(tl.int64)
+        if row < n_rows:
+            x = tl.load(X + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + row * stride + cols, mask=mask, other=0.0).to(tl.float32)
+            rstd = tl.load(RSTD + row)
+            n = x * rstd
+            g = dy * w
+            dx = rstd * (g - n * (tl.sum(g * n, axis=0) / n_cols))
+            tl.store(DX + row * stride + cols, dx.to(DX.dtype.element_ty), mask=mask)
+            if HAS_DW:
+                dw += dy * n.to(DX.dtype.element_ty).to(tl.float32)
+    if HAS_DW:
+        tl.store(DW_PARTIAL + pid * n_cols + cols, dw, mask=mask)
+
+
+def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel on ``x`` (..., H). Returns ``(y, rstd)``, rstd float32 per row."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).contiguous()
+    n_rows, n_cols = x2.shape
+    y = torch.empty_like(x2)
+    rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
+    block = next_power_of_2(n_cols)
+    kernel_for(_rms_norm_forward_kernel, x.device)[(n_rows,)](
+        x2, weight, y, rstd, x2.stride(0), n_cols, eps, BLOCK=block, num_warps=num_warps_for(block)
+    )
+    return y.view(shape), rstd
+
+
+def rms_norm_backward(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, need_dw: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the backward kernel. Returns ``(dx, dw)``; dw is None unless ``need_dw``."""
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).contiguous()
+    dy2 = dy.reshape(-1, shape[-1]).contiguous()
+    n_rows, n_cols = x2.shape
+    dx = torch.empty_like(x2)
+    programs = triton.cdiv(n_rows, ROWS_PER_PROGRAM)
+    partial = torch.empty((programs, n_cols) if need_dw else (1,), dtype=torch.float32, device=x.device)
+    block = next_power_of_2(n_cols)
+    kernel_for(_rms_norm_backward_kernel, x.device)[(programs,)](
+        dy2, x2, weight, rstd, dx, partial, x2.stride(0), n_rows, n_cols,
+        ROWS=ROWS_PER_PROGRAM, BLOCK=block, HAS_DW=need_dw, num_warps=num_warps_for(block),
+    )  # fmt: skip
+    dw = partial.sum(0).to(weight.dtype) if need_dw else None
+    return dx.view(shape), dw
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Pure PyTorch, rounding exactly as transformers' ``LlamaRMSNorm``."""
+    xf = x.to(torch.float32)
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """Autograd wrapper: saves ``x`` and the per-row ``rstd`` only."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        y, rstd = rms_norm_forward(x, weight, eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        dx, dw = rms_norm_backward(dy, x, weight, rstd, ctx.needs_input_grad[1])
+        return dx, dw, None
+
+
+class FastRMSNorm(nn.Module):
+    """Drop-in for a transformers RMSNorm: the Triton kernel on CUDA, the reference elsewhere.
+
+    The original module is kept, unregistered, as ``base_layer``; its weight is registered here under
+    the same name (shared, not copied), so ``state_dict`` keys do not change.
+    """
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.__dict__["base_layer"] = base_layer
+        self.weight = base_layer.weight
+        self.eps = float(getattr(base_layer, "variance_epsilon", getattr(base_layer, "eps", 1e-6)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if on_gpu(x, self.weight):
+            return RMSNormFunction.apply(x, self.weight, self.eps)
+        return rms_norm_reference(x, self.weight, self.eps)

@@ -1,0 +1,158 @@
+"""Turn the fast GPU path on and off for a loaded transformers model: ``apply_fast_path`` / ``unpatch``.
+
+The fast path swaps modules of the model instance (``setattr`` on their parents), never the library:
+RMSNorms, each decoder layer's attention and MLP, and the output projection, whose loss becomes the
+fused chunked cross-entropy through transformers' own ``loss_function`` setter. It also installs smart
+checkpointing. Llama-family and Qwen2 models get it; other architectures keep the plain path with a
+one-line notice. Apply it after ``get_peft_model`` (the wrappers read the LoRA layers at every step, so
+adapters added later are used too, but the model you call must be the one patched).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from tunesmith.models.patch_checkpoint import SmartCheckpointing
+from tunesmith.models.patch_modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
+from tunesmith.models.registry import family_of
+
+__all__ = ["apply_fast_path", "unpatch", "FastPathState", "FAST_PATH_ARCHITECTURES"]
+
+logger = logging.getLogger(__name__)
+
+# transformers model types whose decoder layers have the Llama layout the wrappers read.
+FAST_PATH_ARCHITECTURES = ("llama", "mistral", "qwen2")
+_STATE = "_tunesmith_fast_path"
+
+
+@dataclass
+class FastPathState:
+    """What ``apply_fast_path`` changed, so ``unpatch`` can undo exactly that."""
+
+    swaps: list[tuple[nn.Module, str, nn.Module]] = field(default_factory=list)  # (parent, name, original)
+    hooks: list = field(default_factory=list)
+    causal_lm: nn.Module | None = None
+    had_loss_function: bool = False
+    old_loss_function: object = None
+    checkpointing: SmartCheckpointing | None = None
+
+
+def _causal_lm(model: nn.Module) -> nn.Module:
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _swap(state: FastPathState, parent: nn.Module, name: str, wrapper_cls) -> None:
+    original = getattr(parent, name)
+    setattr(parent, name, wrapper_cls(original))
+    state.swaps.append((parent, name, original))
+
+
+def _swap_layers(state: FastPathState, decoder: nn.Module) -> None:
+    for layer in decoder.layers:
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            _swap(state, layer, name, FastRMSNorm)
+        _swap(state, layer, "self_attn", FastAttention)
+        _swap(state, layer, "mlp", FastMLP)
+    _swap(state, decoder, "norm", FastRMSNorm)
+
+
+def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
+    """Swap the output projection and route the causal-LM loss through the fused cross-entropy."""
+    head = getattr(causal_lm, "lm_head", None)
+    if type(head) is not nn.Linear:  # an adapted or quantized head keeps the plain loss
+        return
+    _swap(state, causal_lm, "lm_head", FusedLMHead)
+    fused: FusedLMHead = causal_lm.lm_head
+    state.had_loss_function = "_loss_function" in causal_lm.__dict__
+    state.old_loss_function = causal_lm.loss_function
+
+    def defer_when_training(module, args, kwargs):
+        import torch
+
+        fused.defer = kwargs.get("labels") is not None and module.training and torch.is_grad_enabled()
+
+    def stop_deferring(module, args, kwargs, output):
+        fused.defer, fused.stash = False, None
+
+    def loss_function(
+        logits,
+        labels,
+        vocab_size=None,
+        num_items_in_batch=None,
+        ignore_index=-100,
+        shift_labels=None,
+        **kwargs,
+    ):
+        if fused.stash is None:
+            return state.old_loss_function(
+                logits,
+                labels,
+                vocab_size,
+                num_items_in_batch=num_items_in_batch,
+                ignore_index=ignore_index,
+                shift_labels=shift_labels,
+                **kwargs,
+            )
+        return fused.loss(labels, ignore_index, num_items_in_batch, shift_labels)
+
+    state.hooks.append(causal_lm.register_forward_pre_hook(defer_when_training, with_kwargs=True))
+    state.hooks.append(causal_lm.register_forward_hook(stop_deferring, with_kwargs=True))
+    causal_lm.loss_function = loss_function  # transformers' own setter for a custom loss
+
+
+def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, offload: bool = False) -> bool:
+    """Swap in tunesmith's fused modules; returns True when the fast path is on.
+
+    ``max_memory_gb`` caps the memory smart checkpointing plans for (default: most of the GPU);
+    ``offload`` lets checkpointed activations go to pinned CPU memory when even full checkpointing
+    does not fit. Calling it twice is a no-op. ``unpatch(model)`` restores the original modules.
+    """
+    if getattr(model, _STATE, None) is not None:
+        return True
+    causal_lm = _causal_lm(model)
+    config = getattr(causal_lm, "config", None)
+    model_type = getattr(config, "model_type", "")
+    family = family_of(model_type)
+    decoder = getattr(causal_lm, "model", None)
+    if (
+        model_type not in FAST_PATH_ARCHITECTURES
+        or family is None
+        or not family.fast_path
+        or not hasattr(decoder, "layers")
+    ):
+        logger.warning(
+            "tunesmith: no fast path for model type %r yet; training on the plain transformers path.",
+            model_type,
+        )
+        return False
+    state = FastPathState(causal_lm=causal_lm)
+    _swap_layers(state, decoder)
+    _install_fused_loss(state, causal_lm)
+    state.checkpointing = SmartCheckpointing(decoder, decoder.layers, config, max_memory_gb, offload)
+    model.__dict__[_STATE] = state
+    return True
+
+
+def unpatch(model: nn.Module) -> None:
+    """Put back every original module, hook, loss function and checkpointing switch. No-op when unpatched."""
+    state: FastPathState | None = model.__dict__.pop(_STATE, None)
+    if state is None:
+        return
+    if state.checkpointing is not None:
+        state.checkpointing.remove()
+    for handle in state.hooks:
+        handle.remove()
+    if state.causal_lm is not None and "lm_head" in {name for _, name, _ in state.swaps}:
+        if state.had_loss_function:
+            state.causal_lm.loss_function = state.old_loss_function
+        else:
+            state.causal_lm.__dict__.pop("_loss_function", None)
+    for parent, name, original in reversed(state.swaps):
+        wrapper = getattr(parent, name)
+        for child_name, child in wrapper.named_children():  # adapters added while patched stay
+            setattr(original, child_name, child)
+        setattr(parent, name, original)

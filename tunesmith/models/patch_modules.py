@@ -1,0 +1,186 @@
+"""The modules the fast path swaps into a loaded Llama/Qwen2 model.
+
+Each wrapper registers the original module's children (or parameters) under their original names,
+so ``state_dict`` keys, PEFT adapter names and ``named_modules`` paths stay exactly as they were
+(checkpoints, adapters and exports see no difference). The original module is kept, unregistered, as
+``base_layer``; ``unpatch`` puts it back. On CPU every wrapper computes the same math through the
+pure-PyTorch references; on CUDA through the fused Triton kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
+from tunesmith.kernels.lora_linear import Projection, lora_projections
+from tunesmith.kernels.lora_mlp import lora_mlp
+from tunesmith.kernels.rms_norm import FastRMSNorm
+from tunesmith.kernels.rope import apply_rope
+
+__all__ = ["FastAttention", "FastMLP", "FastRMSNorm", "FusedLMHead", "projection_of", "keep_base"]
+
+
+def keep_base(wrapper: nn.Module, base: nn.Module, children: tuple[str, ...]) -> None:
+    """Hold ``base`` unregistered and register its named children on ``wrapper`` under the same names."""
+    wrapper.__dict__["base_layer"] = base
+    for name in children:
+        setattr(wrapper, name, getattr(base, name))
+
+
+def projection_of(module: nn.Module) -> Projection | None:
+    """The frozen weight and LoRA factors of a linear layer, or None when the fused path cannot apply.
+
+    Handles ``nn.Linear``, bitsandbytes NF4 ``Linear4bit`` and PEFT ``lora.Linear`` around either, with one
+    active adapter, no dropout, no DoRA, not merged. Anything else (8-bit, several adapters) is None.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    if isinstance(module, LoraLayer):
+        names = list(module.active_adapters)
+        if module.merged or module.disable_adapters or len(names) != 1 or names[0] not in module.lora_A:
+            return None
+        name = names[0]
+        if module.use_dora.get(name) or not isinstance(module.lora_dropout[name], nn.Identity):
+            return None
+        if getattr(module, "lora_bias", {}).get(name):
+            return None
+        base = projection_of(module.get_base_layer())
+        if base is None:
+            return None
+        return Projection(
+            base.weight,
+            base.bias,
+            module.lora_A[name].weight,
+            module.lora_B[name].weight,
+            module.scaling[name],
+        )
+    if not isinstance(module, nn.Linear):
+        return None
+    weight = module.weight
+    state = getattr(weight, "quant_state", None)
+    if weight.dtype not in (torch.bfloat16, torch.float16, torch.float32) and (
+        state is None or state.quant_type != "nf4"
+    ):
+        return None
+    return Projection(weight, module.bias)
+
+
+class FastAttention(nn.Module):
+    """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention.
+
+    Falls back to the original module for generation with a cache, other attention backends, sliding
+    windows, or projections the fused path cannot read.
+    """
+
+    CHILDREN = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        keep_base(self, base_layer, self.CHILDREN)
+        self.head_dim = base_layer.head_dim
+        self.scaling = base_layer.scaling
+        self.config = base_layer.config
+        self.layer_idx = getattr(base_layer, "layer_idx", None)
+
+    def _can_fuse(self, position_embeddings, kwargs) -> bool:
+        if (
+            position_embeddings is None
+            or kwargs.get("cache") is not None
+            or kwargs.get("past_key_values") is not None
+        ):
+            return False
+        if getattr(self.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+            return False
+        if getattr(self.config, "use_sliding_window", False) or kwargs.get("output_attentions"):
+            return False
+        return True
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
+        if not self._can_fuse(position_embeddings, kwargs) or any(p is None for p in projections):
+            return self.base_layer(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+        b, t, _ = hidden_states.shape
+        q, k, v = lora_projections(hidden_states, projections[:3])
+        q = q.view(b, t, -1, self.head_dim)  # (B, T, Hq, D)
+        k = k.view(b, t, -1, self.head_dim)  # (B, T, Hkv, D)
+        v = v.view(b, t, -1, self.head_dim)
+        cos, sin = position_embeddings
+        q, k = apply_rope(q, k, cos, sin)
+        q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
+        mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            is_causal=mask is None,
+            scale=self.scaling,
+            enable_gqa=q.shape[1] != k.shape[1],
+        )
+        out = out.transpose(1, 2).reshape(b, t, -1)
+        return lora_projections(out, projections[3:])[0], None
+
+
+class FastMLP(nn.Module):
+    """The SwiGLU MLP with LoRA fused into gate/up/down; falls back to the original when it cannot read it."""
+
+    CHILDREN = ("gate_proj", "up_proj", "down_proj")
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        keep_base(self, base_layer, self.CHILDREN + ("act_fn",))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
+        if not isinstance(self.act_fn, nn.SiLU) or any(p is None or p.bias is not None for p in projections):
+            return self.base_layer(x)
+        return lora_mlp(x, *projections)
+
+
+class FusedLMHead(nn.Module):
+    """The output projection. While ``defer`` is set (a training forward with labels), it keeps the hidden
+    states for the fused, chunked cross-entropy and returns a zero-stride placeholder instead of logits."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.__dict__["base_layer"] = base_layer
+        self.weight = base_layer.weight
+        self.bias = base_layer.bias if getattr(base_layer, "bias", None) is not None else None
+        self.defer = False
+        self.stash: torch.Tensor | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not self.defer:
+            return self.base_layer(hidden_states)
+        self.stash = hidden_states
+        # Nothing reads these logits: the loss comes from the stash. expand() allocates no memory.
+        return hidden_states.new_zeros(()).expand(*hidden_states.shape[:-1], self.out_features)
+
+    def loss(
+        self, labels, ignore_index: int = -100, num_items_in_batch=None, shift_labels=None
+    ) -> torch.Tensor:
+        """Causal-LM loss of the stashed hidden states, shifted as transformers' ``ForCausalLMLoss``."""
+        hidden, self.stash = self.stash, None
+        if shift_labels is None:
+            labels = F.pad(labels, (0, 1), value=ignore_index)
+            shift_labels = labels[..., 1:]
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        shift_labels = shift_labels.reshape(-1).to(hidden.device)
+        return fused_linear_cross_entropy(
+            hidden, self.weight, shift_labels, self.bias, ignore_index, num_items_in_batch
+        )
