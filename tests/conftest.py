@@ -35,3 +35,37 @@ def shared_dir() -> Path:
     if not SHARED.exists():
         pytest.skip("../shared is not present")
     return SHARED
+
+
+# -- shared models (issue 2) ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def default_model_path() -> Path:
+    """The embedded default (SmolLM2-135M-Instruct) as a transformers folder, converted once per cache."""
+    from tunesmith.models.loader import materialize
+
+    return materialize("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(default_model_path, tmp_path_factory) -> Path:
+    """A tiny random-init Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer, transformers layout."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(default_model_path)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
