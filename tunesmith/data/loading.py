@@ -190,5 +190,26 @@ def load_dataset_file(source, *, encoding: str | None = None, split: str = "trai
         return datasets.Dataset.from_list(rows)
     except Exception as err:  # pyarrow type clash between rows
         raise TunesmithError(
-            f"{path}: the rows do not share one shape ({err}). Make every row have the same fields with the same types."
+            _shape_error(rows, path)
+            or (
+                f"{path}: the rows do not share one shape ({err}). Make every row have the same fields with the "
+                "same types."
+            )
         ) from None
+
+
+def _shape_error(rows: list[dict], path: Path) -> str | None:
+    """Name the first row and field whose type differs from the same field in earlier rows."""
+    first: dict[str, type] = {}
+    for number, row in enumerate(rows, start=1):
+        for key, value in row.items():
+            if value is None:
+                continue
+            seen = first.setdefault(key, type(value))
+            if type(value) is not seen:
+                return (
+                    f"{path}, row {number}, field '{key}' is a {type(value).__name__} ({str(value)[:60]!r}), but "
+                    f"earlier rows hold a {seen.__name__} there. Give the field the same type in every row "
+                    "(quote numbers as text)."
+                )
+    return None

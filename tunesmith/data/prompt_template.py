@@ -49,8 +49,8 @@ class PromptTemplate:
     text: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "text", _named(self.text))
         try:
+            object.__setattr__(self, "text", _named(self.text))
             fields = [f for _, f, _, _ in string.Formatter().parse(self.text) if f is not None]
         except ValueError as err:
             raise TunesmithError(f"The prompt template is not valid format text ({err}). "

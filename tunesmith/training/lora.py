@@ -13,9 +13,10 @@ from collections.abc import Iterable
 import torch
 
 from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
 
-__all__ = ["get_peft_model", "default_target_modules", "CHECKPOINTING_MODES"]
+__all__ = ["get_peft_model", "default_target_modules", "keep_4bit_trainable", "CHECKPOINTING_MODES"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +69,28 @@ def _is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
+def keep_4bit_trainable(model: torch.nn.Module) -> None:
     """Keep bitsandbytes 4-bit weights in their trainable layout on CPU.
 
     On a CPU with AVX512-BF16, bitsandbytes repacks 4-bit weights for a faster inference kernel on the first
     no-grad pass and has no backward for that layout, so QLoRA gradients come out wrong. Turn that repacking
-    off for each layer and undo any repacking that already happened (e.g. after asking a question before training).
+    off (the loader's switch) and undo any repacking that already happened, e.g. when the model answered a
+    question before training or was loaded outside tunesmith.
     """
+    keep_4bit_weights_unpacked(model)
+    packed = [
+        m.weight
+        for m in model.modules()
+        if getattr(getattr(getattr(m, "weight", None), "quant_state", None), "packing_format_for_cpu", False)
+    ]
+    if not packed:
+        return
+    # bitsandbytes has no public inverse of its CPU repacking; this is the function its own .cuda() uses.
     functional = importlib.import_module("bitsandbytes.functional")
-    for module in model.modules():
-        if type(module).__name__ != "Linear4bit":
-            continue
-        module.support_avx512bf16_for_cpu = False
-        weight = module.weight
-        state = getattr(weight, "quant_state", None)
-        if state is not None and getattr(state, "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = functional._convert_weight_packed_for_cpu_inverse(
-                weight.data, state
-            )
+    for weight in packed:
+        weight.data, weight.quant_state = functional._convert_weight_packed_for_cpu_inverse(
+            weight.data, weight.quant_state
+        )
 
 
 def _enable_checkpointing(model: torch.nn.Module, mode) -> None:
@@ -157,7 +162,7 @@ def get_peft_model(
         _enable_checkpointing(model, use_gradient_checkpointing)  # raises the clear error
     if _is_quantized(model):
         if next(model.parameters()).device.type == "cpu":
-            _keep_cpu_4bit_trainable(model)
+            keep_4bit_trainable(model)
         model = peft.prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=bool(checkpointing),

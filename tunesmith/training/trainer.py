@@ -24,7 +24,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
 from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
-from tunesmith.training.lora import _keep_cpu_4bit_trainable
+from tunesmith.training.lora import keep_4bit_trainable
 from tunesmith.training.plot import plot_loss_curve, read_log
 
 __all__ = ["SFTTrainer"]
@@ -75,7 +75,7 @@ class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
             dataset_num_proc=dataset_num_proc,
             packing=packing,
         )
-        _keep_cpu_4bit_trainable(model)
+        keep_4bit_trainable(model)
         self.data_stats: DataStats | None = None
         train_dataset, eval_dataset = self._prepare_data(
             train_dataset,
