@@ -112,7 +112,7 @@ class FastLanguageModel:
         # Training forwards need no KV cache; generate() keeps using it through generation_config.
         model.config.use_cache = False
         if use_gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(model)
         return model
 
 
@@ -137,3 +137,12 @@ def _set_use_cache(model, on: bool) -> None:
     for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
         if config is not None:
             config.use_cache = on
+
+
+def _enable_checkpointing(model) -> None:
+    """Non-reentrant activation checkpointing (the name changed in transformers 5.2x)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -1,0 +1,149 @@
+"""Every bad input to the loader stops with one clear paragraph that names what is wrong."""
+
+from __future__ import annotations
+
+import shutil
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.models.loader import load
+from tunesmith.models.registry import ALIASES, Alias
+from tunesmith.models.sources import alias_gguf_path
+
+needs_no_gpu = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the error on a machine without CUDA"
+)
+
+
+@pytest.fixture(scope="module")
+def real_gguf():
+    return alias_gguf_path(ALIASES["smollm2-135m-instruct"])
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(TunesmithError, match="does not exist") as err:
+        load(str(missing))
+    assert str(missing) in str(err.value)
+    with pytest.raises(TunesmithError, match="does not exist"):
+        load("no-such-file.gguf")
+
+
+def test_folder_without_config_json(tmp_path):
+    with pytest.raises(TunesmithError, match="no config.json") as err:
+        load(tmp_path)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_folder_with_only_a_gguf_points_at_the_file(tmp_path):
+    (tmp_path / "model-q8_0.gguf").write_bytes(b"GGUF")
+    with pytest.raises(TunesmithError, match="model-q8_0.gguf"):
+        load(tmp_path)
+
+
+@pytest.mark.parametrize("keep", [5_000, 40_000_000], ids=["header-only", "half-the-tensors"])
+def test_truncated_gguf(tmp_path, real_gguf, keep):
+    broken = tmp_path / "broken.gguf"
+    with open(real_gguf, "rb") as source:
+        broken.write_bytes(source.read(keep))
+    with pytest.raises(TunesmithError, match="truncated or corrupt") as err:
+        load(broken)
+    assert str(broken) in str(err.value)
+
+
+def test_corrupt_gguf(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a model" * 100)
+    with pytest.raises(TunesmithError, match="not a readable GGUF file"):
+        load(junk)
+
+
+def test_file_that_is_not_a_model(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello")
+    with pytest.raises(TunesmithError, match="not a GGUF file"):
+        load(notes)
+
+
+def test_truncated_safetensors_is_named(tmp_path, tiny_llama_dir):
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(TunesmithError, match="truncated or corrupt") as err:
+        load(folder)
+    assert str(weights) in str(err.value)
+
+
+def test_unsupported_architecture_in_a_folder(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path)
+    with pytest.raises(TunesmithError, match="'gpt2'") as err:
+        load(tmp_path)
+    assert "llama" in str(err.value) and "qwen2" in str(err.value)
+
+
+def test_unsupported_architecture_in_a_gguf(tmp_path):
+    path = tmp_path / "gpt2.gguf"
+    writer = gguf.GGUFWriter(path, "gpt2")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(TunesmithError, match="'gpt2' model") as err:
+        load(path)
+    assert "llama" in str(err.value)
+
+
+def test_hub_id_while_offline_names_the_id():
+    with pytest.raises(TunesmithError, match="hub cannot be reached") as err:
+        load("some-org/some-model")
+    assert "'some-org/some-model'" in str(err.value)
+
+
+def test_misspelt_alias_suggests_the_alias():
+    with pytest.raises(TunesmithError, match="Did you mean the built-in model 'smollm2-135m-instruct'"):
+        load("smollm2-135m-instrct")
+
+
+def test_missing_alias_package_gives_the_install_command():
+    alias = Alias(
+        "demo", package="tunesmith_absent_pkg", filename="x.gguf", install_hint="pip install demo-pkg"
+    )
+    with pytest.raises(TunesmithError, match="is not installed. Install it with: pip install demo-pkg"):
+        alias_gguf_path(alias)
+
+
+def test_4bit_and_8bit_together():
+    with pytest.raises(TunesmithError, match="load_in_4bit=True and load_in_8bit=True"):
+        load("smollm2-135m-instruct", load_in_4bit=True, load_in_8bit=True)
+
+
+@pytest.mark.parametrize("value", [0, -3, 1.5, "2048", True])
+def test_max_seq_length_below_one_or_not_a_number(value):
+    with pytest.raises(TunesmithError, match=f"max_seq_length={value!r}"):
+        load("smollm2-135m-instruct", max_seq_length=value)
+
+
+def test_full_finetuning_with_4bit():
+    with pytest.raises(TunesmithError, match="full_finetuning=True"):
+        load("smollm2-135m-instruct", full_finetuning=True, load_in_4bit=True)
+
+
+@needs_no_gpu
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", 0])
+def test_absent_gpu_is_an_error(device):
+    with pytest.raises(TunesmithError, match="asks for a CUDA GPU"):
+        load("smollm2-135m-instruct", device_map=device)
+
+
+def test_unknown_device_and_dtype():
+    with pytest.raises(TunesmithError, match="device_map='gpu0'"):
+        load("smollm2-135m-instruct", device_map="gpu0")
+    with pytest.raises(TunesmithError, match="dtype='int8'"):
+        load("smollm2-135m-instruct", dtype="int8")
