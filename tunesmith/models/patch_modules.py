@@ -108,9 +108,11 @@ class FastAttention(nn.Module):
             )
         b, t, _ = hidden_states.shape
         q, k, v = lora_projections(hidden_states, projections[:3])
-        cos, sin = position_embeddings
-        q, k = apply_rope(q, k, cos, sin, self.head_dim)  # (B, T, Hq, D), (B, T, Hkv, D)
+        q = q.view(b, t, -1, self.head_dim)  # (B, T, Hq, D)
+        k = k.view(b, t, -1, self.head_dim)  # (B, T, Hkv, D)
         v = v.view(b, t, -1, self.head_dim)
+        cos, sin = position_embeddings
+        q, k = apply_rope(q, k, cos, sin)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
         out = F.scaled_dot_product_attention(
