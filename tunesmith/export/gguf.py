@@ -78,7 +78,7 @@ def save_pretrained_gguf(
     template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the model's context
     length. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
     """
-    from tunesmith.export.ollama import plan_modelfile, write_modelfile
+    from tunesmith.export.ollama import DEFAULT_NUM_CTX, plan_modelfile, write_modelfile
 
     method = quant_method(quantization_method)
     config = base_model_of(model).config
@@ -108,7 +108,12 @@ def save_pretrained_gguf(
             target, method, arch=arch, config=config, tensors=tensors, tokenizer_meta=meta, model_name=stem
         )
         if modelfile_plan is not None:
-            write_modelfile(folder, target, modelfile_plan, num_ctx=num_ctx or config.max_position_embeddings)
+            write_modelfile(
+                folder,
+                target,
+                modelfile_plan,
+                num_ctx=num_ctx or min(config.max_position_embeddings, DEFAULT_NUM_CTX),
+            )
     logger.info("wrote %s", target)
     if verify:
         from tunesmith.export.verify import verify_gguf

@@ -116,7 +116,7 @@ def write_gguf(
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_tokenizer(writer, tokenizer_meta)
         types = [tensor_type(t, method) for t in tensors]
-        for tensor, qtype in zip(tensors, types):
+        for tensor, qtype in zip(tensors, types, strict=True):
             if qtype in _FLOAT_TYPES:
                 dtype = np.float32 if qtype == GGMLQuantizationType.F32 else np.float16
                 writer.add_tensor_info(
@@ -131,7 +131,7 @@ def write_gguf(
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         with tqdm(total=len(tensors), desc=f"writing {path.name}", unit="tensor") as bar:
-            for tensor, qtype in zip(tensors, types):
+            for tensor, qtype in zip(tensors, types, strict=True):
                 _write_tensor(writer, _convert(tensor.load(), qtype))
                 bar.update(1)
     finally:

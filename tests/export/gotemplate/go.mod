@@ -1,0 +1,3 @@
+module tunesmith/gotemplate
+
+go 1.19

@@ -1,0 +1,250 @@
+"""Check a GGUF file against the PyTorch model it came from, in llama.cpp itself (llama-cpp-python).
+
+For each prompt: are the token ids identical (llama.cpp's tokenizer vs the Hugging Face one)? Does
+llama.cpp's most likely next token agree with PyTorch's at every prompt position (top-1 agreement)? Do
+both write the same greedy 32-token continuation? Thresholds per file type: tokenization identical always;
+top-1 agreement >= 99% for f32/f16/bf16/q8_0 and >= 90% for 4-to-6-bit files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.export.kquant import import_llama_cpp
+
+__all__ = ["verify_gguf", "VerifyReport", "PromptCheck", "DEFAULT_PROMPTS", "TOP1_THRESHOLDS"]
+
+DEFAULT_PROMPTS = (
+    "What are common causes of fatigue?",
+    "Explain in two sentences why the sky is blue.",
+    "def fibonacci(n):\n    ",
+)
+# Minimum top-1 agreement by file type (llama.cpp's LlamaFileType names).
+TOP1_THRESHOLDS = {
+    "ALL_F32": 0.99,
+    "MOSTLY_F16": 0.99,
+    "MOSTLY_BF16": 0.99,
+    "MOSTLY_Q8_0": 0.99,
+    "MOSTLY_Q6_K": 0.90,
+    "MOSTLY_Q5_K_M": 0.90,
+    "MOSTLY_Q4_K_M": 0.90,
+    "MOSTLY_Q4_0": 0.90,
+}
+
+
+@dataclass
+class PromptCheck:
+    """The comparison for one prompt."""
+
+    prompt: str
+    tokens_equal: bool
+    n_tokens: int
+    top1_agree: int  # positions where both pick the same next token
+    greedy_equal: bool
+    greedy_common_prefix: int  # tokens the two greedy continuations share from the start
+    greedy_torch: str
+    greedy_llama_cpp: str
+
+
+@dataclass
+class VerifyReport:
+    """Verification of one GGUF file; ``passed`` says whether every threshold holds."""
+
+    gguf_path: Path
+    file_type: str
+    top1_threshold: float
+    checks: list[PromptCheck] = field(default_factory=list)
+
+    @property
+    def tokenization_identical(self) -> bool:
+        """Whether llama.cpp and Hugging Face tokenized every prompt identically."""
+        return all(c.tokens_equal for c in self.checks)
+
+    @property
+    def top1_agreement(self) -> float:
+        """Share of prompt positions where the top-1 next token agrees."""
+        total = sum(c.n_tokens for c in self.checks)
+        return sum(c.top1_agree for c in self.checks) / total if total else 0.0
+
+    @property
+    def greedy_matches(self) -> int:
+        """How many prompts got the same greedy continuation."""
+        return sum(c.greedy_equal for c in self.checks)
+
+    @property
+    def passed(self) -> bool:
+        """Tokenization identical and top-1 agreement at or above the threshold."""
+        return (
+            bool(self.checks) and self.tokenization_identical and self.top1_agreement >= self.top1_threshold
+        )
+
+    def summary(self) -> str:
+        """A short human-readable report."""
+        ok = "PASS" if self.passed else "FAIL"
+        lines = [
+            f"{ok}  {self.gguf_path.name} ({self.file_type})",
+            f"  tokenization identical: {'yes' if self.tokenization_identical else 'NO'} "
+            f"({sum(c.tokens_equal for c in self.checks)}/{len(self.checks)} prompts)",
+            f"  top-1 next-token agreement: {self.top1_agreement:.1%} over "
+            f"{sum(c.n_tokens for c in self.checks)} positions (needs >= {self.top1_threshold:.0%})",
+            f"  greedy continuations identical: {self.greedy_matches}/{len(self.checks)}",
+        ]
+        for check in self.checks:
+            if not check.greedy_equal:
+                lines.append(
+                    f"    differs after {check.greedy_common_prefix} tokens for {check.prompt[:40]!r}: "
+                    f"torch {check.greedy_torch[:60]!r} / llama.cpp {check.greedy_llama_cpp[:60]!r}"
+                )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON reports."""
+        return {
+            "gguf": str(self.gguf_path),
+            "file_type": self.file_type,
+            "passed": self.passed,
+            "tokenization_identical": self.tokenization_identical,
+            "top1_agreement": self.top1_agreement,
+            "top1_threshold": self.top1_threshold,
+            "greedy_matches": self.greedy_matches,
+            "prompts": len(self.checks),
+        }
+
+
+def _file_type(path: Path) -> str:
+    import gguf
+
+    reader = gguf.GGUFReader(path)
+    value = reader.get_field(gguf.Keys.General.FILE_TYPE)
+    if value is None:
+        return "MOSTLY_F16"
+    return gguf.LlamaFileType(int(value.contents())).name
+
+
+def _load_against(against):
+    """(model, tokenizer) from a folder / model name, or a (model, tokenizer) pair."""
+    if isinstance(against, (tuple, list)) and len(against) == 2:
+        return against
+    if isinstance(against, (str, os.PathLike)):
+        from tunesmith.export.source import load_for_export
+
+        return load_for_export(against)
+    raise TunesmithError(
+        f"verify_gguf(against=...) takes a model folder or name, or a (model, tokenizer) pair; got "
+        f"{type(against).__name__}."
+    )
+
+
+def _default_prompts(tokenizer) -> list[str]:
+    """Chat-formatted prompts when the tokenizer has a chat template (that is what Ollama sends), else plain."""
+    prompts = list(DEFAULT_PROMPTS)
+    if getattr(tokenizer, "chat_template", None):
+        try:
+            return [
+                tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts[:2]
+            ] + prompts[2:]
+        except Exception:  # a template that rejects a lone user message: plain prompts still verify the file
+            return prompts
+    return prompts
+
+
+def _llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(ids)
+    return np.array(llm.scores[: len(ids)], dtype=np.float32)
+
+
+def _llama_cpp_greedy(llm, ids: list[int], steps: int, eos: set[int]) -> list[int]:
+    llm.reset()
+    llm.eval(ids)
+    out: list[int] = []
+    for _ in range(steps):
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        if token in eos:
+            break
+        llm.eval([token])
+    return out
+
+
+@torch.no_grad()
+def _torch_greedy(model, ids: list[int], steps: int, eos: set[int]) -> tuple[np.ndarray, list[int]]:
+    """Prompt logits and the greedy continuation (stopping at an end token)."""
+    device = next(model.parameters()).device
+    seq = torch.tensor([ids], device=device)
+    output = model(input_ids=seq, use_cache=True)
+    prompt_logits = output.logits[0].float().cpu().numpy()
+    cache, token, out = output.past_key_values, int(prompt_logits[-1].argmax()), []
+    for _ in range(steps):
+        out.append(token)
+        if token in eos or len(out) == steps:
+            break
+        output = model(
+            input_ids=torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True
+        )
+        cache, token = output.past_key_values, int(output.logits[0, -1].argmax())
+    return prompt_logits, out
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def verify_gguf(
+    gguf_path, against, prompts=None, *, max_new_tokens: int = 32, n_ctx: int = 1024
+) -> VerifyReport:
+    """Compare ``gguf_path`` in llama.cpp with ``against`` (a model folder/name or ``(model, tokenizer)``).
+
+    ``prompts``: raw texts (default: a few chat-formatted questions and a code prompt). Each is tokenized by
+    both tokenizers; PyTorch's token ids are then fed to both models.
+    """
+    path = Path(gguf_path)
+    if not path.is_file():
+        raise TunesmithError(f"The GGUF file {path} does not exist. Pass the path of a .gguf file.")
+    llama_cpp = import_llama_cpp("Verifying a GGUF file")
+    model, tokenizer = _load_against(against)
+    was_training = model.training
+    model.eval()
+    file_type = _file_type(path)
+    report = VerifyReport(path, file_type, TOP1_THRESHOLDS.get(file_type, 0.90))
+    llm = llama_cpp.Llama(
+        model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False
+    )
+    eos = {t for t in (tokenizer.eos_token_id, llm.token_eos()) if t is not None and t >= 0}
+    try:
+        for prompt in prompts or _default_prompts(tokenizer):
+            ids = tokenizer(prompt)["input_ids"]
+            cpp_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+            torch_logits, torch_greedy = _torch_greedy(model, ids, max_new_tokens, eos)
+            cpp_logits = _llama_cpp_logits(llm, ids)
+            cpp_greedy = _llama_cpp_greedy(llm, ids, max_new_tokens, eos)
+            report.checks.append(
+                PromptCheck(
+                    prompt=prompt,
+                    tokens_equal=list(cpp_ids) == list(ids),
+                    n_tokens=len(ids),
+                    top1_agree=int((torch_logits.argmax(-1) == cpp_logits.argmax(-1)).sum()),
+                    greedy_equal=torch_greedy == cpp_greedy,
+                    greedy_common_prefix=_common_prefix(torch_greedy, cpp_greedy),
+                    greedy_torch=tokenizer.decode(torch_greedy),
+                    greedy_llama_cpp=tokenizer.decode(cpp_greedy),
+                )
+            )
+    finally:
+        llm.close()
+        model.train(was_training)
+    return report
