@@ -8,7 +8,7 @@ import importlib
 import sys
 
 # Each name is a module tunesmith.cli.<name> with `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ["check", "chat", "run"]
+COMMANDS = ["check", "chat", "run", "export", "verify"]
 
 
 def build_parser() -> argparse.ArgumentParser:
