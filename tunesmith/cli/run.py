@@ -60,4 +60,4 @@ def run(args: argparse.Namespace) -> int:
         pipeline.dry_run(config)
         return 0
     result = pipeline.run(config)
-    return 0 if result.finished else 1
+    return 0 if result.finished else 130  # 130: stopped by Ctrl-C, as shells report it

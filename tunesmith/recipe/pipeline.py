@@ -25,7 +25,8 @@ from tunesmith.recipe.state import RunState, config_fingerprint, open_output_fol
 
 __all__ = ["run", "dry_run", "RunResult", "RunContext"]
 
-LOSS_PNG = "loss.png"
+TRAINING_DIR = "training"  # checkpoints, training_log.jsonl and loss.png
+LOSS_PNG = f"{TRAINING_DIR}/loss.png"
 
 
 @dataclass
@@ -178,7 +179,7 @@ def check_environment(ctx: RunContext) -> dict[str, str]:
     if ctx.config.export.verify and "gguf" in ctx.config.export.formats:
         _require_llama_cpp()
     summary = check_data(ctx.config)
-    print(f"    {env['device']}, torch {env['torch']}; data: {summary}")
+    print(f"    {env.get('device', '?')}; torch {env.get('torch', '?')}; data: {summary}")
     return env
 
 
@@ -249,8 +250,9 @@ def add_lora(ctx: RunContext) -> dict[str, float | None]:
         use_rslora=lo.use_rslora,
     )
     ctx.trainer = _build_trainer(ctx)
-    if "eval_loss_before" in ctx.state.results.get("lora", {}):
-        return ctx.state.results["lora"]
+    earlier = ctx.state.results.get("lora") or {}
+    if "eval_loss_before" in earlier:  # measured before the interruption, on the untrained adapters
+        return earlier
     loss = _eval_loss(ctx)
     print(f"    held-out loss before training: {_fmt(loss)}")
     return {"eval_loss_before": loss}
@@ -262,16 +264,13 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
     stopper = StopOnInterrupt()
     ctx.trainer.add_callback(stopper)
-    resume = _last_checkpoint(ctx) is not None
-    if resume:
-        print(f"    resuming from {_last_checkpoint(ctx).name}")
+    checkpoint = _last_checkpoint(ctx)
+    if checkpoint is not None:
+        print(f"    resuming from {checkpoint.relative_to(ctx.folder)}")
     with graceful_interrupt(stopper):
-        ctx.trainer.train(resume_from_checkpoint=True if resume else None)
-    _plot_loss(ctx)
-    if stopper.requested:
-        ctx.interrupted = True
-    losses = _train_losses(ctx)
-    return {"losses": losses, "steps": ctx.trainer.state.global_step}
+        ctx.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    ctx.interrupted = stopper.requested and ctx.trainer.state.global_step < ctx.config.training.max_steps
+    return {"losses": _train_losses(ctx), "steps": ctx.trainer.state.global_step}
 
 
 def eval_after(ctx: RunContext) -> dict[str, float | None]:
@@ -291,14 +290,19 @@ def export(ctx: RunContext) -> dict[str, Any]:
     """Write the configured formats: GGUF (+ Ollama Modelfile), merged 16-bit folder, LoRA adapter."""
     from tunesmith.export.gguf import save_pretrained_gguf
     from tunesmith.export.merge import save_pretrained_merged
+    from tunesmith.export.ollama import MODELFILE_NAME
 
     ex, out = ctx.config.export, {}
-    name = _model_name(ctx)
+    # overwrite=True: these folders belong to this run (a resumed export replaces its own partial output)
     if "lora" in ex.formats:
-        save_pretrained_merged(ctx.model, ctx.folder / "lora", ctx.tokenizer, save_method="lora")
+        save_pretrained_merged(
+            ctx.model, ctx.folder / "lora", ctx.tokenizer, save_method="lora", overwrite=True
+        )
         out["lora"] = "lora"
     if "merged" in ex.formats:
-        save_pretrained_merged(ctx.model, ctx.folder / "merged", ctx.tokenizer, save_method="merged_16bit")
+        save_pretrained_merged(
+            ctx.model, ctx.folder / "merged", ctx.tokenizer, save_method="merged_16bit", overwrite=True
+        )
         out["merged"] = "merged"
     if "gguf" in ex.formats:
         gguf = save_pretrained_gguf(
@@ -306,27 +310,32 @@ def export(ctx: RunContext) -> dict[str, Any]:
             ctx.folder / "gguf",
             ctx.tokenizer,
             quantization_method=ex.quant,
+            name=_model_name(ctx),
             modelfile=ex.modelfile,
-            name=name,
+            overwrite=True,
         )
-        out["gguf"] = Path(gguf).relative_to(ctx.folder).as_posix()
+        out["gguf"] = gguf.relative_to(ctx.folder).as_posix()
         if ex.modelfile:
-            out["modelfile"] = (Path(gguf).parent / "Modelfile").relative_to(ctx.folder).as_posix()
+            out["modelfile"] = (gguf.parent / MODELFILE_NAME).relative_to(ctx.folder).as_posix()
+    for kind, rel in out.items():
+        print(f"    {kind}: {rel}")
     return out
 
 
 def verify(ctx: RunContext) -> dict[str, Any] | None:
     """Load the GGUF in llama.cpp and compare tokens and next-token choices with the PyTorch model."""
-    gguf = ctx.state.results.get("export", {}).get("gguf")
+    gguf = (ctx.state.results.get("export") or {}).get("gguf")
     if not (ctx.config.export.verify and gguf):
         print("    skipped (no GGUF, or export.verify is false)")
         return None
     from tunesmith.export.verify import verify_gguf
 
-    result = verify_gguf(ctx.folder / gguf, against=ctx.model, tokenizer=ctx.tokenizer)
-    print(f"    {result.summary()}")
+    result = verify_gguf(ctx.folder / gguf, (ctx.model, ctx.tokenizer))
+    print("    " + result.summary().replace("\n", "\n    "))
     if not result.passed:
-        raise TunesmithError(f"The GGUF {gguf} does not behave like the trained model: {result.summary()}.")
+        raise TunesmithError(
+            f"The GGUF file {gguf} does not behave like the trained model ({' '.join(result.summary().split())})."
+        )
     return result.to_dict()
 
 
@@ -356,25 +365,13 @@ def _template(config: RunConfig):
 
 
 def _environment() -> dict[str, str]:
-    import platform
+    from tunesmith.models.environment import can_train, check_environment
 
-    import torch
-    import transformers
-
-    from tunesmith import __version__
-    from tunesmith.models.device import is_bfloat16_supported, resolve_device
-
-    device = resolve_device(None)
-    return {
-        "tunesmith": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
-        "bf16": "yes" if is_bfloat16_supported(device) else "no",
-        "CPU threads": str(torch.get_num_threads()),
-        "platform": platform.platform(),
-    }
+    rows = check_environment()
+    if not can_train(rows):
+        bad = next(r for r in rows if r.required and not r.ok)
+        raise TunesmithError(f"This install cannot train: {bad.name} is {bad.value}. Fix: {bad.fix}.")
+    return {r.name: r.value for r in rows if r.name != "supported families"}
 
 
 def _require_llama_cpp() -> None:
@@ -415,8 +412,9 @@ def _build_trainer(ctx: RunContext):
 
     t = ctx.config.training
     args = TrainingArguments(
-        output_dir=str(ctx.folder / "checkpoints"),
+        output_dir=str(ctx.folder / TRAINING_DIR),
         per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         warmup_steps=t.warmup_steps,
         max_steps=t.max_steps,
@@ -427,6 +425,9 @@ def _build_trainer(ctx: RunContext):
         seed=t.seed,
         logging_steps=t.logging_steps,
         save_steps=t.save_steps,
+        max_seq_length=ctx.config.model.max_seq_length,
+        packing=t.packing,
+        held_out_eval=False,  # the run measures it itself, once, in its own stages
         report_to="none",
     )
     return SFTTrainer(
@@ -447,19 +448,13 @@ def _eval_loss(ctx: RunContext) -> float | None:
 def _last_checkpoint(ctx: RunContext) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    folder = ctx.folder / "checkpoints"
+    folder = ctx.folder / TRAINING_DIR
     found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
     return Path(found) if found else None
 
 
 def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in ctx.trainer.state.log_history if "loss" in h and "step" in h]
-
-
-def _plot_loss(ctx: RunContext) -> None:
-    from tunesmith.training.plot import plot_loss
-
-    plot_loss(ctx.trainer.state.log_history, ctx.folder / LOSS_PNG)
 
 
 def _model_name(ctx: RunContext) -> str:
@@ -491,7 +486,7 @@ def report_data(ctx: RunContext, status: str) -> ReportData:
         eval_loss_after=(res.get("eval_after") or {}).get("eval_loss_after"),
         probes=probes,
         exports=_export_files(ctx.folder, exported),
-        verification=res.get("verify"),
+        verification=_verification_rows(res.get("verify")),
         ollama_name=_model_name(ctx) if exported.get("modelfile") else None,
         modelfile=exported.get("modelfile"),
         gguf_file=exported.get("gguf"),
@@ -516,6 +511,18 @@ def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
         "max_seq_length": "max_seq_length",
     }
     return {label: stats[key] for key, label in names.items() if key in stats}
+
+
+def _verification_rows(result: dict[str, Any] | None) -> dict[str, object] | None:
+    if not result:
+        return None
+    return {
+        "file": Path(result["gguf"]).name + f" ({result['file_type']})",
+        "passed": result["passed"],
+        "tokenization identical": result["tokenization_identical"],
+        "top-1 next-token agreement": f"{result['top1_agreement']:.1%} (needs >= {result['top1_threshold']:.0%})",
+        "greedy continuations identical": f"{result['greedy_matches']} of {result['prompts']} prompts",
+    }
 
 
 def _export_files(folder: Path, exported: dict[str, str]) -> list[ExportFile]:
