@@ -147,3 +147,17 @@ def test_unknown_device_and_dtype():
         load("smollm2-135m-instruct", device_map="gpu0")
     with pytest.raises(TunesmithError, match="dtype='int8'"):
         load("smollm2-135m-instruct", dtype="int8")
+
+
+def test_unwritable_cache_home_is_named(tmp_path, monkeypatch, real_gguf):
+    not_a_folder = tmp_path / "home-is-a-file"
+    not_a_folder.write_text("")
+    monkeypatch.setenv("TUNESMITH_HOME", str(not_a_folder))
+    with pytest.raises(TunesmithError, match="set TUNESMITH_HOME to a writable folder"):
+        load(real_gguf)
+
+
+def test_longer_context_than_the_model_knows_warns(tiny_llama_dir):
+    with pytest.warns(UserWarning, match="max_seq_length=4096 is longer than the 2048 tokens"):
+        model, _ = load(tiny_llama_dir, max_seq_length=4096)
+    assert model.max_seq_length == 4096

@@ -95,18 +95,32 @@ def _check_supported(gguf_path: Path, arch: str) -> None:
 def convert_gguf(gguf_path: str | os.PathLike) -> Path:
     """The cached transformers folder for ``gguf_path``, converting it first if missing or stale."""
     gguf_path = Path(gguf_path).resolve()
-    target = cache_dir_for(gguf_path)
     expected = fingerprint(gguf_path)
+    try:
+        target = cache_dir_for(gguf_path)
+    except OSError as err:
+        raise _unwritable(err) from None
     if _is_fresh(target, expected):
         return target
     _check_supported(gguf_path, gguf_architecture(gguf_path))
     print(
         f"tunesmith: converting {gguf_path.name} once into {target} (later loads reuse it)", file=sys.stderr
     )
-    with atomic_dir(target) as tmp:
-        _convert_into(gguf_path, tmp)
-        (tmp / FINGERPRINT_FILE).write_text(json.dumps(expected, indent=2) + "\n")
+    try:
+        with atomic_dir(target) as tmp:
+            _convert_into(gguf_path, tmp)
+            (tmp / FINGERPRINT_FILE).write_text(json.dumps(expected, indent=2) + "\n")
+    except OSError as err:
+        raise _unwritable(err) from None
     return target
+
+
+def _unwritable(err: OSError) -> TunesmithError:
+    """The error for a cache folder that cannot be created or written (full disk, bad TUNESMITH_HOME)."""
+    return TunesmithError(
+        f"tunesmith could not write its model cache ({type(err).__name__}: {err}). Free disk space, or set "
+        "TUNESMITH_HOME to a writable folder (default ~/.cache/tunesmith)."
+    )
 
 
 def _convert_into(gguf_path: Path, folder: Path) -> None:
