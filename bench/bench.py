@@ -4,7 +4,7 @@ Same random-init model folder, same LoRA (r=16, alpha=16, dropout 0, all seven p
 random batches, fused AdamW on the LoRA parameters, 2 warm-up steps, median of the timed steps, each
 variant in its own process, peak = ``torch.cuda.max_memory_allocated()`` including the weights.
 
-usage:  python bench/bench.py run DIR VARIANT SEQ BS STEPS     (VARIANT: ts_lora, ts_qlora, ts_qlora_lowmem)
+usage:  python bench/bench.py run DIR VARIANT SEQ BS STEPS     (VARIANT: ts_lora, ts_qlora, ts_qlora_lowmem, ts_lora@GB)
         python bench/bench.py table LOGDIR                       (the table of every RESULT line)
         python bench/bench.py peak                               (the card's bf16 matmul rate)
 Environment: ARCH=1b for the Llama-3.2-1B shape; MAX_MEMORY_GB caps smart checkpointing; PROFILE=1
@@ -38,8 +38,15 @@ def load(d: str, variant: str):
         )  # fmt: skip
     m = AutoModelForCausalLM.from_pretrained(d, **kw)
     m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    m = get_peft_model(m, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules=TARGETS, task_type="CAUSAL_LM"))
+    m = get_peft_model(
+        m,
+        LoraConfig(
+            r=16, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules=TARGETS, task_type="CAUSAL_LM"
+        ),
+    )
     cap = LOWMEM_GB if variant.endswith("lowmem") else os.environ.get("MAX_MEMORY_GB")
+    if "@" in variant:  # e.g. ts_lora@24: smart checkpointing with max_memory_gb=24
+        cap = variant.split("@")[1]
     apply_fast_path(m, max_memory_gb=float(cap) if cap else None, offload=variant.endswith("lowmem"))
     m.train()
     return m
@@ -104,11 +111,23 @@ def peak() -> None:
 
 def _flops_per_token(arch: dict, seq: int) -> float:
     """Model FLOPs per trained token of LoRA without recompute: 4 x matmul params + causal attention."""
-    h, i, layers, v = arch["hidden_size"], arch["intermediate_size"], arch["num_hidden_layers"], arch["vocab_size"]
+    h, i, layers, v = (
+        arch["hidden_size"],
+        arch["intermediate_size"],
+        arch["num_hidden_layers"],
+        arch["vocab_size"],
+    )
     kv = h // arch["num_attention_heads"] * arch["num_key_value_heads"]
     matmul = layers * (2 * h * h + 2 * h * kv + 3 * h * i) + v * h
     attention = 6 * seq * h * layers  # QK^T and PV, causal half, forward + 2x backward
     return 4 * matmul + attention
+
+
+def _ratio_text(r: dict, other: dict | None) -> str:
+    """Speed and memory relative to another row, e.g. '1.45x / mem 0.80x'."""
+    if not other:
+        return "-"
+    return f"{r['tok_per_s'] / other['tok_per_s']:.2f}x / mem {r['peak_gib'] / other['peak_gib']:.2f}x"
 
 
 def table(logdir: str) -> None:
@@ -132,13 +151,19 @@ def table(logdir: str) -> None:
     print("| shape | variant | batch x seq | tokens/s | peak GiB | vs Unsloth | vs transformers+peft | MFU |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for a, r in rows:
-        kind = "qlora" if "qlora" in r["variant"] else "lora"
+        kind = "qlora" if "qlora" in r["variant"] else "lora"  # compare like with like
         uns = base.get((a, f"unsloth_{kind}", r["seq"], r["bs"]))
         hf = base.get((a, f"hf_{kind}", r["seq"], r["bs"]))
-        ratio = lambda o: f"{r['tok_per_s'] / o['tok_per_s']:.2f}x / mem {r['peak_gib'] / o['peak_gib']:.2f}x" if o else "-"  # noqa: E731
+        ratio = _ratio_text
         arch = arch1 if a == "1b" else arch8
-        mfu = f"{100 * r['tok_per_s'] * _flops_per_token(arch, r['seq']) / (tflops * 1e12):.0f}%" if tflops else "-"
-        print(f"| {a} | {r['variant']} | {r['bs']} x {r['seq']} | {r['tok_per_s']:,} | {r['peak_gib']} | {ratio(uns)} | {ratio(hf)} | {mfu} |")
+        mfu = (
+            f"{100 * r['tok_per_s'] * _flops_per_token(arch, r['seq']) / (tflops * 1e12):.0f}%"
+            if tflops
+            else "-"
+        )
+        print(
+            f"| {a} | {r['variant']} | {r['bs']} x {r['seq']} | {r['tok_per_s']:,} | {r['peak_gib']} | {ratio(r, uns)} | {ratio(r, hf)} | {mfu} |"
+        )
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # Run from the repository root on the GPU machine, carrying .anchor-whl (bash ../shared/gpu/prepare_anchor_wheels.sh)
 # and .anchors (anchor_bench.py copied from ../shared/gpu):
 #   bash bench/run_all.sh "8b 2048 2 8 hf_lora unsloth_lora ts_lora" "1b 2048 2 8 unsloth_lora ts_lora"
-# Each spec: ARCH SEQ BS STEPS VARIANT...; variants ts_* are tunesmith's (bench/bench.py), others the anchors'.
+# Each spec: ARCH SEQ BS STEPS VARIANT...; BENCH_BUDGET_S=N skips variants not started within N seconds; variants ts_* are tunesmith's (bench/bench.py), others the anchors'.
 set -u
 LOGS=/tmp/bench-logs; mkdir -p $LOGS /tmp/anchor-site
 OUTDIR=${OUT:-/tmp}
@@ -17,9 +17,10 @@ for spec in "$@"; do
   export ARCH=$arch; D=/tmp/model-$arch
   [ -f $D/config.json ] || python3 .anchors/anchor_bench.py prep $D 2>&1 | tail -1
   for v in "$@"; do
+    if [ -n "${BENCH_BUDGET_S:-}" ] && [ $SECONDS -gt "$BENCH_BUDGET_S" ]; then echo "skipped $arch $v $seq (BENCH_BUDGET_S)"; continue; fi
     log=$LOGS/$arch-$v-$seq.log
     case $v in ts_*) cmd="python3 bench/bench.py run $D $v $seq $bs $steps" ;; *) cmd="python3 .anchors/anchor_bench.py run $D $v $seq $bs $steps" ;; esac
-    timeout 300 $cmd > $log 2>&1
+    timeout 200 $cmd > $log 2>&1
     echo "rc=$? $arch $v $seq"; grep RESULT $log || tail -5 $log
   done
 done

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _kernel_models import TARGETS, rel_err
 
 pytestmark = pytest.mark.gpu
@@ -32,13 +31,19 @@ def test_rope_and_swiglu_full_size():
     from tunesmith.kernels.rope import RoPEFunction, rope_reference
     from tunesmith.kernels.swiglu import SwiGLUFunction, swiglu_reference
 
-    q = torch.randn(2, 2048, 32, 128, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(2, 2048, 8, 128, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(2, 2048, 32 * 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(2, 2048, 8 * 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     ang = torch.rand(1, 2048, 64, device="cuda") * 100
     cos, sin = torch.cat([ang.cos()] * 2, -1).to(q.dtype), torch.cat([ang.sin()] * 2, -1).to(q.dtype)
-    rq, rk = rope_reference(q.float(), k.float(), cos.float(), sin.float())
-    oq, ok = RoPEFunction.apply(q.clone(), k.clone(), cos, sin)
-    assert rel_err(oq, rq) < BF16_TOL and rel_err(ok, rk) < BF16_TOL
+    rq, rk = rope_reference(
+        q.float().view(2, 2048, 32, 128), k.float().view(2, 2048, 8, 128), cos.float(), sin.float()
+    )
+    oq, ok = RoPEFunction.apply(q * 1, k * 1, cos, sin, 128)
+    assert rel_err(oq.view_as(rq), rq) < BF16_TOL and rel_err(ok.view_as(rk), rk) < BF16_TOL
+    dq, dk = torch.randn_like(oq), torch.randn_like(ok)
+    got = torch.autograd.grad((oq, ok), (q, k), (dq, dk))
+    want = torch.autograd.grad((rq, rk), (q, k), (dq.float().view_as(rq), dk.float().view_as(rk)))
+    assert all(rel_err(a, b) < BF16_TOL for a, b in zip(got, want, strict=True))
     g = torch.randn(4096, 14336, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     u = torch.randn_like(g, requires_grad=True)
     h, ref = SwiGLUFunction.apply(g, u), swiglu_reference(g.float(), u.float())
@@ -49,7 +54,10 @@ def test_rope_and_swiglu_full_size():
 
 
 def test_fused_cross_entropy_llama3_vocab():
-    from tunesmith.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy, fused_linear_cross_entropy_reference
+    from tunesmith.kernels.fused_linear_cross_entropy import (
+        fused_linear_cross_entropy,
+        fused_linear_cross_entropy_reference,
+    )
 
     h = (torch.randn(4096, 4096, device="cuda") * 0.5).to(torch.bfloat16).requires_grad_()
     w = (torch.randn(128256, 4096, device="cuda") * 0.02).to(torch.bfloat16)
@@ -99,9 +107,9 @@ def _load(path, qlora: bool):
     m = AutoModelForCausalLM.from_pretrained(path, **kw)
     m = get_peft_model(m, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS))
     gen = torch.Generator(device="cuda").manual_seed(1)
-    with torch.no_grad():
+    with torch.no_grad():  # the same adapter weights in every load (PEFT draws lora_A from the global RNG)
         for n, p in m.named_parameters():
-            if "lora_B" in n:
+            if "lora_" in n:
                 p.copy_(torch.randn(p.shape, device="cuda", generator=gen, dtype=p.dtype) * 0.02)
     m.train()
     return m

@@ -71,7 +71,8 @@ class LoRAProjectionsFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, scalings, *flat):
         projections = [
-            Projection(*flat[i : i + 4], scaling=s) for i, s in zip(range(0, len(flat), 4), scalings, strict=True)
+            Projection(*flat[i : i + 4], scaling=s)
+            for i, s in zip(range(0, len(flat), 4), scalings, strict=True)
         ]
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
@@ -95,12 +96,14 @@ class LoRAProjectionsFunction(torch.autograd.Function):
     def backward(ctx, *grads):
         x2, xa = ctx.saved_tensors
         projections, ranks = ctx.projections, ctx.ranks
-        dx = torch.zeros_like(x2) if ctx.needs_input_grad[0] else None
+        need_dx = ctx.needs_input_grad[0]
+        dx = None
         z_parts, flat_grads, offset = [], [], 0
         for p, r, g in zip(projections, ranks, grads, strict=True):
             g = g.reshape(-1, g.shape[-1]).to(x2.dtype)
-            if dx is not None:
-                dx.addmm_(g, dense_weight(p.weight, x2.dtype))
+            if need_dx:
+                w = dense_weight(p.weight, x2.dtype)
+                dx = g @ w if dx is None else dx.addmm_(g, w)
             da = db = None
             if r:
                 z = (g @ p.lora_b.to(x2.dtype)) * p.scaling  # (N, r)
@@ -119,7 +122,9 @@ class LoRAProjectionsFunction(torch.autograd.Function):
 
 def lora_projections(x: torch.Tensor, projections: list[Projection]) -> list[torch.Tensor]:
     """All projections of ``x``: the fused function on CUDA, the autograd reference elsewhere."""
-    if x.is_cuda:
+    from tunesmith.kernels._triton import on_gpu
+
+    if on_gpu(x):
         flat = [t for p in projections for t in (p.weight, p.bias, p.lora_a, p.lora_b)]
         return list(LoRAProjectionsFunction.apply(x, [p.scaling for p in projections], *flat))
     return lora_projections_reference(x, projections)

@@ -68,6 +68,7 @@ class LoRAMLPFunction(torch.autograd.Function):
         ctx.projections = (gate, up, down)
         ctx.save_for_backward(x2, g, u, xa_g, xa_u, ha_d)
         ctx.x_shape = shape
+        ctx.consumed = False
         return out
 
     @staticmethod
@@ -80,9 +81,14 @@ class LoRAMLPFunction(torch.autograd.Function):
         if down.lora_a is not None:
             z_d = (dy @ down.lora_b.to(dy.dtype)) * down.scaling
             dh.addmm_(z_d, down.lora_a.to(dy.dtype))
-        h, dg, du = swiglu_backward(
-            dh, g.clone(), u.clone(), in_place=True
-        )  # saved g/u stay intact for a re-run
+        if ctx.consumed:
+            raise RuntimeError(
+                "tunesmith's fused LoRA MLP reuses its saved activations as gradient buffers, so its backward "
+                "runs once per forward; backward(retain_graph=True) followed by a second backward is not supported."
+            )
+        ctx.consumed = True
+        # In place over the saved g and u: the backward needs no N x I buffers of its own.
+        h, dg, du = swiglu_backward(dh, g, u, in_place=True)
         dd = (None, None)
         if z_d is not None:
             dd = ((z_d.t() @ h).to(down.lora_a.dtype), ((dy.t() @ ha_d) * down.scaling).to(down.lora_b.dtype))

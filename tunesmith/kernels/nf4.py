@@ -11,6 +11,7 @@ Source: Dettmers et al. 2023 (QLoRA), https://arxiv.org/abs/2305.14314.
 """
 
 import math
+import weakref
 
 import torch
 
@@ -46,6 +47,19 @@ def _nf4_dequantize_kernel(
     tl.store(OUT + offs, (value * scale).to(OUT.dtype.element_ty), mask=mask)
 
 
+# One float32 device copy of each QuantState's offset: making it per call from a Python float would be
+# a blocking host-to-device copy on every dequantization (hundreds per training step).
+_OFFSETS: dict[int, tuple[weakref.ref, torch.Tensor]] = {}  # QuantState defines __eq__, so key by id
+
+
+def _offset_on(quant_state, device: torch.device) -> torch.Tensor:
+    ref, cached = _OFFSETS.get(id(quant_state), (None, None))
+    if ref is None or ref() is not quant_state or cached.device != device:
+        cached = torch.as_tensor(quant_state.offset, dtype=torch.float32, device=device).reshape(1)
+        _OFFSETS[id(quant_state)] = (weakref.ref(quant_state), cached)
+    return cached
+
+
 def nf4_dequantize_forward(
     packed: torch.Tensor, quant_state, out: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -58,7 +72,7 @@ def nf4_dequantize_forward(
     if nested:
         state2 = quant_state.state2
         code2, absmax2, blocksize2 = state2.code, state2.absmax, state2.blocksize
-        offset = torch.as_tensor(quant_state.offset, dtype=torch.float32, device=packed.device).reshape(1)
+        offset = _offset_on(quant_state, packed.device)
     else:
         code2 = absmax2 = offset = quant_state.absmax
         blocksize2 = 1

@@ -102,12 +102,13 @@ def rms_norm_backward(
     dy2 = dy.reshape(-1, shape[-1]).contiguous()
     n_rows, n_cols = x2.shape
     dx = torch.empty_like(x2)
-    programs = triton.cdiv(n_rows, ROWS_PER_PROGRAM)
+    rows = ROWS_PER_PROGRAM if need_dw else 1  # a frozen weight needs no partial sums: one row per program
+    programs = triton.cdiv(n_rows, rows)
     partial = torch.empty((programs, n_cols) if need_dw else (1,), dtype=torch.float32, device=x.device)
     block = next_power_of_2(n_cols)
     kernel_for(_rms_norm_backward_kernel, x.device)[(programs,)](
         dy2, x2, weight, rstd, dx, partial, x2.stride(0), n_rows, n_cols,
-        ROWS=ROWS_PER_PROGRAM, BLOCK=block, HAS_DW=need_dw, num_warps=num_warps_for(block),
+        ROWS=rows, BLOCK=block, HAS_DW=need_dw, num_warps=num_warps_for(block),
     )  # fmt: skip
     dw = partial.sum(0).to(weight.dtype) if need_dw else None
     return dx.view(shape), dw

@@ -82,27 +82,38 @@ def rope_reference(
 
 
 class RoPEFunction(torch.autograd.Function):
-    """Rotates Q and K in place (``q``/``k`` must be intermediates nobody else reads)."""
+    """Rotates Q and K in place. ``q``/``k`` are (B, T, H*D) intermediates nobody else reads, and not
+    views (autograd forbids a multi-output Function from modifying views in place)."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        rope_forward(q, k, cos, sin)
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int):
+        b, t = q.shape[:2]
+        rope_forward(q.view(b, t, -1, head_dim), k.view(b, t, -1, head_dim), cos, sin)
         ctx.mark_dirty(q, k)
         ctx.save_for_backward(cos, sin)
+        ctx.head_dim = head_dim
         return q, k
 
     @staticmethod
     def backward(ctx, dq: torch.Tensor, dk: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        dq, dk = dq.contiguous().clone(), dk.contiguous().clone()
-        rope_backward(dq, dk, cos, sin)
-        return dq, dk, None, None
+        b, t = dq.shape[:2]
+        # The kernel rotates in place: work on our own contiguous copies (one copy each, not two).
+        dq = dq.clone(memory_format=torch.contiguous_format)
+        dk = dk.clone(memory_format=torch.contiguous_format)
+        rope_backward(dq.view(b, t, -1, ctx.head_dim), dk.view(b, t, -1, ctx.head_dim), cos, sin)
+        return dq, dk, None, None, None
 
 
 def apply_rope(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding on (B, T, H, D) tensors: the in-place kernel on CUDA, the reference elsewhere."""
-    if on_gpu(q, k) and q.is_contiguous() and k.is_contiguous():
-        return RoPEFunction.apply(q, k, cos, sin)
-    return rope_reference(q, k, cos, sin)
+    """Rotary embedding on (B, T, H*D) projections; returns (B, T, H, D) views.
+
+    The in-place kernel on CUDA, the reference elsewhere.
+    """
+    b, t = q.shape[:2]
+    if on_gpu(q, k) and q.is_contiguous() and k.is_contiguous() and q._base is None and k._base is None:
+        q, k = RoPEFunction.apply(q, k, cos, sin, head_dim)
+        return q.view(b, t, -1, head_dim), k.view(b, t, -1, head_dim)
+    return rope_reference(q.view(b, t, -1, head_dim), k.view(b, t, -1, head_dim), cos, sin)

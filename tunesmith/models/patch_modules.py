@@ -85,11 +85,11 @@ class FastAttention(nn.Module):
         self.layer_idx = getattr(base_layer, "layer_idx", None)
 
     def _can_fuse(self, position_embeddings, kwargs) -> bool:
-        if (
-            position_embeddings is None
-            or kwargs.get("cache") is not None
-            or kwargs.get("past_key_values") is not None
-        ):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        # A training step never reads its key/value cache back (transformers makes one when the config says
+        # use_cache), so it is left alone there, as transformers' own checkpointed layers do.
+        training = self.training and torch.is_grad_enabled()
+        if position_embeddings is None or (cache is not None and not training):
             return False
         if getattr(self.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return False
@@ -108,11 +108,9 @@ class FastAttention(nn.Module):
             )
         b, t, _ = hidden_states.shape
         q, k, v = lora_projections(hidden_states, projections[:3])
-        q = q.view(b, t, -1, self.head_dim)  # (B, T, Hq, D)
-        k = k.view(b, t, -1, self.head_dim)  # (B, T, Hkv, D)
-        v = v.view(b, t, -1, self.head_dim)
         cos, sin = position_embeddings
-        q, k = apply_rope(q, k, cos, sin)
+        q, k = apply_rope(q, k, cos, sin, self.head_dim)  # (B, T, Hq, D), (B, T, Hkv, D)
+        v = v.view(b, t, -1, self.head_dim)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
         out = F.scaled_dot_product_attention(
@@ -128,6 +126,10 @@ class FastAttention(nn.Module):
         return lora_projections(out, projections[3:])[0], None
 
 
+# transformers' activation classes that compute x * sigmoid(x) (ACT2FN["silu"] is SiLUActivation).
+SILU_CLASSES = ("SiLU", "SiLUActivation")
+
+
 class FastMLP(nn.Module):
     """The SwiGLU MLP with LoRA fused into gate/up/down; falls back to the original when it cannot read it."""
 
@@ -139,7 +141,9 @@ class FastMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
-        if not isinstance(self.act_fn, nn.SiLU) or any(p is None or p.bias is not None for p in projections):
+        if type(self.act_fn).__name__ not in SILU_CLASSES or any(
+            p is None or p.bias is not None for p in projections
+        ):
             return self.base_layer(x)
         return lora_mlp(x, *projections)
 

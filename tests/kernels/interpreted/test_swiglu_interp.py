@@ -1,0 +1,32 @@
+"""SwiGLU kernels vs ``silu(g) * u``: output, both gradients, and the in-place backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DTYPES, TOL, rel
+
+from tunesmith.kernels.swiglu import SwiGLUFunction, swiglu_backward, swiglu_reference
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(3, 77), (2, 5, 1029)])
+def test_swiglu_matches_reference(shape, dtype):
+    g = torch.randn(shape, dtype=dtype, requires_grad=True)
+    u = torch.randn(shape, dtype=dtype, requires_grad=True)
+    h, ref = SwiGLUFunction.apply(g, u), swiglu_reference(g, u)
+    dh = torch.randn_like(h)
+    got, want = torch.autograd.grad(h, (g, u), dh), torch.autograd.grad(ref, (g, u), dh)
+    assert rel(h, ref) < TOL[dtype]
+    assert rel(got[0], want[0]) < TOL[dtype] and rel(got[1], want[1]) < TOL[dtype]
+
+
+def test_in_place_backward_returns_h_and_gradients_in_the_input_buffers():
+    g, u, dh = torch.randn(5, 300), torch.randn(5, 300), torch.randn(5, 300)
+    want_h = swiglu_reference(g, u)
+    gg, uu = g.clone().requires_grad_(), u.clone().requires_grad_()
+    want_dg, want_du = torch.autograd.grad(swiglu_reference(gg, uu), (gg, uu), dh)
+    bufs = (dh.clone(), g.clone(), u.clone())
+    h, dg, du = swiglu_backward(*bufs, in_place=True)
+    assert h.data_ptr() == bufs[0].data_ptr() and dg.data_ptr() == bufs[1].data_ptr()
+    assert rel(h, want_h) < 1e-6 and rel(dg, want_dg) < 1e-6 and rel(du, want_du) < 1e-6

@@ -1,0 +1,40 @@
+"""Smart checkpointing's plan: recompute only as many layers as the memory budget requires."""
+
+from __future__ import annotations
+
+from tunesmith.models.patch_checkpoint import SAFETY, layer_bytes_per_token, plan_checkpointing
+
+GIB = 2**30
+
+
+def _llama8b():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8)  # fmt: skip
+
+
+def test_room_for_everything_means_no_recompute():
+    full, kept = layer_bytes_per_token(_llama8b())
+    plan = plan_checkpointing(32, 4096, full, kept, free_bytes=100 * GIB, offload=False)
+    assert plan.checkpointed == 0 and not plan.offload
+    assert 12 < plan.estimate_gib < 20  # ~100 KB per token per layer for 4,096 tokens x 32 layers
+
+
+def test_tight_budget_checkpoints_just_enough_layers():
+    full, kept = layer_bytes_per_token(_llama8b())
+    tokens = 4096
+    plan = plan_checkpointing(32, tokens, full, kept, free_bytes=8 * GIB, offload=False)
+    assert 0 < plan.checkpointed < 32
+    assert plan.estimate_gib * GIB <= 8 * GIB
+    fewer = plan_checkpointing(
+        32, tokens, full, kept, free_bytes=8 * GIB + full * tokens * SAFETY * 2, offload=False
+    )
+    assert fewer.checkpointed < plan.checkpointed, "more memory, fewer recomputed layers"
+
+
+def test_offload_only_when_even_full_checkpointing_does_not_fit():
+    full, kept = layer_bytes_per_token(_llama8b())
+    assert not plan_checkpointing(32, 4096, full, kept, 0.1 * GIB, offload=False).offload
+    plan = plan_checkpointing(32, 4096, full, kept, 0.1 * GIB, offload=True)
+    assert plan.offload and plan.checkpointed == 32

@@ -1,0 +1,105 @@
+"""``apply_fast_path`` / ``unpatch`` on tiny random Llamas on CPU (the references run there)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
+
+from tunesmith.kernels.rms_norm import FastRMSNorm
+from tunesmith.models.patch import apply_fast_path, unpatch
+from tunesmith.models.patch_modules import FastAttention, FastMLP, FusedLMHead
+
+
+def _batch():
+    x = torch.randint(0, 97, (2, 13), generator=torch.Generator().manual_seed(3))
+    labels = x.clone()
+    labels[1, :4] = -100
+    return x, labels
+
+
+def test_patched_model_matches_original_and_unpatch_restores_it():
+    model = with_lora(tiny_llama()).train()
+    x, labels = _batch()
+    keys = list(model.state_dict())
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    with torch.no_grad():
+        logits0 = model.eval()(input_ids=x).logits
+    model.train()
+
+    assert apply_fast_path(model)
+    layer = model.get_base_model().model.layers[0]
+    assert isinstance(layer.self_attn, FastAttention) and isinstance(layer.mlp, FastMLP)
+    assert isinstance(layer.input_layernorm, FastRMSNorm) and isinstance(
+        model.get_base_model().lm_head, FusedLMHead
+    )
+    assert list(model.state_dict()) == keys, "checkpoint and adapter names must not change"
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5
+    assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+
+    unpatch(model)
+    layer = model.get_base_model().model.layers[0]
+    assert type(layer.self_attn).__name__ == "LlamaAttention" and type(layer.mlp).__name__ == "LlamaMLP"
+    assert "_loss_function" not in model.get_base_model().__dict__
+    with torch.no_grad():
+        assert torch.equal(model.eval()(input_ids=x).logits, logits0)
+
+
+def test_training_forward_never_builds_logits_but_eval_does():
+    model = with_lora(tiny_llama()).train()
+    x, labels = _batch()
+    apply_fast_path(model)
+    out = model(input_ids=x, labels=labels)
+    assert out.logits.stride() == (0, 0, 0), "training with labels: a zero-stride placeholder, no memory"
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+    assert logits.stride()[-1] == 1 and logits.abs().sum() > 0
+
+
+def test_adapters_added_after_patching_survive_unpatch():
+    model = tiny_llama()
+    assert apply_fast_path(model)
+    model = with_lora(model)  # PEFT swaps q_proj etc. on the fast-path wrappers
+    x, labels = _batch()
+    loss_and_grads(model, x, labels)
+    unpatch(model.get_base_model()) if hasattr(model, "get_base_model") else None
+    unpatch(model)
+    names = [n for n, _ in model.named_parameters() if "lora_A" in n]
+    assert len(names) == 14 and all("base_layer" not in n.split("lora_A")[0].split(".")[-2] for n in names)
+    assert type(model.get_base_model().model.layers[0].self_attn).__name__ == "LlamaAttention"
+
+
+def test_apply_twice_is_a_no_op_and_unpatch_twice_is_harmless():
+    model = with_lora(tiny_llama())
+    assert apply_fast_path(model) and apply_fast_path(model)
+    assert isinstance(model.get_base_model().model.layers[0].mlp, FastMLP)
+    unpatch(model)
+    unpatch(model)
+    assert type(model.get_base_model().model.layers[0].mlp).__name__ == "LlamaMLP"
+
+
+def test_other_architectures_keep_the_plain_path_with_one_notice(caplog):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
+    with caplog.at_level(logging.WARNING):
+        assert apply_fast_path(model) is False
+    notices = [r.getMessage() for r in caplog.records if r.name == "tunesmith.models.patch"]
+    assert len(notices) == 1 and "gpt2" in notices[0] and "plain" in notices[0]
+    unpatch(model)  # nothing to undo
+
+
+def test_qwen2_gets_the_fast_path_with_its_qkv_bias():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = with_lora(Qwen2ForCausalLM(cfg)).train()
+    x, labels = _batch()
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    assert apply_fast_path(model)
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
