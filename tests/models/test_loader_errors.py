@@ -161,3 +161,14 @@ def test_longer_context_than_the_model_knows_warns(tiny_llama_dir):
     with pytest.warns(UserWarning, match="max_seq_length=4096 is longer than the 2048 tokens"):
         model, _ = load(tiny_llama_dir, max_seq_length=4096)
     assert model.max_seq_length == 4096
+
+
+def test_weights_missing_a_tensor_are_not_filled_with_random_values(tmp_path, tiny_llama_dir):
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_llama_dir, tmp_path / "model")
+    tensors = load_file(folder / "model.safetensors")
+    del tensors["model.layers.1.mlp.down_proj.weight"]
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(TunesmithError, match="model.layers.1.mlp.down_proj.weight"):
+        load(folder)

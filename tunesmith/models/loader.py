@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.device import resolve_device, resolve_dtype
-from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked
+from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked, require_bitsandbytes
 from tunesmith.models.registry import FAMILIES
 from tunesmith.models.sources import materialize
 
@@ -63,6 +63,8 @@ def _check_arguments(max_seq_length, load_in_4bit: bool, load_in_8bit: bool, ful
             f"max_seq_length={max_seq_length!r} is not a positive whole number of tokens. "
             "Use e.g. max_seq_length=2048."
         )
+    if load_in_4bit or load_in_8bit:
+        require_bitsandbytes()
     if full_finetuning and (load_in_4bit or load_in_8bit):
         raise TunesmithError(
             "full_finetuning=True updates every weight, which 4-bit/8-bit weights cannot hold. Drop "
@@ -136,19 +138,29 @@ def _load_model(folder, config, dtype, device, load_in_4bit, load_in_8bit, trust
 
     quantization = bnb_config(load_in_4bit, load_in_8bit, compute_dtype=dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model, info = AutoModelForCausalLM.from_pretrained(
             folder,
             config=config,
             dtype=dtype,
             device_map=str(device),
             quantization_config=quantization,
             trust_remote_code=trust_remote_code,
+            output_loading_info=True,
         )
     except (OSError, RuntimeError, ValueError) as err:
         raise TunesmithError(
             f"Loading the weights in {folder} failed ({type(err).__name__}: {err}). If a file is damaged, copy "
             "or save the model again; if memory ran out, try load_in_4bit=True."
         ) from None
+    # transformers fills absent or wrongly shaped weights with random values and only logs it; a model
+    # that is partly random would train and answer as nonsense, so it is an error here.
+    bad = sorted(info.get("missing_keys") or []) + sorted(str(k) for k in info.get("mismatched_keys") or [])
+    if bad:
+        raise TunesmithError(
+            f"The weights in {folder} do not match its config.json: {len(bad)} tensor(s) are missing or have "
+            f"the wrong shape (first: {bad[0]}). The files are incomplete or belong to another model; copy "
+            "or save the model again."
+        )
     if quantization is not None:
         keep_4bit_weights_unpacked(model)
     return model
