@@ -85,3 +85,20 @@ def test_hub_id_in_the_local_hub_cache_loads_offline(tmp_path, tiny_llama_dir):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     result = run_cli("some-org/tiny-llama", "--prompt", "hi", "--max-new-tokens", "2", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_long_conversations_drop_the_oldest_turns(tiny_llama_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.cli.chat import _fit
+    from tunesmith.models.chat import prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    turns = [
+        {"role": "user", "content": "first question " * 20},
+        {"role": "assistant", "content": "answer " * 20},
+    ]
+    latest = [{"role": "user", "content": "latest question"}]
+    budget = prompt_ids(tokenizer, latest).shape[1] + 5
+    assert _fit(turns * 3 + latest, tokenizer, budget) == latest
+    assert _fit(turns + latest, tokenizer, 10_000) == turns + latest

@@ -81,5 +81,17 @@ def _loop(model, tokenizer, chat, options: dict) -> int:
         if not question or question.lower() in _QUIT:
             return 0
         messages.append({"role": "user", "content": question})
+        messages = _fit(
+            messages, tokenizer, getattr(model, "max_seq_length", 2048) - options["max_new_tokens"]
+        )
         answer = chat(model, tokenizer, messages, **options)
         messages.append({"role": "assistant", "content": answer})
+
+
+def _fit(messages: list[dict], tokenizer, budget: int) -> list[dict]:
+    """Drop the oldest question/answer pairs until the conversation fits ``budget`` tokens."""
+    from tunesmith.models.chat import prompt_ids
+
+    while len(messages) > 1 and prompt_ids(tokenizer, messages).shape[1] > budget:
+        messages = messages[2:]
+    return messages
