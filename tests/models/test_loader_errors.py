@@ -87,14 +87,19 @@ def test_unsupported_architecture_in_a_folder(tmp_path):
     assert "llama" in str(err.value) and "qwen2" in str(err.value)
 
 
-def test_unsupported_architecture_in_a_gguf(tmp_path):
-    path = tmp_path / "gpt2.gguf"
-    writer = gguf.GGUFWriter(path, "gpt2")
+def bare_gguf(path, arch: str):
+    """A readable GGUF file with one tensor and no tokenizer or hyper-parameters."""
+    writer = gguf.GGUFWriter(path, arch)
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    return path
+
+
+def test_unsupported_architecture_in_a_gguf(tmp_path):
+    path = bare_gguf(tmp_path / "gpt2.gguf", "gpt2")
     with pytest.raises(TunesmithError, match="'gpt2' model") as err:
         load(path)
     assert "llama" in str(err.value)
@@ -172,3 +177,14 @@ def test_weights_missing_a_tensor_are_not_filled_with_random_values(tmp_path, ti
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(TunesmithError, match="model.layers.1.mlp.down_proj.weight"):
         load(folder)
+
+
+def test_failed_conversion_leaves_nothing_in_the_cache(tmp_path):
+    from tunesmith.models.gguf_cache import cache_dir_for
+
+    path = bare_gguf(tmp_path / "llama-without-tokenizer.gguf", "llama")
+    with pytest.raises(TunesmithError, match="could not convert .*llama-without-tokenizer.gguf"):
+        load(path)
+    cache = cache_dir_for(path)
+    assert not cache.exists()
+    assert not [p for p in cache.parent.iterdir() if p.name.startswith(f".{cache.name}")]
