@@ -20,7 +20,7 @@ def test_python_m_tunesmith_reports_the_environment():
     out = result.stdout
     for field in ("tunesmith:", "torch:", "transformers:", "device:", "bf16:", "4-bit (QLoRA):"):
         assert f"\n{field}" in f"\n{out}", f"{field} missing from:\n{out}"
-    assert re.search(r"\ndevice: +(CPU \(.*, \d+ cores\)|CUDA .*GiB)", out)
+    assert re.search(r"\ndevice: +(CPU \(.*, \d+ cores, \d+ GiB RAM\)|CUDA .*GiB)", out)
     assert "4-bit (QLoRA):          works" in out  # a real NF4 matmul ran
     assert "llama.cpp verification: available" in out
     assert "supported families:" in out and "Qwen2" in out and "Llama" in out

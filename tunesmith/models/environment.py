@@ -69,8 +69,28 @@ def _device_row() -> Row:
         more = f" (+{torch.cuda.device_count() - 1} more)" if torch.cuda.device_count() > 1 else ""
         return Row("device", f"CUDA {props.name}, {props.total_memory / 2**30:.1f} GiB{more}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    name = platform.processor() or platform.machine()
-    return Row("device", f"CPU ({name}, {cores} cores) - no CUDA GPU; small models train, slowly")
+    memory = _ram_gib()
+    ram = f", {memory:.0f} GiB RAM" if memory else ""
+    return Row("device", f"CPU ({_cpu_name()}, {cores} cores{ram}) - no CUDA GPU; small models train, slowly")
+
+
+def _cpu_name() -> str:
+    """The CPU model name (Linux), else the machine type."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="ignore"):
+            if line.startswith("model name"):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _ram_gib() -> float | None:
+    """Physical memory in GiB, where the OS tells it."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def four_bit_works() -> tuple[bool, str]:
