@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import peft
 import pytest
 import torch
 
@@ -46,6 +47,19 @@ def test_4bit_gradients_after_generate_match_the_dense_reference(tiny_llama_dir)
 
     assert torch.allclose(loss, ref_loss, rtol=1e-4)
     assert ((grad - ref_grad).norm() / ref_grad.norm()).item() < 1e-3
+
+    # The same through LoRA adapters, as QLoRA training computes them (random A and B so both get gradients).
+    lora_grads = []
+    for base in (model, reference):
+        torch.manual_seed(0)
+        adapted = peft.get_peft_model(
+            base, peft.LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False)
+        )
+        adapted(input_ids=ids, labels=ids).loss.backward()
+        lora_grads.append({n: p.grad for n, p in adapted.named_parameters() if p.requires_grad})
+    assert lora_grads[0].keys() == lora_grads[1].keys() and len(lora_grads[0]) == 2 * 14
+    for name, ref in lora_grads[1].items():
+        assert ((lora_grads[0][name] - ref).norm() / ref.norm()).item() < 1e-3, name
 
 
 def test_default_model_in_4bit_answers_sensibly(default_model_path):
