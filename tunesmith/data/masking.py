@@ -66,7 +66,7 @@ def _labels_for(text: str, ids: list[int], tokenizer, instruction_part, response
         return None
     spans = answer_spans(text, instruction_part, response_part)
     return [
-        tok if end > start and any(a <= start < b for a, b in spans) else IGNORE_INDEX
+        tok if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
         for tok, (start, end) in zip(ids, encoded["offset_mapping"][: len(ids)], strict=True)
     ]
 

@@ -30,7 +30,8 @@ def _label_tokens(ids: list[int], offsets: list[tuple[int, int]], spans, respons
         return list(ids)
     labels = []
     for token, (start, end) in zip(ids, offsets, strict=True):
-        inside = end > start and any(a <= start < b for a, b in spans)
+        # A token that straddles the prompt/answer boundary (" Fine" after "A:") is learned as answer.
+        inside = end > start and any(start < b and end > a for a, b in spans)
         labels.append(token if inside else IGNORE_INDEX)
     return labels
 

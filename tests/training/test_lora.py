@@ -1,0 +1,69 @@
+"""get_peft_model: the family's targets, standard PEFT adapters, checkpointing modes, clear errors."""
+
+from __future__ import annotations
+
+import peft
+import pytest
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.training import get_peft_model
+
+SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_default_targets_are_all_seven_projections(tiny):
+    model, _ = tiny
+    lora = get_peft_model(model, r=8)
+    assert isinstance(lora, peft.PeftModel)
+    assert set(lora.peft_config["default"].target_modules) == SEVEN
+    adapted = {name.rsplit(".", 1)[-1] for name, m in lora.named_modules() if hasattr(m, "lora_A")}
+    assert adapted == SEVEN
+    trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_adapters_save_in_peft_format_and_peft_loads_them(tiny, tiny_llama_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    model, _ = tiny
+    lora = get_peft_model(model, r=8, lora_alpha=16, init_lora_weights=False)  # non-zero B: output changes
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        expected = lora(input_ids=ids).logits
+    lora.save_pretrained(tmp_path)
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in tmp_path.iterdir()}
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        loaded = peft.PeftModel.from_pretrained(base, tmp_path)(input_ids=ids).logits
+    assert torch.allclose(loaded, expected, atol=1e-5)
+    assert not torch.allclose(plain, expected, atol=1e-3)
+
+
+def test_random_state_makes_the_adapter_init_reproducible(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    def lora_a(seed):
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), r=4, random_state=seed)
+        return next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()
+
+    assert torch.equal(lora_a(3407), lora_a(3407))
+    assert not torch.equal(lora_a(3407), lora_a(1))
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("unsloth", True), (True, True), (False, False)])
+def test_checkpointing_modes(tiny, mode, expected):
+    model, _ = tiny
+    lora = get_peft_model(model, r=4, use_gradient_checkpointing=mode)
+    assert lora.base_model.model.is_activation_checkpointing is expected
+
+
+def test_bad_arguments_get_clear_errors(tiny):
+    model, _ = tiny
+    with pytest.raises(TunesmithError, match="did you mean 'q_proj'"):
+        get_peft_model(model, target_modules=["q_prj", "v_proj"])
+    with pytest.raises(TunesmithError, match="r > 0"):
+        get_peft_model(model, r=0)
+    with pytest.raises(TunesmithError, match="use_gradient_checkpointing='fast'"):
+        get_peft_model(model, use_gradient_checkpointing="fast")
