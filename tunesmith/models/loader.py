@@ -42,7 +42,7 @@ def load(
     _check_arguments(max_seq_length, load_in_4bit, load_in_8bit, full_finetuning)
     device = resolve_device(device_map)
     torch_dtype = resolve_dtype(dtype, device)
-    folder = materialize(model_name, token=token)
+    folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
     config = _checked_config(folder, trust_remote_code)
     _check_weight_files(folder)
     tokenizer = _load_tokenizer(folder, trust_remote_code)

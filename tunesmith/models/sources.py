@@ -34,8 +34,13 @@ def alias_gguf_path(alias: Alias) -> Path:
     )
 
 
-def materialize(model_name: str | os.PathLike, *, token: str | None = None) -> Path:
-    """A local transformers folder for ``model_name`` (converting or downloading once when needed)."""
+def materialize(
+    model_name: str | os.PathLike, *, token: str | None = None, trust_remote_code: bool = False
+) -> Path:
+    """A local transformers folder for ``model_name`` (converting or downloading once when needed).
+
+    A hub download fetches the model's own Python code only with ``trust_remote_code=True``.
+    """
     name = os.fspath(model_name)
     if isinstance(model_name, str) and name.lower() in ALIASES:
         return convert_gguf(alias_gguf_path(ALIASES[name.lower()]))
@@ -49,7 +54,7 @@ def materialize(model_name: str | os.PathLike, *, token: str | None = None) -> P
             f"The model path {path} does not exist. Check the spelling, or pass a hub id (org/name) or a "
             f"built-in alias ({', '.join(ALIASES)})."
         )
-    return _from_hub(name, token=token)
+    return _from_hub(name, token=token, trust_remote_code=trust_remote_code)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -84,7 +89,7 @@ def _checked_folder(folder: Path) -> Path:
     )
 
 
-def _from_hub(repo_id: str, *, token: str | None) -> Path:
+def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Path:
     """Download (or reuse from the hub cache) the safetensors snapshot of ``repo_id``."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
@@ -97,7 +102,8 @@ def _from_hub(repo_id: str, *, token: str | None) -> Path:
     alias = closest_name(repo_id.lower(), ALIASES)
     did_you_mean = f" Did you mean the built-in model '{alias}'?" if alias else ""
     try:
-        folder = Path(snapshot_download(repo_id, token=token, allow_patterns=HUB_FILE_PATTERNS))
+        patterns = [*HUB_FILE_PATTERNS, "*.py"] if trust_remote_code else HUB_FILE_PATTERNS
+        folder = Path(snapshot_download(repo_id, token=token, allow_patterns=patterns))
     except LocalEntryNotFoundError:
         raise TunesmithError(
             f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be reached "
