@@ -17,6 +17,9 @@ _EXPORTS = {
     "SFTTrainer": "tunesmith.training.trainer",
     "SFTConfig": "tunesmith.training.arguments",
     "TrainingArguments": "tunesmith.training.arguments",
+    "get_chat_template": "tunesmith.data.chat_templates",
+    "train_on_responses_only": "tunesmith.data.masking",
+    "standardize_sharegpt": "tunesmith.data.sharegpt",
     "TunesmithError": "tunesmith.errors",
 }
 
