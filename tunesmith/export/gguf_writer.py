@@ -130,7 +130,7 @@ def write_gguf(
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        with tqdm(total=len(tensors), desc=f"writing {path.name}", unit="tensor") as bar:
+        with tqdm(total=len(tensors), desc=f"writing {model_name}.gguf", unit="tensor") as bar:
             for tensor, qtype in zip(tensors, types, strict=True):
                 _write_tensor(writer, _convert(tensor.load(), qtype))
                 bar.update(1)

@@ -181,18 +181,14 @@ def _torch_greedy(model, ids: list[int], steps: int, eos: set[int]) -> tuple[np.
     """Prompt logits and the greedy continuation (stopping at an end token)."""
     device = next(model.parameters()).device
     seq = torch.tensor([ids], device=device)
-    output = model(input_ids=seq, use_cache=True)
-    prompt_logits = output.logits[0].float().cpu().numpy()
-    cache, token, out = output.past_key_values, int(prompt_logits[-1].argmax()), []
-    for _ in range(steps):
-        out.append(token)
-        if token in eos or len(out) == steps:
-            break
-        output = model(
-            input_ids=torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True
-        )
-        cache, token = output.past_key_values, int(output.logits[0, -1].argmax())
-    return prompt_logits, out
+    prompt_logits = model(input_ids=seq).logits[0].float().cpu().numpy()
+    from transformers import GenerationConfig
+
+    greedy = GenerationConfig(  # explicit: no repetition penalty or sampling from the model's own config
+        max_new_tokens=steps, do_sample=False, eos_token_id=sorted(eos), pad_token_id=min(eos, default=0)
+    )
+    generated = model.generate(input_ids=seq, attention_mask=torch.ones_like(seq), generation_config=greedy)
+    return prompt_logits, generated[0, len(ids) :].tolist()
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -222,7 +218,11 @@ def verify_gguf(
     file_type = _file_type(path)
     report = VerifyReport(path, file_type, TOP1_THRESHOLDS.get(file_type, 0.90))
     llm = llama_cpp.Llama(
-        model_path=str(path), logits_all=True, n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False
+        model_path=str(path),
+        logits_all=True,
+        n_ctx=n_ctx,
+        n_threads=max(1, (os.cpu_count() or 2) // 2),
+        verbose=False,
     )
     eos = {t for t in (tokenizer.eos_token_id, llm.token_eos()) if t is not None and t >= 0}
     try:

@@ -1,0 +1,121 @@
+"""Real tokenizers of the families users train, each on a tiny random model of matching vocabulary: the GGUF
+file tokenizes a multilingual text exactly as Hugging Face does in llama.cpp, computes the same logits, and
+its Modelfile TEMPLATE renders the tokenizer's chat template character for character in Go."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from _export_models import llama_cpp_module, tiny_model
+from transformers import AutoTokenizer
+
+from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.export.gguf import save_pretrained_gguf
+from tunesmith.export.ollama import MODELFILE_NAME
+
+TEXT = (
+    "Hello world! The year 2024 had 12345678 seconds.\n\n  Indented  code:\n\tdef f(x):\n        return x**2  # sq\n"
+    "你好，世界！这是一个测试。日本語のテキスト。 Emoji: 🤖🎉👍🏽 Ünïcödé café naïve — “quotes” it's we'll I'M"
+)
+CONVERSATION = [
+    {"role": "system", "content": "You are a careful doctor."},
+    {"role": "user", "content": "我头疼，怎么办? What should I do?"},
+    {"role": "assistant", "content": "Rest, drink water.\n\nSee a doctor if it lasts."},
+]
+# (tokenizer folder, model family, extra config, expected llama.cpp pre-tokenizer / vocab kind)
+CASES = [
+    (
+        "llama3",
+        "llama",
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,
+            }
+        },
+        "llama-bpe",
+    ),
+    ("llama3_1", "llama", {"tie_word_embeddings": True}, "llama-bpe"),
+    ("qwen3", "qwen3", {"head_dim": 32, "tie_word_embeddings": True}, "qwen2"),
+    ("qwen3", "qwen2", {}, "qwen2"),
+    ("deepseek_v3", "llama", {}, "deepseek-v3"),
+    ("llama2", "mistral", {}, "llama"),
+]
+# Llama 2 has no chat template: its Modelfile comes from a declared prompt template.
+LLAMA2_PROMPT = "### Question:\n{instruction}\n\n### Answer:\n{output}"
+
+
+def _read_field(path, key):
+    field = gguf.GGUFReader(path).get_field(key)
+    return None if field is None else field.contents()
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
+def exported(request, shared_dir, tmp_path_factory):
+    name, kind, extra, expected = request.param
+    tokenizer = AutoTokenizer.from_pretrained(shared_dir / "tokenizers" / name)
+    vocab = -(-len(tokenizer) // 64) * 64  # padded like real checkpoints: GGUF gets [PAD] tokens
+    model = tiny_model(kind, vocab, **extra)
+    prompt_template = PromptTemplate(LLAMA2_PROMPT) if name == "llama2" else None
+    out = tmp_path_factory.mktemp(f"{name}-{kind}")
+    path = save_pretrained_gguf(model, out, tokenizer, "f32", prompt_template=prompt_template)
+    return path, model, tokenizer, expected, prompt_template
+
+
+def test_llama_cpp_tokenizes_like_hugging_face(exported):
+    path, _, tokenizer, expected, _ = exported
+    llama_cpp = llama_cpp_module()
+    specials = "".join(tokenizer.all_special_tokens[:3])
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        for text in (TEXT, specials + TEXT + specials, "a"):
+            assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text)["input_ids"]
+    finally:
+        llm.close()
+    kind = "tokenizer.ggml.model" if expected == "llama" else "tokenizer.ggml.pre"
+    assert _read_field(path, kind) == expected
+
+
+def test_llama_cpp_computes_the_same_logits(exported):
+    path, model, tokenizer, _, _ = exported
+    llama_cpp = llama_cpp_module()
+    ids = tokenizer(TEXT)["input_ids"][:48]
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=1, verbose=False)
+    try:
+        llm.eval(ids)
+        ours = np.array(llm.scores[: len(ids)])
+    finally:
+        llm.close()
+    with torch.no_grad():
+        theirs = model(input_ids=torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(ours - theirs).max() < 1e-3
+
+
+def test_modelfile_template_matches_the_chat_template_in_go(exported, go_render):
+    path, _, tokenizer, _, prompt_template = exported
+    modelfile = (path.parent / MODELFILE_NAME).read_text()
+    assert f"FROM ./{path.name}\n" in modelfile
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    chat_template = prompt_template.to_chat_template() if prompt_template else tokenizer.chat_template
+    adds_bos = tokenizer("a")["input_ids"][0] == tokenizer.bos_token_id
+    for messages in (CONVERSATION[:2], CONVERSATION, [*CONVERSATION, {"role": "user", "content": "Thanks!"}]):
+        last_is_assistant = messages[-1]["role"] == "assistant"
+        jinja = tokenizer.apply_chat_template(
+            messages,
+            chat_template=chat_template,
+            tokenize=False,
+            add_generation_prompt=not last_is_assistant,
+            continue_final_message=last_is_assistant,
+        )
+        # llama.cpp adds BOS itself when the tokenizer does, so the TEMPLATE leaves it out.
+        go = (tokenizer.bos_token if adds_bos and jinja.startswith(tokenizer.bos_token) else "") + go_render(
+            template, messages
+        )
+        assert go == jinja
+    eos_line = f'PARAMETER stop "{tokenizer.eos_token}"'
+    assert eos_line in modelfile and "PARAMETER num_ctx 512" in modelfile
