@@ -82,6 +82,11 @@ def test_set_overrides_apply_before_validation(tmp_path: Path) -> None:
     assert config.probes == ["Why?", "How?"]
     assert config.export.formats == ["gguf", "lora"]
     assert apply_overrides({"a": {"b": 1}}, ["a.c=x"]) == {"a": {"b": 1, "c": "x"}}
+    # questions end in '?', which plain YAML refuses inside [...]: still a list of questions
+    assert load_config(path, ["probes=[Why am I tired?, Is it anemia?]"]).probes == [
+        "Why am I tired?",
+        "Is it anemia?",
+    ]
 
 
 def test_print_config_round_trips(tmp_path: Path) -> None:

@@ -263,10 +263,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 f"The override --set {item!r} is not of the form SECTION.FIELD=VALUE "
                 "(for example --set training.max_steps=10)."
             )
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError:
-            value = raw
+        value = _override_value(raw)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -277,6 +274,17 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = child
         node[parts[-1]] = value
     return data
+
+
+def _override_value(raw: str) -> Any:
+    """A ``--set`` value read as YAML; ``[a?, b?]`` (which YAML rejects) is a list of plain strings."""
+    text = raw.strip()
+    try:
+        return yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        if text.startswith("[") and text.endswith("]"):
+            return [part.strip() for part in text[1:-1].split(",") if part.strip()]
+        return raw
 
 
 def _deep_copy(data: Any) -> Any:

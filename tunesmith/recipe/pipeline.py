@@ -111,7 +111,10 @@ class RunContext:
     def _stop(self, status: str, text: str) -> None:
         self.state.status = status
         self.state.save()
-        write_report(report_data(self, text), self.folder)
+        try:
+            write_report(report_data(self, text), self.folder)
+        except Exception as err:  # a partial report must never hide why the run stopped
+            print(f"    (could not write the partial report: {err})", file=sys.stderr)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -274,10 +277,17 @@ def train(ctx: RunContext) -> dict[str, Any]:
 
 
 def eval_after(ctx: RunContext) -> dict[str, float | None]:
-    """The held-out loss after training (the same rows as before)."""
+    """The held-out loss after training (the same rows as before), added to the loss curve."""
+    from tunesmith.training.callbacks import LOG_NAME
+    from tunesmith.training.plot import plot_loss_curve, read_log
+
     loss = _eval_loss(ctx)
     before = ctx.state.results.get("lora", {}).get("eval_loss_before")
     print(f"    held-out loss: {_fmt(before)} before -> {_fmt(loss)} after")
+    records = [r for r in read_log(ctx.folder / TRAINING_DIR / LOG_NAME) if "eval_loss" not in r]
+    held_out = [(0, before), (ctx.trainer.state.global_step, loss)]
+    records += [{"step": step, "eval_loss": value} for step, value in held_out if value is not None]
+    plot_loss_curve(records, ctx.folder / LOSS_PNG)
     return {"eval_loss_after": loss}
 
 
@@ -333,6 +343,7 @@ def verify(ctx: RunContext) -> dict[str, Any] | None:
     result = verify_gguf(ctx.folder / gguf, (ctx.model, ctx.tokenizer))
     print("    " + result.summary().replace("\n", "\n    "))
     if not result.passed:
+        ctx.state.results["verify"] = result.to_dict()  # the report shows what failed
         raise TunesmithError(
             f"The GGUF file {gguf} does not behave like the trained model ({' '.join(result.summary().split())})."
         )

@@ -112,7 +112,13 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def commands(data: ReportData) -> list[tuple[str, str]]:
+def _time_rows(data: ReportData) -> list[tuple[str, str]]:
+    """Seconds per stage (this attempt) and their total."""
+    rows = [(k, f"{v:.1f} s") for k, v in data.stage_seconds.items()]
+    return [*rows, ("total", f"{sum(data.stage_seconds.values()):.1f} s")]
+
+
+def _commands(data: ReportData) -> list[tuple[str, str]]:
     """(title, shell commands) to run the exported model in Ollama and llama.cpp."""
     out: list[tuple[str, str]] = []
     if data.modelfile and data.ollama_name:
@@ -172,7 +178,7 @@ def render_markdown(data: ReportData, folder: Path) -> str:
     parts += ["## Run it", _md_commands(data)]
     parts += ["## Environment", _md_table(("", "value"), list(data.environment.items()))]
     if data.stage_seconds:
-        rows = [(k, f"{v:.1f} s") for k, v in data.stage_seconds.items()]
+        rows = _time_rows(data)
         parts += ["## Time per stage", _md_table(("stage", "time"), rows)]
     parts += ["## Config", "```yaml\n" + data.config_yaml.rstrip() + "\n```"]
     return "\n\n".join(parts) + "\n"
@@ -204,7 +210,7 @@ def _md_verification(data: ReportData) -> str:
 
 
 def _md_commands(data: ReportData) -> str:
-    blocks = [f"{title}:\n\n```sh\n{text}\n```" for title, text in commands(data)]
+    blocks = [f"{title}:\n\n```sh\n{text}\n```" for title, text in _commands(data)]
     return (
         "\n\n".join(blocks)
         if blocks
@@ -348,7 +354,7 @@ def _html_verification(data: ReportData) -> str:
 
 
 def _html_commands(data: ReportData) -> str:
-    blocks = [f"<p>{html.escape(title)}:</p><pre>{html.escape(text)}</pre>" for title, text in commands(data)]
+    blocks = [f"<p>{html.escape(title)}:</p><pre>{html.escape(text)}</pre>" for title, text in _commands(data)]
     return (
         "".join(blocks) or "<p>No GGUF was exported, so there is nothing to run in Ollama or llama.cpp.</p>"
     )
@@ -357,7 +363,5 @@ def _html_commands(data: ReportData) -> str:
 def _html_env(data: ReportData) -> str:
     parts = [_html_table(("", "value"), list(data.environment.items()))]
     if data.stage_seconds:
-        parts.append(
-            _html_table(("stage", "time"), [(k, f"{v:.1f} s") for k, v in data.stage_seconds.items()])
-        )
+        parts.append(_html_table(("stage", "time"), _time_rows(data)))
     return "".join(parts)
