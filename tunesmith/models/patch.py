@@ -3,7 +3,7 @@
 The fast path swaps modules of the model instance (``setattr`` on their parents), never the library:
 RMSNorms, each decoder layer's attention and MLP, and the output projection, whose loss becomes the
 fused chunked cross-entropy through transformers' own ``loss_function`` setter. It also installs smart
-checkpointing. Llama-family and Qwen2 models get it; other architectures keep the plain path with a
+checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). Llama-family and Qwen2 models get it; other architectures keep the plain path with a
 one-line notice. Apply it after ``get_peft_model`` (the wrappers read the LoRA layers at every step, so
 adapters added later are used too, but the model you call must be the one patched).
 """
@@ -17,6 +17,7 @@ from torch import nn
 
 from tunesmith.models.patch_checkpoint import SmartCheckpointing
 from tunesmith.models.patch_modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
+from tunesmith.models.patch_packing import has_restarts, packed_causal_mask
 from tunesmith.models.registry import family_of
 
 __all__ = ["apply_fast_path", "unpatch", "FastPathState", "FAST_PATH_ARCHITECTURES"]
@@ -104,6 +105,28 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
     causal_lm.loss_function = loss_function  # transformers' own setter for a custom loss
 
 
+def _install_packing(state: FastPathState, causal_lm: nn.Module) -> None:
+    """Give every fast attention the block-diagonal mask when the caller passes restarting position_ids."""
+    attentions = [m for m in causal_lm.modules() if isinstance(m, FastAttention)]
+
+    def set_mask(module, args, kwargs):
+        position_ids = kwargs.get("position_ids")
+        mask = (
+            packed_causal_mask(position_ids)
+            if position_ids is not None and has_restarts(position_ids)
+            else None
+        )
+        for attention in attentions:
+            attention.packed_mask = mask
+
+    def clear_mask(module, args, kwargs, output):
+        for attention in attentions:
+            attention.packed_mask = None
+
+    state.hooks.append(causal_lm.register_forward_pre_hook(set_mask, with_kwargs=True))
+    state.hooks.append(causal_lm.register_forward_hook(clear_mask, with_kwargs=True))
+
+
 def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, offload: bool = False) -> bool:
     """Swap in tunesmith's fused modules; returns True when the fast path is on.
 
@@ -132,6 +155,7 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
     state = FastPathState(causal_lm=causal_lm)
     _swap_layers(state, decoder)
     _install_fused_loss(state, causal_lm)
+    _install_packing(state, causal_lm)
     state.checkpointing = SmartCheckpointing(decoder, decoder.layers, config, max_memory_gb, offload)
     model.__dict__[_STATE] = state
     return True

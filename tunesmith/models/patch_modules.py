@@ -83,6 +83,7 @@ class FastAttention(nn.Module):
         self.scaling = base_layer.scaling
         self.config = base_layer.config
         self.layer_idx = getattr(base_layer, "layer_idx", None)
+        self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
 
     def _can_fuse(self, position_embeddings, kwargs) -> bool:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -113,6 +114,8 @@ class FastAttention(nn.Module):
         v = v.view(b, t, -1, self.head_dim)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
+        if self.packed_mask is not None and (mask is None or mask.dtype == torch.bool):
+            mask = self.packed_mask if mask is None else mask & self.packed_mask
         out = F.scaled_dot_product_attention(
             q,
             k,

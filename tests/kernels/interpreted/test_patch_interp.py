@@ -40,3 +40,20 @@ def test_patched_model_runs_every_kernel_and_matches_plain_model():
     assert abs(loss1 - loss0) < 1e-5
     assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
     unpatch(model)
+
+
+def test_packed_row_through_the_kernels_matches_separate_samples():
+    from tunesmith.models.patch_packing import pack_without_padding
+
+    samples = [[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71]]
+    model = with_lora(tiny_llama()).train()
+    want = (
+        sum(
+            model(input_ids=torch.tensor(s)[None], labels=torch.tensor(s)[None]).loss * (len(s) - 1)
+            for s in samples
+        )
+        / 10
+    )
+    apply_fast_path(model)
+    got = model(**pack_without_padding(samples)).loss
+    assert abs(got.item() - want.item()) < 1e-5
