@@ -85,7 +85,7 @@ class FastAttention(nn.Module):
         self.layer_idx = getattr(base_layer, "layer_idx", None)
         self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
 
-    def _can_fuse(self, position_embeddings, kwargs) -> bool:
+    def _can_fuse(self, position_embeddings, kwargs, seq_len: int) -> bool:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         # A training step never reads its key/value cache back (transformers makes one when the config says
         # use_cache), so it is left alone there, as transformers' own checkpointed layers do.
@@ -94,13 +94,22 @@ class FastAttention(nn.Module):
             return False
         if getattr(self.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return False
-        if getattr(self.config, "use_sliding_window", False) or kwargs.get("output_attentions"):
+        window = getattr(self.config, "sliding_window", None)
+        if (
+            getattr(self.config, "use_sliding_window", False) and window
+        ):  # Qwen2 switches its window on explicitly
+            return False
+        if window and seq_len > window and getattr(self.config, "model_type", "") == "mistral":
+            return False  # Mistral's window applies once the sequence is longer than it
+        if kwargs.get("output_attentions"):
             return False
         return True
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
-        if not self._can_fuse(position_embeddings, kwargs) or any(p is None for p in projections):
+        if not self._can_fuse(position_embeddings, kwargs, hidden_states.shape[1]) or any(
+            p is None for p in projections
+        ):
             return self.base_layer(
                 hidden_states,
                 position_embeddings=position_embeddings,

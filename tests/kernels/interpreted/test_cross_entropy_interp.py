@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DTYPES, TOL, rel
+from _interp_helpers import DTYPES, TOL, rel
 
 from tunesmith.kernels import fused_linear_cross_entropy as flce
 

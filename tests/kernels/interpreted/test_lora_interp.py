@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DTYPES, TOL, rel
+from _interp_helpers import DTYPES, TOL, rel
 
 from tunesmith.kernels.lora_linear import LoRAProjectionsFunction, Projection, lora_projections_reference
 from tunesmith.kernels.lora_mlp import LoRAMLPFunction, lora_mlp_reference
