@@ -63,6 +63,7 @@ def _profile(m, x) -> None:
 
 
 def run(d: str, variant: str, seq: int, bs: int, steps: int) -> None:
+    """Time one variant and print its RESULT line (the anchors' loop and JSON fields, plus the plan)."""
     import torch
 
     vocab = json.load(open(os.path.join(d, "config.json")))["vocab_size"]

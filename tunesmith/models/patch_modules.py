@@ -106,6 +106,7 @@ class FastAttention(nn.Module):
         return True
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        """Same signature and result as the original attention: ``(output (B, T, H), None)``."""
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
         if not self._can_fuse(position_embeddings, kwargs, hidden_states.shape[1]) or any(
             p is None for p in projections
@@ -152,6 +153,7 @@ class FastMLP(nn.Module):
         keep_base(self, base_layer, self.CHILDREN + ("act_fn",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(silu(gate(x)) * up(x))`` with the adapters, (B, T, H) -> (B, T, H)."""
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
         if type(self.act_fn).__name__ not in SILU_CLASSES or any(
             p is None or p.bias is not None for p in projections
@@ -174,13 +176,16 @@ class FusedLMHead(nn.Module):
 
     @property
     def out_features(self) -> int:
+        """Vocabulary size (rows of the weight), as ``nn.Linear``."""
         return self.weight.shape[0]
 
     @property
     def in_features(self) -> int:
+        """Hidden size (columns of the weight), as ``nn.Linear``."""
         return self.weight.shape[1]
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Logits, or while deferring a zero-stride placeholder of the same shape."""
         if not self.defer:
             return self.base_layer(hidden_states)
         self.stash = hidden_states
