@@ -22,6 +22,7 @@ class ProgressBarCallback(TrainerCallback):
 
     def __init__(self) -> None:
         self.bar = None
+        self.eval_bar = None
         self._last = None  # (time, tokens) at the previous log
 
     def on_train_begin(self, args, state, control, **kwargs):
@@ -61,6 +62,27 @@ class ProgressBarCallback(TrainerCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.eval_bar is None:
+            from tqdm.auto import tqdm
+
+            total = (
+                len(eval_dataloader)
+                if eval_dataloader is not None and hasattr(eval_dataloader, "__len__")
+                else None
+            )
+            self.eval_bar = tqdm(
+                total=total, desc="held-out loss", unit="batch", leave=False, dynamic_ncols=True
+            )
+        self.eval_bar.update(1)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.eval_bar is not None:
+            self.eval_bar.close()
+            self.eval_bar = None
 
 
 class JsonlLogCallback(TrainerCallback):

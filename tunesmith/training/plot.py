@@ -25,6 +25,14 @@ def read_log(log_path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def _moving_average(values, window: int) -> list[float]:
+    """Mean of each value and up to ``window - 1`` values before it."""
+    return [
+        sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1)
+        for i in range(len(values))
+    ]
+
+
 def plot_loss_curve(
     records: list[dict], png_path: str | os.PathLike, title: str = "Training loss"
 ) -> Path | None:
@@ -41,7 +49,16 @@ def plot_loss_curve(
     figure = Figure(figsize=(7, 4), dpi=110)
     axes = figure.add_subplot()
     if train:
-        axes.plot(*zip(*train, strict=True), label="training loss", color="#1f77b4", linewidth=1.4)
+        steps, losses = zip(*train, strict=True)
+        axes.plot(steps, losses, label="training loss", color="#1f77b4", linewidth=1.0, alpha=0.45)
+        if len(losses) >= 10:  # single steps are noisy; the trend is what people look for
+            axes.plot(
+                steps,
+                _moving_average(losses, 5),
+                label="training loss (5-step mean)",
+                color="#1f77b4",
+                linewidth=2.0,
+            )
     if held_out:
         axes.plot(*zip(*held_out, strict=True), "o--", label="held-out loss", color="#d62728")
     axes.set_xlabel("step")
