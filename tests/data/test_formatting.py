@@ -14,8 +14,12 @@ QA = {"q": "What is a fever?", "a": "A body temperature above normal."}
 def _rows(layout):
     return {
         "alpaca": [{"instruction": QA["q"], "input": "", "output": QA["a"]}],
-        "sharegpt": [{"conversations": [{"from": "human", "value": QA["q"]}, {"from": "gpt", "value": QA["a"]}]}],
-        "messages": [{"messages": [{"role": "user", "content": QA["q"]}, {"role": "assistant", "content": QA["a"]}]}],
+        "sharegpt": [
+            {"conversations": [{"from": "human", "value": QA["q"]}, {"from": "gpt", "value": QA["a"]}]}
+        ],
+        "messages": [
+            {"messages": [{"role": "user", "content": QA["q"]}, {"role": "assistant", "content": QA["a"]}]}
+        ],
         "prompt_completion": [{"prompt": f"Q: {QA['q']}\nA: ", "completion": QA["a"]}],
         "text": [{"text": f"Q: {QA['q']}\nA: {QA['a']}"}],
     }[layout]
@@ -34,7 +38,9 @@ def test_each_layout_is_recognised_and_ends_with_one_eos(tokenizer, layout):
 
 def test_eos_already_in_the_text_is_not_doubled(tokenizer):
     eos = tokenizer.eos_token
-    data = prepare_dataset([{"text": f"Q: hi\nA: hello{eos}"}, {"text": "Q: yo\nA: hey"}], tokenizer, max_seq_length=64)
+    data = prepare_dataset(
+        [{"text": f"Q: hi\nA: hello{eos}"}, {"text": "Q: yo\nA: hey"}], tokenizer, max_seq_length=64
+    )
     for row in data.train:
         assert row["text"].count(eos) == 1 and row["text"].endswith(eos)
         assert row["input_ids"].count(tokenizer.eos_token_id) == 1
@@ -44,7 +50,9 @@ def test_eos_already_in_the_text_is_not_doubled(tokenizer):
 def test_chat_rows_use_the_tokenizers_template_and_its_end_of_turn(tokenizer):
     data = prepare_dataset(_rows("messages"), tokenizer, max_seq_length=128)
     text = data.train[0]["text"]
-    assert text.endswith(f"{QA['a']}<|im_end|>\n") and text.count("<|im_end|>") == 3  # system, user, assistant
+    assert (
+        text.endswith(f"{QA['a']}<|im_end|>\n") and text.count("<|im_end|>") == 3
+    )  # system, user, assistant
 
 
 def test_alpaca_input_joins_the_question_when_the_template_has_no_input(tokenizer):

@@ -20,9 +20,16 @@ def test_every_format_reads_the_same_rows(tmp_path, write_jsonl, alpaca_rows):
     )
     (tmp_path / "rows.csv").write_text(csv_text, encoding="utf-8")
     datasets.Dataset.from_list(alpaca_rows).to_parquet(str(tmp_path / "rows.parquet"))
-    sources = [jsonl, tmp_path / "list.json", tmp_path / "wrapped.json", tmp_path / "rows.csv",
-               tmp_path / "rows.parquet", datasets.Dataset.from_list(alpaca_rows),
-               datasets.DatasetDict({"train": datasets.Dataset.from_list(alpaca_rows)}), alpaca_rows]
+    sources = [
+        jsonl,
+        tmp_path / "list.json",
+        tmp_path / "wrapped.json",
+        tmp_path / "rows.csv",
+        tmp_path / "rows.parquet",
+        datasets.Dataset.from_list(alpaca_rows),
+        datasets.DatasetDict({"train": datasets.Dataset.from_list(alpaca_rows)}),
+        alpaca_rows,
+    ]
     for source in sources:
         assert load_dataset_file(source).to_list() == alpaca_rows, source
 
@@ -51,7 +58,7 @@ def test_gb18030_file_gets_a_message_naming_the_encoding_and_reads_with_it(share
 def test_malformed_json_line_is_named(tmp_path, alpaca_rows):
     path = tmp_path / "broken.jsonl"
     good = json.dumps(alpaca_rows[0])
-    path.write_text(f"{good}\n{good}\n{{\"instruction\": \"x\", \"output\": }}\n", encoding="utf-8")
+    path.write_text(f'{good}\n{good}\n{{"instruction": "x", "output": }}\n', encoding="utf-8")
     with pytest.raises(TunesmithError, match=r"broken.jsonl, line 3 is not valid JSON"):
         load_dataset_file(path)
 

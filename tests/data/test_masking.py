@@ -58,8 +58,12 @@ def test_single_turn_prompt_template_rows_mask_the_prompt(tokenizer):
     from tunesmith.data import PromptTemplate
 
     template = PromptTemplate("### Question:\n{instruction}\n\n### Answer:\n{output}")
-    data = prepare_dataset([{"instruction": "What is a fever?", "output": "A high temperature."}], tokenizer,
-                           template=template, max_seq_length=64)
+    data = prepare_dataset(
+        [{"instruction": "What is a fever?", "output": "A high temperature."}],
+        tokenizer,
+        template=template,
+        max_seq_length=64,
+    )
     row = data.train[0]
     answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE]
     prompt = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == IGNORE]
@@ -70,7 +74,9 @@ def test_single_turn_prompt_template_rows_mask_the_prompt(tokenizer):
 def test_every_label_masked_is_a_loud_error_naming_the_marker(tokenizer):
     data = datasets.Dataset.from_dict({"text": ["Question: hi\nAnswer: hello"] * 3})
     with pytest.raises(TunesmithError) as err:
-        train_on_responses_only(data, tokenizer=tokenizer, instruction_part="Question:", response_part="### Response:")
+        train_on_responses_only(
+            data, tokenizer=tokenizer, instruction_part="Question:", response_part="### Response:"
+        )
     assert "masked every label" in str(err.value) and "'### Response:'" in str(err.value)
 
 
@@ -81,8 +87,12 @@ def test_trainer_form_replaces_the_trainers_labels(tokenizer, tiny_llama_dir, tm
 
     text = "".join(t for t, _ in _chatml_segments())
     model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
-    trainer = SFTTrainer(model=model, tokenizer=tokenizer, train_dataset=datasets.Dataset.from_dict({"text": [text] * 2}),
-                         args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, max_length=128))
+    trainer = SFTTrainer(
+        model=model,
+        tokenizer=tokenizer,
+        train_dataset=datasets.Dataset.from_dict({"text": [text] * 2}),
+        args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, max_length=128),
+    )
     assert all(label != IGNORE for label in trainer.train_dataset[0]["labels"][1:])  # plain text: every token
     train_on_responses_only(trainer)
     ids, labels = _expected(tokenizer, _chatml_segments())

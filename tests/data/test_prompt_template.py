@@ -13,7 +13,10 @@ ZH = "以下是一个医学问题。\n\n### 问题:\n{instruction}\n\n### 回答
 def test_prompt_and_completion_split_at_the_reasoning():
     template = PromptTemplate(ZH)
     # The model is given the opening reasoning tag and writes the reasoning, the closing tag and the answer.
-    assert template.prompt("发烧怎么办？") == "以下是一个医学问题。\n\n### 问题:\n发烧怎么办？\n\n### 回答:\n<思考>"
+    assert (
+        template.prompt("发烧怎么办？")
+        == "以下是一个医学问题。\n\n### 问题:\n发烧怎么办？\n\n### 回答:\n<思考>"
+    )
     assert template.completion("多喝水。", reasoning="先看体温") == "先看体温</思考>\n多喝水。"
     assert template.format("q", "a", reasoning="r") == template.prompt("q") + template.completion("a", "r")
 
@@ -47,7 +50,9 @@ def test_chat_template_renders_exactly_like_the_prompt(tokenizer):
     rendered = tokenizer.apply_chat_template(question, tokenize=False, add_generation_prompt=True)
     assert rendered == template.prompt("发烧怎么办？")
     answer = "先看体温</思考>\n多喝水。"
-    full = tokenizer.apply_chat_template(question + [{"role": "assistant", "content": answer}], tokenize=False)
+    full = tokenizer.apply_chat_template(
+        question + [{"role": "assistant", "content": answer}], tokenize=False
+    )
     assert full == template.prompt("发烧怎么办？") + answer + tokenizer.eos_token
 
 

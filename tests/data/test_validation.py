@@ -82,7 +82,9 @@ def test_duplicates_are_counted_and_dropped_kept_or_refused(write_jsonl, tokeniz
 
 def test_rows_longer_than_max_seq_length_are_counted_or_refused(write_jsonl, tokenizer, alpaca_rows):
     long_answer = " ".join(["The heart pumps blood."] * 60)
-    path = write_jsonl(alpaca_rows + [{"instruction": "Explain the heart.", "input": "", "output": long_answer}])
+    path = write_jsonl(
+        alpaca_rows + [{"instruction": "Explain the heart.", "input": "", "output": long_answer}]
+    )
     truncated = _prepare(path, tokenizer, max_seq_length=64)
     assert truncated.stats.truncated == 1 and truncated.stats.max_tokens > 64
     assert max(len(ids) for ids in truncated.train["input_ids"]) == 64
