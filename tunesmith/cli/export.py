@@ -51,19 +51,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="Modelfile num_ctx (default: min(context, 4096))",
     )
     parser.add_argument("--verify", action="store_true", help="after a GGUF export, verify it in llama.cpp")
-    parser.add_argument("--overwrite", action="store_true", help="write into a folder that is not empty")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a folder that is not empty (merged/lora replace the whole folder)",
+    )
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Load MODEL, export it, print where it went; 1 when --verify fails."""
+    from tunesmith.export._output import check_output_dir
     from tunesmith.export.gguf_constants import quant_method
     from tunesmith.export.merge import save_pretrained_merged
     from tunesmith.export.source import load_for_export
 
+    # Mistakes in the request fail before the model loads.
     if args.format == "gguf":
-        quant_method(args.quant)  # a typo fails before the model loads
+        quant_method(args.quant)
+    check_output_dir(args.out, args.overwrite)
     model, tokenizer = load_for_export(args.model)
     if args.format != "gguf":
         method = "lora" if args.format == "lora" else "merged_16bit"

@@ -38,6 +38,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-new-tokens", type=int, default=32, metavar="N", help="greedy continuation length"
     )
+    parser.add_argument(
+        "--tie-margin",
+        type=float,
+        default=0.25,
+        metavar="LOGITS",
+        help="count a different top-1 token as agreeing when PyTorch rates it this close to its own (default 0.25; 0 = strict)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
     return parser
@@ -47,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     """Verify and print the report; 0 when every threshold holds, 1 otherwise."""
     from tunesmith.export.verify import verify_gguf
 
-    report = verify_gguf(args.gguf, args.against, args.prompts, max_new_tokens=args.max_new_tokens)
+    report = verify_gguf(
+        args.gguf, args.against, args.prompts, max_new_tokens=args.max_new_tokens, tie_margin=args.tie_margin
+    )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0 if report.passed else 1

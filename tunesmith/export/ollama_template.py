@@ -5,8 +5,8 @@ The chat template is not parsed: it is *rendered* with probe messages and cut in
     [no-system head] | system: head + CONTENT + after | user: before + CONTENT + after [+ generation prompt
     when last] | assistant: before (or last-turn before) + CONTENT [+ after when not last]
 
-which is the shape of every template tunesmith trains with (ChatML, Llama 3/3.1, Qwen2.5/3, DeepSeek,
-PromptTemplate formats). The pieces are checked by re-assembling several conversations in Python exactly
+(or, Mistral style, the system text inside the first user turn), which is the shape of every template
+tunesmith trains with (ChatML, Llama 3/3.1, Qwen2.5/3, DeepSeek, Mistral, Alpaca, PromptTemplate formats). The pieces are checked by re-assembling several conversations in Python exactly
 as the Go template does and comparing them with the Jinja rendering; a template of another shape is
 refused rather than translated wrongly. Ollama passes ``.Messages`` (``.Role``, ``.Content``); like
 Ollama's own templates, a final assistant message is left open so the model continues it.
@@ -42,6 +42,8 @@ class ChatPieces:
     assistant_after: str  # end of an assistant turn (its first token is what stops generation)
     last_assistant_before: str  # some templates (Qwen3) open the final assistant turn differently
     bos_text: str = ""  # BOS text removed from the heads because the tokenizer adds BOS itself
+    system_in_user: bool = False  # Mistral style: the system text sits inside the first user turn
+    system_prefix: str = ""  # (then) text between the user header and the system text
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[dict]:
@@ -89,7 +91,20 @@ def _cut(render: Renderer) -> ChatPieces:
     )
     has_system = _S in full
     head = _between(full, None, _S) if has_system else ""
-    system_after = _strip_suffix(_between(full, _S, _U1), user_before, "system end") if has_system else ""
+    gap = _between(full, _S, _U1) if has_system else ""
+    system_prefix, system_in_user, system_after = "", False, ""
+    if has_system and gap.endswith(user_before):
+        system_after = _strip_suffix(gap, user_before, "system end")
+    elif has_system and user_before and user_before in head:  # folded into the first user turn
+        cut = head.rindex(user_before)
+        head, system_prefix, system_after, system_in_user = (
+            head[:cut],
+            head[cut + len(user_before) :],
+            gap,
+            True,
+        )
+    elif has_system:
+        raise ValueError("system message placement")
     no_system_head = _strip_suffix(_between(no_sys, None, _U1), user_before, "head")
     if not has_system:  # the template drops system messages: what precedes the first user turn is fixed
         no_system_head = _strip_suffix(_between(full, None, _U1), user_before, "head")
@@ -103,19 +118,28 @@ def _cut(render: Renderer) -> ChatPieces:
         assistant_before=assistant_before,
         assistant_after=assistant_after,
         last_assistant_before=last_before,
+        system_in_user=system_in_user,
+        system_prefix=system_prefix,
     )
 
 
 def assemble(pieces: ChatPieces, messages: list[dict]) -> str:
     """Render ``messages`` from the pieces exactly as :func:`go_template`'s output does in Go."""
-    out = [] if messages and messages[0]["role"] == "system" else [pieces.no_system_head]
+    has_system = bool(messages) and messages[0]["role"] == "system"
+    out = [] if has_system else [pieces.no_system_head]
     for index, message in enumerate(messages):
         last = index == len(messages) - 1
         role, content = message["role"], message["content"]
         if role == "system" and pieces.system_head is not None:
-            out += [pieces.system_head, content, pieces.system_after]
+            out += (
+                [pieces.system_head]
+                if pieces.system_in_user
+                else [pieces.system_head, content, pieces.system_after]
+            )
         elif role == "user":
-            out += [pieces.user_before, content, pieces.user_after, pieces.generation if last else ""]
+            folded = pieces.system_in_user and has_system and index == 1
+            system = pieces.system_prefix + messages[0]["content"] + pieces.system_after if folded else ""
+            out += [pieces.user_before, system, content, pieces.user_after, pieces.generation if last else ""]
         elif role == "assistant":
             before = pieces.last_assistant_before if last else pieces.assistant_before
             out += [before, content, "" if last else pieces.assistant_after]
@@ -193,9 +217,19 @@ def _lit(text: str) -> str:
 
 def go_template(pieces: ChatPieces) -> str:
     """The Ollama TEMPLATE text (Go ``text/template`` over Ollama's ``.Messages``)."""
-    system = (
-        f"{_lit(pieces.system_head)}{{{{ .Content }}}}{_lit(pieces.system_after)}"
-        if pieces.system_head is not None
+    if pieces.system_head is None:
+        system = ""
+    elif pieces.system_in_user:
+        system = _lit(pieces.system_head)
+    else:
+        system = f"{_lit(pieces.system_head)}{{{{ .Content }}}}{_lit(pieces.system_after)}"
+    folded = (
+        '{{ if and (eq $i 1) (eq (index $.Messages 0).Role "system") }}'
+        + _lit(pieces.system_prefix)
+        + "{{ (index $.Messages 0).Content }}"
+        + _lit(pieces.system_after)
+        + "{{ end }}"
+        if pieces.system_in_user
         else ""
     )
     last_before = (
@@ -215,6 +249,7 @@ def go_template(pieces: ChatPieces) -> str:
         '{{- if eq .Role "system" }}' + system,
         '{{- else if eq .Role "user" }}'
         + _lit(pieces.user_before)
+        + folded
         + "{{ .Content }}"
         + _lit(pieces.user_after)
         + (f"{{{{ if $last }}}}{_lit(pieces.generation)}{{{{ end }}}}" if pieces.generation else ""),
