@@ -28,6 +28,13 @@ QUICK = [
 ]  # fmt: skip
 
 
+def _require_llama_cpp() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.fail("llama-cpp-python is missing; it is part of the test install: pip install -e '.[test]'")
+
+
 def _command(folder: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -51,9 +58,7 @@ def _state(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is part of the test install: pip install -e '.[test]'"
-    )
+    _require_llama_cpp()
     folder = tmp_path_factory.mktemp("run") / "medical-en"
     cmd = _command(folder, "--set", "export.formats=[gguf, lora]")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env())

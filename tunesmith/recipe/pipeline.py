@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import json
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
-from tunesmith.recipe.config import RunConfig, dump_config
-from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData, write_report
-from tunesmith.recipe.state import RunState, config_fingerprint, open_output_folder
+from tunesmith.recipe.config import RunConfig
+from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, model_name
+from tunesmith.recipe.datacheck import check_data
+from tunesmith.recipe.report import ExportFile, ProbeAnswer, write_report
+from tunesmith.recipe.state import config_fingerprint, open_output_folder
+from tunesmith.recipe.summary import report_data
 
 __all__ = ["run", "dry_run", "RunResult", "RunContext"]
-
-TRAINING_DIR = "training"  # checkpoints, training_log.jsonl and loss.png
-LOSS_PNG = f"{TRAINING_DIR}/loss.png"
 
 
 @dataclass
@@ -43,78 +41,6 @@ class RunResult:
     probes: list[ProbeAnswer] = field(default_factory=list)
     exports: list[ExportFile] = field(default_factory=list)
     verification: dict[str, Any] | None = None
-
-
-@dataclass
-class RunContext:
-    """What the stages hand to each other: the config, the folder state and the live objects."""
-
-    config: RunConfig
-    state: RunState
-    stage_count: int
-    model: Any = None
-    tokenizer: Any = None
-    prepared: Any = None  # tunesmith.data prepared train/eval sets and their statistics
-    trainer: Any = None
-    stage_number: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
-    interrupted: bool = False
-
-    @property
-    def folder(self) -> Path:
-        return self.state.folder
-
-    def stage(self, key: str, title: str, body: Callable[[RunContext], Any], *, once: bool = False) -> None:
-        """Run one stage: print its headed line, time it, record its result, name it in any failure.
-
-        ``once`` stages (their result is all that matters, e.g. probe answers) are skipped when an
-        earlier attempt finished them; the others rebuild live objects (model, trainer) every time.
-        """
-        self.stage_number += 1
-        head = f"[{self.stage_number}/{self.stage_count}] {title}"
-        if once and self.state.done(key):
-            print(f"{head} ... done in the earlier attempt", flush=True)
-            return
-        print(f"{head} ...", flush=True)
-        start = time.perf_counter()
-        try:
-            result = body(self)
-        except TunesmithError as err:
-            self._fail(key, title)
-            raise TunesmithError(
-                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed: {err} {self._kept()}"
-            ) from err
-        except KeyboardInterrupt:
-            self._stop(
-                "interrupted", f"interrupted during stage {self.stage_number}/{self.stage_count} ({title})"
-            )
-            raise
-        except Exception as err:
-            self._fail(key, title)
-            raise TunesmithError(
-                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed with an unexpected "
-                f"{type(err).__name__}: {err}. {self._kept()} Run again with --debug for the traceback."
-            ) from err
-        self.seconds[title] = self.seconds.get(title, 0.0) + time.perf_counter() - start
-        if not self.interrupted:
-            self.state.complete(key, result)
-
-    def _kept(self) -> str:
-        return (
-            f"What earlier stages produced is kept in {self.folder} (report.md lists it); fix the cause "
-            "and run the same command again to continue from there."
-        )
-
-    def _fail(self, key: str, title: str) -> None:
-        self._stop("failed", f"failed at stage {self.stage_number}/{self.stage_count} ({title})")
-
-    def _stop(self, status: str, text: str) -> None:
-        self.state.status = status
-        self.state.save()
-        try:
-            write_report(report_data(self, text), self.folder)
-        except Exception as err:  # a partial report must never hide why the run stopped
-            print(f"    (could not write the partial report: {err})", file=sys.stderr)
 
 
 def run(config: RunConfig) -> RunResult:
@@ -148,29 +74,6 @@ def dry_run(config: RunConfig) -> None:
     summary = check_data(config)
     print(f"Config OK. Data OK: {summary}.")
     print(f"A run would write to {Path(config.output.folder).resolve()}.")
-
-
-def check_data(config: RunConfig) -> str:
-    """Read and validate the data file(s) without a tokenizer: layout, fields, template, every row."""
-    from tunesmith.data import detect_layout, load_dataset_file
-    from tunesmith.data.validation import check_template_fields, find_duplicates, validate_rows
-
-    d, summaries = config.data, []
-    for path in filter(None, [d.file, d.eval_file]):
-        data = load_dataset_file(path, encoding=d.encoding)
-        layout, mapping = detect_layout(data.column_names, d.fields, path)
-        if d.format != "auto" and layout.name != d.format:
-            raise TunesmithError(
-                f"data.format is '{d.format}', but {path} looks like '{layout.name}' data (columns: "
-                f"{', '.join(data.column_names)}). Set data.format to '{layout.name}' or 'auto', or fix the file."
-            )
-        if d.prompt_template:
-            check_template_fields(PromptTemplate(d.prompt_template), mapping, data.column_names, path)
-        rows = data.to_list()
-        validate_rows(rows, layout, mapping, path)
-        repeats = len(find_duplicates(rows, mapping))
-        summaries.append(f"{Path(path).name}: {len(rows)} {layout.name} rows, {repeats} exact duplicates")
-    return "; ".join(summaries)
 
 
 # -- the stages, in run order ----------------------------------------------------------------------------
@@ -272,6 +175,8 @@ def train(ctx: RunContext) -> dict[str, Any]:
         print(f"    resuming from {checkpoint.relative_to(ctx.folder)}")
     with graceful_interrupt(stopper):
         ctx.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    # Training wraps model.forward in bf16 autocast; probes, export and verification want the real model.
+    ctx.model = ctx.trainer.accelerator.unwrap_model(ctx.model, keep_fp32_wrapper=False)
     ctx.interrupted = stopper.requested and ctx.trainer.state.global_step < ctx.config.training.max_steps
     return {"losses": _train_losses(ctx), "steps": ctx.trainer.state.global_step}
 
@@ -320,7 +225,7 @@ def export(ctx: RunContext) -> dict[str, Any]:
             ctx.folder / "gguf",
             ctx.tokenizer,
             quantization_method=ex.quant,
-            name=_model_name(ctx),
+            name=model_name(ctx),
             modelfile=ex.modelfile,
             overwrite=True,
         )
@@ -466,97 +371,6 @@ def _last_checkpoint(ctx: RunContext) -> Path | None:
 
 def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in ctx.trainer.state.log_history if "loss" in h and "step" in h]
-
-
-def _model_name(ctx: RunContext) -> str:
-    import re
-
-    raw = ctx.config.export.name or ctx.folder.resolve().name
-    return re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("-._") or "tunesmith-model"
-
-
-def report_data(ctx: RunContext, status: str) -> ReportData:
-    """Everything the report shows, from the state file's results (so partial runs report too)."""
-    res = ctx.state.results
-    before, after = res.get("probes_before") or [], res.get("probes_after") or []
-    probes = [
-        ProbeAnswer(q, before[i] if i < len(before) else None, after[i] if i < len(after) else None)
-        for i, q in enumerate(ctx.config.probes)
-    ]
-    exported = res.get("export") or {}
-    png = ctx.folder / LOSS_PNG
-    return ReportData(
-        title=f"tunesmith run: {ctx.folder.name}",
-        status=status,
-        config_yaml=dump_config(ctx.config),
-        environment=res.get("check") or {},
-        data_stats=_data_rows(res.get("data") or {}),
-        loss_png=png if png.is_file() else None,
-        train_losses=[tuple(x) for x in (res.get("train") or {}).get("losses", [])],
-        eval_loss_before=(res.get("lora") or {}).get("eval_loss_before"),
-        eval_loss_after=(res.get("eval_after") or {}).get("eval_loss_after"),
-        probes=probes,
-        exports=_export_files(ctx.folder, exported),
-        verification=_verification_rows(res.get("verify")),
-        ollama_name=_model_name(ctx) if exported.get("modelfile") else None,
-        modelfile=exported.get("modelfile"),
-        gguf_file=exported.get("gguf"),
-        llama_prompt=_rendered_prompt(ctx),
-        stage_seconds=dict(ctx.seconds),
-    )
-
-
-def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
-    names = {
-        "source": "file",
-        "layout": "layout",
-        "template": "prompt format",
-        "rows": "training rows",
-        "eval_rows": "held-out rows",
-        "tokens": "training tokens",
-        "answer_tokens": "answer tokens (carry the loss)",
-        "max_tokens": "longest row (tokens)",
-        "truncated": "rows truncated",
-        "dropped_no_answer": "rows dropped (answer cut off)",
-        "duplicates": "duplicate rows",
-        "max_seq_length": "max_seq_length",
-    }
-    return {label: stats[key] for key, label in names.items() if key in stats}
-
-
-def _verification_rows(result: dict[str, Any] | None) -> dict[str, object] | None:
-    if not result:
-        return None
-    return {
-        "file": Path(result["gguf"]).name + f" ({result['file_type']})",
-        "passed": result["passed"],
-        "tokenization identical": result["tokenization_identical"],
-        "top-1 next-token agreement": f"{result['top1_agreement']:.1%} (needs >= {result['top1_threshold']:.0%})",
-        "greedy continuations identical": f"{result['greedy_matches']} of {result['prompts']} prompts",
-    }
-
-
-def _export_files(folder: Path, exported: dict[str, str]) -> list[ExportFile]:
-    files = []
-    for kind, rel in exported.items():
-        path = folder / rel
-        if path.is_dir():
-            files += [
-                ExportFile(p.relative_to(folder).as_posix(), kind, p.stat().st_size)
-                for p in sorted(path.rglob("*"))
-                if p.is_file()
-            ]
-        elif path.is_file():
-            files.append(ExportFile(rel, kind, path.stat().st_size))
-    return files
-
-
-def _rendered_prompt(ctx: RunContext) -> str | None:
-    from tunesmith.models.chat import build_prompt
-
-    if ctx.tokenizer is None or not ctx.config.probes:
-        return None
-    return build_prompt(ctx.tokenizer, ctx.config.probes[0])
 
 
 def _result(ctx: RunContext, finished: bool, status: str) -> RunResult:

@@ -354,7 +354,9 @@ def _html_verification(data: ReportData) -> str:
 
 
 def _html_commands(data: ReportData) -> str:
-    blocks = [f"<p>{html.escape(title)}:</p><pre>{html.escape(text)}</pre>" for title, text in _commands(data)]
+    blocks = [
+        f"<p>{html.escape(title)}:</p><pre>{html.escape(text)}</pre>" for title, text in _commands(data)
+    ]
     return (
         "".join(blocks) or "<p>No GGUF was exported, so there is nothing to run in Ollama or llama.cpp.</p>"
     )
