@@ -32,7 +32,7 @@ def test_print_config_shows_the_resolved_default(tmp_path: Path) -> None:
         "lora_dropout": 0.0,
         "target_modules": None,
         "bias": "none",
-        "use_gradient_checkpointing": "unsloth",
+        "use_gradient_checkpointing": False,  # the CPU example's one change: 135M at 256 tokens fits
         "random_state": 3407,
         "use_rslora": False,
     }
