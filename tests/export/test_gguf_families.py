@@ -77,7 +77,7 @@ def test_llama_cpp_tokenizes_like_hugging_face(exported):
             assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text)["input_ids"]
     finally:
         llm.close()
-    kind = "tokenizer.ggml.model" if expected == "llama" else "tokenizer.ggml.pre"
+    kind = gguf.Keys.Tokenizer.MODEL if expected == "llama" else gguf.Keys.Tokenizer.PRE
     assert _read_field(path, kind) == expected
 
 

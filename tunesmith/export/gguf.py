@@ -25,6 +25,7 @@ from tunesmith.export.gguf_names import gguf_tensors
 from tunesmith.export.gguf_tokenizer import tokenizer_metadata
 from tunesmith.export.gguf_writer import estimate_bytes, write_gguf
 from tunesmith.export.merge import base_model_of, merged_tensors
+from tunesmith.export.ollama import DEFAULT_NUM_CTX
 
 __all__ = ["save_pretrained_gguf", "gguf_file_name"]
 
@@ -38,6 +39,18 @@ def gguf_file_name(name: str, method: QuantMethod) -> str:
 
 def _embedding_rows(model) -> int:
     return int(base_model_of(model).get_input_embeddings().weight.shape[0])
+
+
+def _default_num_ctx(model, config) -> int:
+    """The training sequence length when known (``model.max_seq_length``), else the model's context capped
+    at 4096 (Ollama reserves the whole KV cache up front)."""
+    context = int(config.max_position_embeddings)
+    trained = getattr(base_model_of(model), "max_seq_length", None)
+    return (
+        min(int(trained), context)
+        if isinstance(trained, int) and trained > 0
+        else min(context, DEFAULT_NUM_CTX)
+    )
 
 
 def _write_file(target: Path, method: QuantMethod, **write_args) -> None:
@@ -75,10 +88,11 @@ def save_pretrained_gguf(
     (llama.cpp's quantizer, needs ``pip install "tunesmith[verify]"``). LoRA adapters are merged tensor by
     tensor; 4-bit bases are dequantized. ``name`` defaults to the folder name. ``modelfile``: True
     requires one (error when no prompt format is known), None writes one when the tokenizer has a chat
-    template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the model's context
-    length. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
+    template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the training sequence
+    length (``model.max_seq_length``), else the model's context capped at 4096; a later export into the same
+    folder points the Modelfile at its own file. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
     """
-    from tunesmith.export.ollama import DEFAULT_NUM_CTX, plan_modelfile, write_modelfile
+    from tunesmith.export.ollama import plan_modelfile, write_modelfile
 
     method = quant_method(quantization_method)
     config = base_model_of(model).config
@@ -112,7 +126,7 @@ def save_pretrained_gguf(
                 folder,
                 target,
                 modelfile_plan,
-                num_ctx=num_ctx or min(config.max_position_embeddings, DEFAULT_NUM_CTX),
+                num_ctx=num_ctx or _default_num_ctx(model, config),
             )
     logger.info("wrote %s", target)
     if verify:
