@@ -15,6 +15,7 @@ from tunesmith.export.ollama import MODELFILE_NAME
 from tunesmith.export.verify import verify_gguf
 
 QUANTS = {"f16": 0.99, "q8_0": 0.99, "q4_k_m": 0.90}
+GREEDY_TOKENS = {"f16": 32, "q8_0": 8, "q4_k_m": 8}  # the full 32 once; shorter runs keep CI time down
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def exported(trained_smollm, tmp_path_factory):
 def test_exports_pass_verification_in_llama_cpp(exported, trained_smollm, quant):
     _, paths = exported
     assert paths[quant].name == f"smollm2.{quant.upper()}.gguf"
-    report = verify_gguf(paths[quant], trained_smollm)
+    report = verify_gguf(paths[quant], trained_smollm, max_new_tokens=GREEDY_TOKENS[quant])
     print(f"\n{report.summary()}")  # the measured numbers, for the record (pytest -s)
     assert report.tokenization_identical
     assert report.top1_threshold == QUANTS[quant]
@@ -58,7 +59,8 @@ def test_cli_verify_against_a_merged_folder(exported, trained_smollm, tmp_path):
     merged = save_pretrained_merged(model, tmp_path / "merged", tokenizer)
     _, paths = exported
     done = subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli.main", "verify", str(paths["q8_0"]), "--against", str(merged)],
+        [sys.executable, "-m", "tunesmith.cli.main", "verify", str(paths["q8_0"]), "--against", str(merged)]
+        + ["--max-new-tokens", "4"],
         capture_output=True,
         text=True,
     )

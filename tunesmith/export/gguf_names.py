@@ -19,7 +19,14 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf_constants import ArchInfo
 from tunesmith.export.merge import TensorSource
 
-__all__ = ["GGUFTensor", "gguf_tensors", "permute_for_rope", "llama3_rope_factors"]
+__all__ = [
+    "GGUFTensor",
+    "gguf_tensors",
+    "permute_for_rope",
+    "llama3_rope_factors",
+    "rope_parameters",
+    "rope_theta",
+]
 
 
 @dataclass(frozen=True)
@@ -84,7 +91,7 @@ def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GG
                 f"'{arch.name}' model. Is this model a modified {arch.model_type}? Please report it."
             )
         out.append(GGUFTensor(name, source.shape, _transform(source, arch, n_head, n_head_kv)))
-    rope = _rope_parameters(config)
+    rope = rope_parameters(config)
     if rope.get("rope_type") == "llama3":
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
         factors = llama3_rope_factors(head_dim, rope_theta(config), rope)
@@ -93,7 +100,7 @@ def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GG
     return out
 
 
-def _rope_parameters(config) -> dict:
+def rope_parameters(config) -> dict:
     """Rope settings as one dict (transformers 5 ``rope_parameters`` or older ``rope_scaling``)."""
     params = dict(getattr(config, "rope_parameters", None) or {})
     params.update({k: v for k, v in (getattr(config, "rope_scaling", None) or {}).items() if k not in params})
@@ -104,4 +111,4 @@ def _rope_parameters(config) -> dict:
 
 def rope_theta(config) -> float:
     """The rope base frequency."""
-    return float(_rope_parameters(config).get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)
+    return float(rope_parameters(config).get("rope_theta") or getattr(config, "rope_theta", None) or 10000.0)

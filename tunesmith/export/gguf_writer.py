@@ -16,7 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from tqdm.auto import tqdm
 
 from tunesmith.export.gguf_constants import ArchInfo, QuantMethod
-from tunesmith.export.gguf_names import GGUFTensor, _rope_parameters, rope_theta
+from tunesmith.export.gguf_names import GGUFTensor, rope_parameters, rope_theta
 from tunesmith.export.gguf_tokenizer import TokenizerMetadata, write_tokenizer
 
 __all__ = ["write_gguf", "tensor_type", "estimate_bytes"]
@@ -68,7 +68,7 @@ def _add_hparams(
     if head_dim * n_head != config.hidden_size:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)
-    _add_rope_scaling(writer, _rope_parameters(config))
+    _add_rope_scaling(writer, rope_parameters(config))
 
 
 def _add_rope_scaling(writer: gguf.GGUFWriter, rope: dict) -> None:

@@ -41,7 +41,7 @@ def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
-    """A floating-point copy-free view of a weight, dequantizing bitsandbytes 4-/8-bit storage."""
+    """A weight as a floating-point tensor: the parameter itself, or a dequantized copy of bitsandbytes 4-/8-bit storage."""
     kind = type(weight).__name__
     if kind == "Params4bit":
         from bitsandbytes.functional import dequantize_4bit
