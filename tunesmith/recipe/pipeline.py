@@ -256,10 +256,16 @@ def verify(ctx: RunContext) -> dict[str, Any] | None:
 
 
 def report(ctx: RunContext) -> None:
-    """Write report.md and report.html and mark the run finished."""
+    """Write report.md and report.html, mark the run finished, and say where to look next."""
     ctx.state.status = "finished"
-    md, html = write_report(report_data(ctx, "finished"), ctx.folder)
-    print(f"    {html}")
+    data = report_data(ctx, "finished")
+    _, html = write_report(data, ctx.folder)
+    print(f"    held-out loss {_fmt(data.eval_loss_before)} -> {_fmt(data.eval_loss_after)}; report: {html}")
+    if data.modelfile and data.ollama_name:
+        folder = ctx.folder / Path(data.modelfile).parent
+        print(
+            f"    try it: cd {folder} && ollama create {data.ollama_name} -f Modelfile && ollama run {data.ollama_name}"
+        )
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
