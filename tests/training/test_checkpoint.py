@@ -77,6 +77,7 @@ def test_a_failed_save_leaves_no_checkpoint_behind(tiny, tmp_path):
         output_dir=str(tmp_path),
         max_steps=2,
         save_steps=2,
+        logging_steps=1,
         per_device_train_batch_size=2,
         bf16=False,
         max_seq_length=32,
