@@ -142,6 +142,50 @@ def _tokenized(
     return texts, tok
 
 
+def _split_held_out(rows, numbers, fraction, seed: int, name: str):
+    """(held-out (rows, numbers) or None, training rows, training row numbers) for a fraction in (0, 1)."""
+    if fraction is None:
+        return None, rows, numbers
+    if not isinstance(fraction, float) or not 0 < fraction < 1:
+        raise TunesmithError(f"eval_split={fraction!r}: give a fraction between 0 and 1, or a file.")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * fraction))
+    if n_eval >= len(rows):
+        raise TunesmithError(
+            f"{name} has {len(rows)} rows: too few to hold out {fraction:.0%} for evaluation."
+        )
+    held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
+    held_out = ([rows[i] for i in held], [numbers[i] for i in held])
+    return held_out, [rows[i] for i in kept], [numbers[i] for i in kept]
+
+
+def _stats(name, layout, template, tok, rows, eval_set, policy, n_duplicates, max_seq_length) -> DataStats:
+    """The data statistics of one preparation (warning once about truncated rows)."""
+    if tok.truncated:
+        logger.warning(
+            "%s: %d rows were longer than max_seq_length=%d and were truncated.",
+            name,
+            tok.truncated,
+            max_seq_length,
+        )
+    return DataStats(
+        source=name,
+        layout=layout,
+        template=template,
+        rows=rows,
+        eval_rows=len(eval_set) if eval_set is not None else 0,
+        tokens=sum(map(len, tok.input_ids)),
+        answer_tokens=sum(sum(1 for x in labels[1:] if x != IGNORE_INDEX) for labels in tok.labels),
+        max_tokens=tok.max_tokens,
+        truncated=tok.truncated,
+        dropped_no_answer=tok.dropped_no_answer,
+        duplicates=n_duplicates,
+        duplicates_dropped=policy == "drop" and n_duplicates > 0,
+        max_seq_length=max_seq_length,
+    )
+
+
 def prepare_dataset(
     source,
     tokenizer,
@@ -182,20 +226,8 @@ def prepare_dataset(
     validate_rows(rows, layout, mapping, name)
     rows, numbers, n_duplicates = _drop_duplicates(rows, mapping, duplicates, name)
 
-    held_out = None
-    if isinstance(eval_split, float) and 0 < eval_split < 1:
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        n_eval = max(1, round(len(rows) * eval_split))
-        if n_eval >= len(rows):
-            raise TunesmithError(
-                f"{name} has {len(rows)} rows: too few to hold out {eval_split:.0%} for evaluation."
-            )
-        eval_idx, order = sorted(order[:n_eval]), sorted(order[n_eval:])
-        held_out = ([rows[i] for i in eval_idx], [numbers[i] for i in eval_idx])
-        rows, numbers = [rows[i] for i in order], [numbers[i] for i in order]
-    elif eval_split is not None and not isinstance(eval_split, float):
-        other = prepare_dataset(
+    if isinstance(eval_split, (str, os.PathLike, list)) or hasattr(eval_split, "column_names"):
+        held_out = prepare_dataset(
             eval_split,
             tokenizer,
             template=prompt_template or template,
@@ -206,10 +238,9 @@ def prepare_dataset(
             responses_only=responses_only,
             encoding=encoding,
             seed=seed,
-        )
-        held_out = other.train
-    elif eval_split is not None:
-        raise TunesmithError(f"eval_split={eval_split!r}: give a fraction between 0 and 1, or a file.")
+        ).train
+    else:
+        held_out, rows, numbers = _split_held_out(rows, numbers, eval_split, seed, name)
 
     args = (layout, mapping, tokenizer, prompt_template, max_seq_length, on_too_long, responses_only, name)
     texts, tok = _tokenized(rows, numbers, *args)
@@ -220,26 +251,7 @@ def prepare_dataset(
         eval_set = datasets.Dataset.from_dict(
             {"text": eval_texts, "input_ids": eval_tok.input_ids, "labels": eval_tok.labels}
         )
-    stats = DataStats(
-        source=name,
-        layout=layout.name,
-        template=template_label,
-        rows=len(train),
-        eval_rows=len(eval_set) if eval_set is not None else 0,
-        tokens=sum(map(len, tok.input_ids)),
-        answer_tokens=sum(sum(1 for x in labels[1:] if x != IGNORE_INDEX) for labels in tok.labels),
-        max_tokens=tok.max_tokens,
-        truncated=tok.truncated,
-        dropped_no_answer=tok.dropped_no_answer,
-        duplicates=n_duplicates,
-        duplicates_dropped=duplicates == "drop" and n_duplicates > 0,
-        max_seq_length=max_seq_length,
+    stats = _stats(
+        name, layout.name, template_label, tok, len(train), eval_set, duplicates, n_duplicates, max_seq_length
     )
-    if tok.truncated:
-        logger.warning(
-            "%s: %d rows were longer than max_seq_length=%d and were truncated.",
-            name,
-            tok.truncated,
-            max_seq_length,
-        )
     return PreparedData(train, eval_set, stats)
