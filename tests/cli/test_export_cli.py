@@ -75,3 +75,19 @@ def test_non_empty_output_folder_needs_overwrite(adapter_dir, tmp_path):
 def test_verify_a_missing_file_is_a_clear_error(tmp_path):
     done = _tunesmith("verify", str(tmp_path / "nope.gguf"), "--against", str(tmp_path))
     assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_verify_exits_1_when_the_file_is_another_model(tiny_llama_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.export.gguf import save_pretrained_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
+    with torch.no_grad():  # a different model with the same tokenizer: reshuffle its output layer
+        model.lm_head.weight.copy_(model.lm_head.weight[torch.randperm(model.lm_head.weight.shape[0])])
+    path = save_pretrained_gguf(model, tmp_path / "other", tokenizer, "f32", modelfile=False)
+    done = _tunesmith("verify", str(path), "--against", str(tiny_llama_dir), "--max-new-tokens", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL" in done.stdout and "tokenization identical: yes" in done.stdout
