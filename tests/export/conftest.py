@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,10 +25,10 @@ def go_render(tmp_path_factory):
     build = tmp_path_factory.mktemp("go")
     binary = build / "gotemplate"
     env = {
+        **os.environ,
         "GOCACHE": str(build / "cache"),
         "GOPATH": str(build / "gopath"),
-        "HOME": str(build),
-        "PATH": "/usr/bin:/bin",
+        "GOFLAGS": "-mod=mod",
     }
     subprocess.run(
         [go, "build", "-o", str(binary), "."], cwd=GO_PROGRAM, env=env, check=True, capture_output=True
