@@ -166,3 +166,8 @@ def test_pure_python_types_write_what_they_say(model, tokenizer, tmp_path):
         reader = gguf.GGUFReader(path)
         types = {t.name: t.tensor_type.name for t in reader.tensors}
         assert types["blk.0.attn_q.weight"] == expected and types["blk.0.attn_norm.weight"] == "F32"
+
+
+def test_verify_right_after_export(model, tokenizer, tmp_path, capsys):
+    path = save_pretrained_gguf(model, tmp_path / "out", tokenizer, "f32", verify=True)
+    assert path.is_file() and "PASS" in capsys.readouterr().out
