@@ -13,7 +13,9 @@ SHARED = REPO.parent / "shared"
 # Tests never reach a hub; each test session shares one cache so the embedded model converts once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TUNESMITH_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tunesmith-test-home-{os.getuid()}"))
+os.environ.setdefault(
+    "TUNESMITH_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tunesmith-test-home-{os.getuid()}")
+)
 # Subprocesses (CLI tests) import this checkout even when the package is not installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 

@@ -53,8 +53,10 @@ class PromptTemplate:
             object.__setattr__(self, "text", _named(self.text))
             fields = [f for _, f, _, _ in string.Formatter().parse(self.text) if f is not None]
         except ValueError as err:
-            raise TunesmithError(f"The prompt template is not valid format text ({err}). "
-                                 "Write placeholders as {instruction}, {output}; double braces {{ }} for literal ones.") from None
+            raise TunesmithError(
+                f"The prompt template is not valid format text ({err}). "
+                "Write placeholders as {instruction}, {output}; double braces {{ }} for literal ones."
+            ) from None
         unknown = [f for f in fields if f not in PLACEHOLDERS]
         if unknown:
             raise TunesmithError(
@@ -66,8 +68,10 @@ class PromptTemplate:
                 raise TunesmithError(
                     f"The prompt template must contain {{{required}}} exactly once (found {fields.count(required)})."
                 )
-        if fields[-1] != "output" or self.text.rstrip()[-len("{output}"):] != "{output}":
-            raise TunesmithError("The prompt template must end with {output}: the answer is what the model writes last.")
+        if fields[-1] != "output" or self.text.rstrip()[-len("{output}") :] != "{output}":
+            raise TunesmithError(
+                "The prompt template must end with {output}: the answer is what the model writes last."
+            )
         if "reasoning" in fields and fields.index("reasoning") < fields.index("instruction"):
             raise TunesmithError("In the prompt template, {reasoning} must come after {instruction}.")
 
@@ -108,13 +112,18 @@ class PromptTemplate:
         before, after = head.split("{instruction}")
 
         def lit(text: str) -> str:
-            return "{{ " + json.dumps(text.replace("{input}", "").replace("{{", "{").replace("}}", "}")) + " }}"
+            return (
+                "{{ " + json.dumps(text.replace("{input}", "").replace("{{", "{").replace("}}", "}")) + " }}"
+            )
 
         return (
             "{#- " + _MARKER + " " + json.dumps({"text": self.text}, ensure_ascii=True) + " -#}\n"
             "{%- for message in messages -%}"
-            "{%- if message['role'] == 'user' -%}" + lit(before) + "{{ message['content'] }}" + lit(after) +
-            "{%- elif message['role'] == 'assistant' -%}{{ message['content'] }}{{ eos_token }}"
+            "{%- if message['role'] == 'user' -%}"
+            + lit(before)
+            + "{{ message['content'] }}"
+            + lit(after)
+            + "{%- elif message['role'] == 'assistant' -%}{{ message['content'] }}{{ eos_token }}"
             "{%- endif -%}"
             "{%- endfor -%}"
         )
