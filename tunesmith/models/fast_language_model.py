@@ -7,16 +7,16 @@ FastLanguageModel.for_inference(model)
 
 from __future__ import annotations
 
-import importlib
 import os
 import warnings
 
 from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.export.methods import attach_export_methods
 from tunesmith.models.loader import load
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import DEFAULT_MODEL
 
-__all__ = ["FastLanguageModel", "attach_export_methods_if_available"]
+__all__ = ["FastLanguageModel"]
 
 # Keywords other tools' from_pretrained accepts that change nothing here: warned about, not rejected,
 # so notebooks written for them run unchanged.
@@ -44,18 +44,6 @@ _KEYWORDS = (
     "device_map",
     "trust_remote_code",
 )
-
-
-def attach_export_methods_if_available(model):
-    """Bind ``save_pretrained_merged`` / ``save_pretrained_gguf`` onto ``model`` when the exporter exists."""
-    try:
-        methods = importlib.import_module("tunesmith.export.methods")
-    except ModuleNotFoundError as err:
-        if err.name in ("tunesmith.export.methods", "tunesmith.export"):
-            return model
-        raise
-    methods.attach_export_methods(model)
-    return model
 
 
 class FastLanguageModel:
@@ -87,14 +75,14 @@ class FastLanguageModel:
             device_map=device_map,
             trust_remote_code=trust_remote_code,
         )
-        return attach_export_methods_if_available(model), tokenizer
+        return attach_export_methods(model), tokenizer
 
     @staticmethod
     def get_peft_model(model, **kwargs):
         """Add LoRA adapters (see :func:`tunesmith.training.lora.get_peft_model` for the arguments)."""
         from tunesmith.training.lora import get_peft_model
 
-        return attach_export_methods_if_available(get_peft_model(model, **kwargs))
+        return get_peft_model(model, **kwargs)
 
     @staticmethod
     def for_inference(model):

@@ -134,9 +134,13 @@ def get_peft_model(
     ``target_modules=None`` takes the family's projections from ``tunesmith.models.registry``.
     ``use_gradient_checkpointing`` is ``"unsloth"`` (best mode), ``True`` or ``False``. A 4-/8-bit
     (bitsandbytes) base is prepared for k-bit training first (QLoRA). ``random_state`` seeds the adapter init.
+    On CUDA, Llama-family and Qwen2 models get tunesmith's fused kernels and smart checkpointing
+    (``fast_path=False`` keeps the plain path; ``max_memory_gb`` caps the memory it plans for).
     Extra keyword arguments go to ``peft.LoraConfig`` (e.g. ``init_lora_weights``, ``layers_to_transform``).
     """
     import peft
+
+    from tunesmith.export.methods import attach_export_methods
 
     if isinstance(model, peft.PeftModel):
         logger.warning("The model already has LoRA adapters; returning it unchanged.")
@@ -149,6 +153,8 @@ def get_peft_model(
         default_target_modules(model) if target_modules is None else _check_targets(model, target_modules)
     )
     kwargs.pop("max_seq_length", None)  # Unsloth accepts (and ignores) it here
+    use_fast_path = kwargs.pop("fast_path", True)
+    max_memory_gb = kwargs.pop("max_memory_gb", None)
     kwargs.setdefault("task_type", "CAUSAL_LM")
     init = kwargs.pop("init_lora_weights", True)
     if loftq_config:
@@ -160,8 +166,10 @@ def get_peft_model(
     checkpointing = use_gradient_checkpointing if use_gradient_checkpointing in CHECKPOINTING_MODES else None
     if checkpointing is None:
         _enable_checkpointing(model, use_gradient_checkpointing)  # raises the clear error
-    if _is_quantized(model):
-        if next(model.parameters()).device.type == "cpu":
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    use_fast_path = use_fast_path and on_cuda and family_has_fast_path(model)
+    if _is_quantized(model) and not use_fast_path:
+        if not on_cuda:
             keep_4bit_trainable(model)
         model = peft.prepare_model_for_kbit_training(
             model,
@@ -169,6 +177,7 @@ def get_peft_model(
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     else:
+        # The fast path keeps norms and embeddings in the compute dtype (no fp32 upcast of the k-bit recipe).
         _enable_checkpointing(model, checkpointing)
 
     config = peft.LoraConfig(
@@ -184,18 +193,18 @@ def get_peft_model(
     )
     torch.manual_seed(random_state)  # seeds every device, so the adapter init is reproducible on GPU too
     peft_model = peft.get_peft_model(model, config)
-    _attach_export_methods(peft_model)
-    return peft_model
+    if use_fast_path:
+        from tunesmith.models.patch import apply_fast_path
+
+        # Smart checkpointing decides how many layers recompute; "unsloth" may also offload to CPU.
+        apply_fast_path(
+            peft_model, max_memory_gb=max_memory_gb, offload=use_gradient_checkpointing == "unsloth"
+        )
+    return attach_export_methods(peft_model)
 
 
-def _attach_export_methods(model) -> None:
-    """Bind ``save_pretrained_merged`` / ``save_pretrained_gguf`` when the export package is present."""
-    try:
-        methods = importlib.import_module("tunesmith.export.methods")
-    except ModuleNotFoundError as err:
-        if err.name in ("tunesmith.export", "tunesmith.export.methods"):
-            return
-        raise
-    attach = getattr(methods, "attach_export_methods", None)
-    if attach is not None:
-        attach(model)
+def family_has_fast_path(model: torch.nn.Module) -> bool:
+    """Whether tunesmith's fused GPU kernels cover this model's architecture."""
+    from tunesmith.models.patch import FAST_PATH_ARCHITECTURES
+
+    return getattr(getattr(model, "config", None), "model_type", None) in FAST_PATH_ARCHITECTURES
