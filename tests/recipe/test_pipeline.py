@@ -49,7 +49,9 @@ def _command(folder: Path, *extra: str) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # One OpenMP thread: on a shared CI machine, two spinning threads per process on busy cores made
+    # training ~5x slower (measured); these tests check behaviour, not speed.
+    return {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 def _state(folder: Path) -> dict:
