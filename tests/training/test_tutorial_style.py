@@ -74,6 +74,11 @@ def test_tutorial_call_runs_and_writes_log_and_plot(tiny, medquad_rows, tmp_path
         text.count(eos) == 1 for text in trainer.train_dataset["text"]
     )  # the tutorial's EOS, not doubled
     trainer.train()
+    # The model comes back at full precision: generation and export checks after training see fp32 logits.
+    assert "_original_forward" not in model.__dict__
+    probe = tokenizer("fatigue", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert model(input_ids=probe).logits.dtype == torch.float32
     bar = capsys.readouterr().err
     assert re.search(r"3/3 \[[0-9:]+<[0-9:]+", bar)  # elapsed<remaining (ETA)
     assert "loss=" in bar and "lr=" in bar and "tok/s=" in bar

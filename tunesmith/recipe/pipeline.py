@@ -175,8 +175,6 @@ def train(ctx: RunContext) -> dict[str, Any]:
         print(f"    resuming from {checkpoint.relative_to(ctx.folder)}")
     with graceful_interrupt(stopper):
         ctx.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    # Training wraps model.forward in bf16 autocast; probes, export and verification want the real model.
-    ctx.model = ctx.trainer.accelerator.unwrap_model(ctx.model, keep_fp32_wrapper=False)
     ctx.interrupted = stopper.requested and ctx.trainer.state.global_step < ctx.config.training.max_steps
     return {"losses": _train_losses(ctx), "steps": ctx.trainer.state.global_step}
 

@@ -161,12 +161,19 @@ class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
             )
         except BaseException:
             self.plot_loss()  # the curve so far, on interruption too
+            self._release_model()
             raise
         if self.eval_dataset is not None and self.args.held_out_eval:
             self.held_out_loss["after"] = self.evaluate().get("eval_loss")
         self.plot_loss()
         self.summary = self._summarize(output)
+        self._release_model()
         return output
+
+    def _release_model(self) -> None:
+        """Hand the user's model back as it was: training wraps its forward in (bf16) autocast, which
+        would make later generation, export checks and fp32 comparisons run in reduced precision."""
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
 
     def _measure_before(self, checkpoint: str | None) -> None:
         if self.eval_dataset is None or not self.args.held_out_eval:
