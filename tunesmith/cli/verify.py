@@ -41,9 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tie-margin",
         type=float,
-        default=0.25,
-        metavar="LOGITS",
-        help="count a different top-1 token as agreeing when PyTorch rates it this close to its own (default 0.25; 0 = strict)",
+        default=0.1,
+        metavar="SD",
+        help="count a different top-1 token as agreeing when PyTorch rates it within this many standard deviations of its logits of its own top token (default 0.1; 0 = strict)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
