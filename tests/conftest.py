@@ -71,3 +71,30 @@ def tiny_llama_dir(default_model_path, tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def chatml_bpe_tokenizer():
+    """A small byte-level BPE tokenizer with ChatML special tokens and template, trained here (no files
+    needed: GPU tests use it, the GPU machine has neither the embedded default nor ../shared)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    text = [
+        "The patient reported fatigue and a headache for two weeks.",
+        "Rest, fluids and a balanced diet help most people recover.",
+        "Ask a doctor when a fever lasts longer than three days.",
+    ] * 20
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    core = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.train_from_iterator(text, trainers.BpeTrainer(vocab_size=512, special_tokens=specials))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token=specials[0], bos_token=specials[1], eos_token=specials[2]
+    )
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return tokenizer

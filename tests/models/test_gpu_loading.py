@@ -1,7 +1,7 @@
 """Loading on a CUDA GPU: bf16 by default, generation with the KV cache, NF4 gradients after generate().
 
-Self-contained: the models are tiny random-init Llamas with a tokenizer trained here, because the GPU
-machine has neither the embedded default nor the shared tokenizers.
+Self-contained: the models are tiny random-init Llamas with a tokenizer trained in the test session
+(``chatml_bpe_tokenizer``), because the GPU machine has neither the embedded default nor the shared tokenizers.
 """
 
 from __future__ import annotations
@@ -16,39 +16,13 @@ from tunesmith.models.loader import load
 
 pytestmark = pytest.mark.gpu
 
-_TEXT = [
-    "The patient reported fatigue and a headache for two weeks.",
-    "Rest, fluids and a balanced diet help most people recover.",
-    "Ask a doctor when a fever lasts longer than three days.",
-] * 20
-
-
-def _tokenizer():
-    """A small byte-level BPE tokenizer with ChatML special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    core = Tokenizer(models.BPE(unk_token="<|endoftext|>"))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(_TEXT, trainers.BpeTrainer(vocab_size=512, special_tokens=specials))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token=specials[0], bos_token=specials[1], eos_token=specials[2]
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    return tokenizer
-
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
+def tiny_folder(tmp_path_factory, chatml_bpe_tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-gpu-llama")
-    tokenizer = _tokenizer()
+    tokenizer = chatml_bpe_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

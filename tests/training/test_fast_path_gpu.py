@@ -9,22 +9,17 @@ import torch
 pytestmark = pytest.mark.gpu
 
 
-def _tiny_llama_folder(path):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+@pytest.fixture
+def tiny_llama_folder(tmp_path, chatml_bpe_tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=512, hidden_size=512, intermediate_size=1408, num_hidden_layers=2,
-                         num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=2048)  # fmt: skip
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=["<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    bpe.train_from_iterator(["the patient reports fatigue and headache " * 20], trainer)
-    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>").save_pretrained(path)
-    return path
+    config = LlamaConfig(vocab_size=len(chatml_bpe_tokenizer), hidden_size=512, intermediate_size=1408,
+                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                         max_position_embeddings=2048)  # fmt: skip
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
+    chatml_bpe_tokenizer.save_pretrained(tmp_path)
+    return tmp_path
 
 
 def _one_step(path, fast_path: bool, qlora: bool):
@@ -34,7 +29,9 @@ def _one_step(path, fast_path: bool, qlora: bool):
     model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, fast_path=fast_path,
                                              init_lora_weights="gaussian")  # fmt: skip
     patched = "_tunesmith_fast_path" in model.__dict__
-    x = torch.randint(2, 512, (2, 512), device="cuda", generator=torch.Generator("cuda").manual_seed(1))
+    x = torch.randint(
+        3, model.config.vocab_size, (2, 512), device="cuda", generator=torch.Generator("cuda").manual_seed(1)
+    )
     model.train()
     loss = model(input_ids=x, labels=x).loss
     loss.backward()
@@ -43,10 +40,10 @@ def _one_step(path, fast_path: bool, qlora: bool):
 
 
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
-def test_get_peft_model_turns_on_the_fast_path_and_matches_the_plain_path(tmp_path, qlora):
+def test_get_peft_model_turns_on_the_fast_path_and_matches_the_plain_path(tiny_llama_folder, qlora):
     if qlora:
         pytest.importorskip("bitsandbytes")
-    path = _tiny_llama_folder(tmp_path)
+    path = tiny_llama_folder
     patched, loss, grads = _one_step(path, fast_path=True, qlora=qlora)
     plain, ref_loss, ref_grads = _one_step(path, fast_path=False, qlora=qlora)
     assert patched and not plain
