@@ -129,22 +129,30 @@ def _train(m, batches, steps=3):
 
 
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
-@pytest.mark.parametrize("offload", [False, True], ids=["no-recompute", "offloaded-checkpoints"])
-def test_exactness_against_transformers_peft(tmp_path, qlora, offload):
+@pytest.mark.parametrize("offload", ["none", "inputs", "attention"], ids=["no-recompute", "offloaded-checkpoints", "offloaded-attention"])  # fmt: skip
+def test_exactness_against_transformers_peft(tmp_path, monkeypatch, qlora, offload):
     if qlora:
         pytest.importorskip("bitsandbytes")
+    from tunesmith.models import patch_checkpoint
     from tunesmith.models.patch import apply_fast_path
+    from tunesmith.models.patch_offload import HostEmbedding
 
+    if offload == "attention":  # keep the attention result from 1,024 tokens on, not only from 8,192
+        monkeypatch.setattr(patch_checkpoint, "KEEP_ATTENTION_MIN_TOKENS", 512)
     path = _llama_dir(tmp_path)
     gen = torch.Generator(device="cuda").manual_seed(2)
     batches = [torch.randint(0, 32000, (2, 1024), device="cuda", generator=gen) for _ in range(3)]
     ref_losses, ref_grads = _train(_load(path, qlora), batches)
     torch.cuda.empty_cache()
     m = _load(path, qlora)
-    assert apply_fast_path(m, max_memory_gb=0.01 if offload else None, offload=offload)
+    lean = offload != "none"
+    assert apply_fast_path(m, max_memory_gb=0.01 if lean else None, offload=lean)
     losses, grads = _train(m, batches)
-    plan = m.__dict__["_tunesmith_fast_path"].checkpointing.last_plan
-    assert plan.offload == offload and plan.checkpointed == (4 if offload else 0)
+    checkpointing = m.__dict__["_tunesmith_fast_path"].checkpointing
+    plan = checkpointing.last_plan
+    assert plan.offload == lean and plan.checkpointed == (4 if lean else 0)
+    assert checkpointing.keep_attention == (offload == "attention")
+    assert isinstance(m.get_base_model().model.embed_tokens, HostEmbedding) == lean
     for got, want in zip(losses, ref_losses, strict=True):
         assert abs(got - want) / abs(want) < 5e-3, (losses, ref_losses)
     errs = {n: rel_err(grads[n], ref_grads[n]) for n in ref_grads}

@@ -17,6 +17,7 @@ from torch import nn
 
 from tunesmith.models.patch_checkpoint import SmartCheckpointing
 from tunesmith.models.patch_modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
+from tunesmith.models.patch_offload import HostEmbedding
 from tunesmith.models.patch_packing import has_restarts, packed_causal_mask
 from tunesmith.models.registry import family_of
 
@@ -105,6 +106,17 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
     causal_lm.loss_function = loss_function  # transformers' own setter for a custom loss
 
 
+def _embedding_to_host(state: FastPathState, causal_lm: nn.Module, decoder: nn.Module) -> None:
+    """Keep a frozen, untied input embedding in CPU memory (the lean setting: a cap and offload)."""
+    embed = getattr(decoder, "embed_tokens", None)
+    head = getattr(causal_lm, "lm_head", None)
+    if type(embed) is not nn.Embedding or not embed.weight.is_cuda or embed.weight.requires_grad:
+        return
+    if head is not None and getattr(head, "weight", None) is embed.weight:
+        return  # tied to the output projection, which the GPU needs anyway
+    _swap(state, decoder, "embed_tokens", HostEmbedding)
+
+
 def _install_packing(state: FastPathState, causal_lm: nn.Module) -> None:
     """Give every fast attention the block-diagonal mask when the caller passes restarting position_ids."""
     attentions = [m for m in causal_lm.modules() if isinstance(m, FastAttention)]
@@ -132,7 +144,7 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
 
     ``max_memory_gb`` caps the memory smart checkpointing plans for (default: most of the GPU);
     ``offload`` lets checkpointed activations go to pinned CPU memory when even full checkpointing
-    does not fit. Calling it twice is a no-op. ``unpatch(model)`` restores the original modules.
+    does not fit; with a cap as well, the frozen input embedding stays in CPU memory. Calling it twice is a no-op. ``unpatch(model)`` restores the original modules.
     """
     if getattr(model, _STATE, None) is not None:
         return True
@@ -156,6 +168,8 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
     _swap_layers(state, decoder)
     _install_fused_loss(state, causal_lm)
     _install_packing(state, causal_lm)
+    if offload and max_memory_gb is not None:
+        _embedding_to_host(state, causal_lm, decoder)
     state.checkpointing = SmartCheckpointing(decoder, decoder.layers, config, max_memory_gb, offload)
     model.__dict__[_STATE] = state
     return True
@@ -179,4 +193,6 @@ def unpatch(model: nn.Module) -> None:
         wrapper = getattr(parent, name)
         for child_name, child in wrapper.named_children():  # adapters added while patched stay
             setattr(original, child_name, child)
+        if isinstance(wrapper, HostEmbedding):
+            wrapper.restore()
         setattr(parent, name, original)

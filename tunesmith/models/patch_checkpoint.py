@@ -4,9 +4,11 @@ Recomputing a layer in backward costs about a third more arithmetic for that lay
 activations costs memory. Before each training forward, a hook on the decoder counts the tokens,
 estimates what one layer keeps for backward, and checkpoints the fewest layers that fit the budget
 (``max_memory_gb``, or most of the card). When even checkpointing every layer does not fit and
-``offload`` is on, each checkpointed layer's input goes to pinned CPU memory on a side stream and comes
-back for the recompute. It works through transformers' own switch on each decoder layer
-(``GradientCheckpointingLayer.gradient_checkpointing`` and ``_gradient_checkpointing_func``).
+``offload`` is on, each checkpointed layer's input goes to pinned CPU memory and comes back, one layer
+ahead, for the recompute; from ``KEEP_ATTENTION_MIN_TOKENS`` tokens per sequence the attention result
+goes too, so the recompute skips attention (``patch_offload.py``). It works through transformers' own
+switch on each decoder layer (``GradientCheckpointingLayer.gradient_checkpointing`` and
+``_gradient_checkpointing_func``).
 """
 
 from __future__ import annotations
@@ -18,11 +20,25 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["CheckpointPlan", "plan_checkpointing", "layer_bytes_per_token", "SmartCheckpointing"]
+from tunesmith.models.patch_offload import LayerSlot, OffloadedLayer, available_host_bytes
+
+__all__ = [
+    "CheckpointPlan",
+    "plan_checkpointing",
+    "layer_bytes_per_token",
+    "attention_bytes_per_token",
+    "keeps_attention",
+    "SmartCheckpointing",
+]
 
 # Headroom kept free of activations: the allocator's fragmentation, the loss chunk, optimizer steps.
 SAFETY = 1.15
 RESERVE_BYTES = 1.5 * 2**30
+# From this many tokens per sequence an offloaded layer keeps its attention result in CPU memory too:
+# attention's share of the recompute grows with the sequence (a third of it at 16k, over half at 65k).
+KEEP_ATTENTION_MIN_TOKENS = 8192
+# Share of the host's available memory the kept attention results may take.
+HOST_SHARE = 0.6
 
 
 @dataclass
@@ -50,6 +66,22 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     return full, h * element_bytes
 
 
+def attention_bytes_per_token(config) -> int:
+    """Host bytes one layer's kept attention result takes per token: q, k, v, output (bf16), log-sum-exp."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = config.num_key_value_heads * head_dim
+    return (2 * heads * head_dim + 2 * kv) * 2 + heads * 4
+
+
+def keeps_attention(config, layers: int, batch: int, seq: int) -> bool:
+    """Whether offloaded layers also keep their attention result: long sequences, if host memory allows."""
+    if seq < KEEP_ATTENTION_MIN_TOKENS:
+        return False
+    per_token = attention_bytes_per_token(config) + layer_bytes_per_token(config)[1]
+    return layers * batch * seq * per_token <= HOST_SHARE * available_host_bytes()
+
+
 def plan_checkpointing(
     layers: int, tokens: int, full_per_token: int, kept_per_token: int, free_bytes: float, offload: bool
 ) -> CheckpointPlan:
@@ -71,31 +103,6 @@ def plan_checkpointing(
     return CheckpointPlan(layers, k, go_cpu, free_bytes / 2**30, estimate / 2**30)
 
 
-class _OffloadedCheckpoint(torch.autograd.Function):
-    """Checkpoint whose saved input lives in pinned CPU memory between forward and backward."""
-
-    @staticmethod
-    def forward(ctx, run, stream, _anchor, hidden):
-        with torch.no_grad():
-            out = run(hidden)
-        buf = torch.empty(hidden.shape, dtype=hidden.dtype, device="cpu", pin_memory=True)
-        stream.wait_stream(torch.cuda.current_stream(hidden.device))
-        with torch.cuda.stream(stream):
-            buf.copy_(hidden, non_blocking=True)
-        hidden.record_stream(stream)  # the GPU copy may be freed only after the transfer
-        ctx.run, ctx.stream, ctx.buf, ctx.device = run, stream, buf, hidden.device
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        torch.cuda.current_stream(ctx.device).wait_stream(ctx.stream)
-        hidden = ctx.buf.to(ctx.device, non_blocking=True).requires_grad_(True)
-        with torch.enable_grad():
-            out = ctx.run(hidden)
-        torch.autograd.backward(out, grad_out)
-        return None, None, None, hidden.grad
-
-
 class SmartCheckpointing:
     """Decides, before every training forward, which decoder layers recompute; installed by the fast path."""
 
@@ -103,12 +110,17 @@ class SmartCheckpointing:
         self.decoder, self.layers, self.config = decoder, list(layers), config
         self.max_memory_gb, self.offload = max_memory_gb, offload
         self.last_plan: CheckpointPlan | None = None
+        self.keep_attention = False
         self._saved = [
             (layer.__dict__.get("gradient_checkpointing"), layer.__dict__.get("_gradient_checkpointing_func"))
             for layer in self.layers
         ]
         self._anchor = torch.zeros((), requires_grad=True)  # makes backward run even for a frozen input
         self._stream = None
+        self._last_slot: LayerSlot | None = None
+        self._keep_attention: dict[
+            tuple[int, int], bool
+        ] = {}  # per shape, decided once (pinned memory stays)
         self._handle = decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     def _budget(self, device: torch.device) -> float:
@@ -127,20 +139,46 @@ class SmartCheckpointing:
         tokens = x.shape[0] * x.shape[1]
         full, kept = layer_bytes_per_token(self.config)
         plan = plan_checkpointing(len(self.layers), tokens, full, kept, self._budget(x.device), self.offload)
-        self.last_plan = plan
+        keep = plan.offload and self._keeps_attention(x.shape[0], x.shape[1])
+        self.apply_plan(plan, keep_attention=keep)
+        return None
+
+    def _keeps_attention(self, batch: int, seq: int) -> bool:
+        if (batch, seq) not in self._keep_attention:
+            self._keep_attention[batch, seq] = keeps_attention(self.config, len(self.layers), batch, seq)
+        return self._keep_attention[batch, seq]
+
+    def apply_plan(self, plan: CheckpointPlan, keep_attention: bool = False) -> None:
+        """Set every layer's checkpointing switch as ``plan`` says (called before each training forward)."""
+        self.last_plan, self.keep_attention = plan, keep_attention
+        self._last_slot = None  # a new forward starts a new chain of offloaded layers
         for i, layer in enumerate(self.layers):
             layer.gradient_checkpointing = i < plan.checkpointed
             layer._gradient_checkpointing_func = (
-                self._offloaded if plan.offload else partial(checkpoint, use_reentrant=False)
+                partial(self._offloaded, layer) if plan.offload else partial(checkpoint, use_reentrant=False)
             )
-        return None
 
-    def _offloaded(self, run, hidden, *rest):
-        if rest or not hidden.is_cuda:
+    def _offloaded(self, layer, run, hidden, *rest):
+        if rest:
             return checkpoint(run, hidden, *rest, use_reentrant=False)
-        if self._stream is None:
+        if self._stream is None and hidden.is_cuda:
             self._stream = torch.cuda.Stream(hidden.device)
-        return _OffloadedCheckpoint.apply(run, self._stream, self._anchor, hidden)
+        stream = self._stream if hidden.is_cuda else None
+        attention = getattr(layer, "self_attn", None)
+        keep = self.keep_attention and hasattr(attention, "offload_slot")
+        slot = LayerSlot(stream, self._last_slot, keep_attention=keep)
+        self._last_slot = slot
+
+        def run_in_slot(h):
+            if keep:
+                attention.offload_slot = slot
+            try:
+                return run(h)
+            finally:
+                if keep:
+                    attention.offload_slot = None
+
+        return OffloadedLayer.apply(run_in_slot, slot, self._anchor, hidden)
 
     def remove(self) -> None:
         """Remove the hook and give every layer back its own checkpointing switch."""

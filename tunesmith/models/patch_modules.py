@@ -18,6 +18,7 @@ from tunesmith.kernels.lora_linear import Projection, lora_projections
 from tunesmith.kernels.lora_mlp import lora_mlp
 from tunesmith.kernels.rms_norm import FastRMSNorm
 from tunesmith.kernels.rope import apply_rope
+from tunesmith.models.patch_offload import scaled_dot_product
 
 __all__ = ["FastAttention", "FastMLP", "FastRMSNorm", "FusedLMHead", "projection_of", "keep_base"]
 
@@ -84,6 +85,9 @@ class FastAttention(nn.Module):
         self.config = base_layer.config
         self.layer_idx = getattr(base_layer, "layer_idx", None)
         self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
+        self.offload_slot = (
+            None  # set around an offloaded layer's forward and recompute (patch_checkpoint.py)
+        )
 
     def _can_fuse(self, position_embeddings, kwargs, seq_len: int) -> bool:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -126,15 +130,11 @@ class FastAttention(nn.Module):
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
         if self.packed_mask is not None and (mask is None or mask.dtype == torch.bool):
             mask = self.packed_mask if mask is None else mask & self.packed_mask
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=self.scaling,
-            enable_gqa=q.shape[1] != k.shape[1],
-        )
+
+        def attend(q, k, v):
+            return scaled_dot_product(q, k, v, mask, self.scaling)
+
+        out = attend(q, k, v) if self.offload_slot is None else self.offload_slot.attend(attend, q, k, v)
         out = out.transpose(1, 2).reshape(b, t, -1)
         return lora_projections(out, projections[3:])[0], None
 
