@@ -5,6 +5,7 @@ random batches, fused AdamW on the LoRA parameters, 2 warm-up steps, median of t
 variant in its own process, peak = ``torch.cuda.max_memory_allocated()`` including the weights.
 
 usage:  python bench/bench.py run DIR VARIANT SEQ BS STEPS     (VARIANT: ts_lora, ts_qlora, ts_qlora_lowmem, ts_lora@GB)
+        python bench/bench.py probe DIR LAYERS SEQ...           (memory-lean QLoRA, one step per SEQ on a LAYERS-layer copy)
         python bench/bench.py table LOGDIR                       (the table of every RESULT line)
         python bench/bench.py peak                               (the card's bf16 matmul rate)
 Environment: ARCH=1b for the Llama-3.2-1B shape; MAX_MEMORY_GB caps smart checkpointing; PROFILE=1
@@ -75,8 +76,10 @@ def run(d: str, variant: str, seq: int, bs: int, steps: int) -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     torch.cuda.reset_peak_memory_stats()
     losses, times = [], []
+    static = 0
     for i in range(steps + 2):
         x = torch.randint(3, vocab, (bs, seq), device="cuda", generator=g)
+        static = torch.cuda.memory_allocated()  # weights, LoRA state, optimizer state: before the step
         torch.cuda.synchronize()
         t = time.time()
         out = m(input_ids=x, labels=x)
@@ -91,13 +94,67 @@ def run(d: str, variant: str, seq: int, bs: int, steps: int) -> None:
     med = times[len(times) // 2]
     state = m.__dict__.get("_tunesmith_fast_path")
     plan = state.checkpointing.last_plan if state and state.checkpointing else None
+    keep_attention = bool(state and state.checkpointing and state.checkpointing.keep_attention)
     res = dict(variant=variant, seq=seq, bs=bs, steps=steps, load_s=round(load_s, 1), step_s_median=round(med, 4),
                tok_per_s=round(bs * seq / med), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+               static_gib=round(static / 2**30, 2),
                trainable=sum(p.numel() for p in params), losses=losses[:3] + losses[-2:],
-               gpu=torch.cuda.get_device_name(0), plan=plan.__dict__ if plan else None)  # fmt: skip
+               gpu=torch.cuda.get_device_name(0), plan=plan.__dict__ if plan else None,
+               keep_attention=keep_attention)  # fmt: skip
     print("RESULT " + json.dumps(res), flush=True)
     if os.environ.get("PROFILE") == "1":
         _profile(m, torch.randint(3, vocab, (bs, seq), device="cuda", generator=g))
+
+
+def probe(d: str, layers: int, seqs: list[int]) -> None:
+    """Memory of one memory-lean QLoRA step per sequence length, on a copy of ``d`` with fewer layers.
+
+    A layer's activations are recomputed one layer at a time and every layer input waits in CPU memory,
+    so what a step adds to the GPU beyond the resting weights (``transient``) does not depend on the
+    number of layers: the full model's peak at a length is its resting memory plus this transient.
+    """
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    full_config = AutoConfig.from_pretrained(d)
+    small = d if layers == full_config.num_hidden_layers else f"/tmp/model-probe-{layers}"
+    if not os.path.exists(os.path.join(small, "config.json")):
+        config = AutoConfig.from_pretrained(d)
+        config.num_hidden_layers = layers
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(small)
+        torch.cuda.empty_cache()
+    from tunesmith.models.patch_checkpoint import keeps_attention
+
+    m = load(small, "ts_qlora_lowmem")
+    checkpointing = m.__dict__["_tunesmith_fast_path"].checkpointing
+    vocab = m.config.vocab_size
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-4, fused=True)
+    for seq in seqs:
+        x = torch.randint(3, vocab, (1, seq), device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before, t = torch.cuda.memory_allocated(), time.time()
+        # Keep attention only where the full model would (host memory for all its layers).
+        checkpointing._keep_attention[1, seq] = keeps_attention(
+            full_config, full_config.num_hidden_layers, 1, seq
+        )
+        try:
+            m(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+        except torch.OutOfMemoryError:
+            print("PROBE " + json.dumps(dict(seq=seq, layers=layers, ok=False)), flush=True)
+            break
+        res = dict(seq=seq, layers=layers, ok=True, step_s=round(time.time() - t, 2),
+                   before_gib=round(before / 2**30, 2), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                   transient_gib=round((torch.cuda.max_memory_allocated() - before) / 2**30, 2),
+                   keep_attention=checkpointing.keep_attention)  # fmt: skip
+        print("PROBE " + json.dumps(res), flush=True)
+        del x
+        torch.cuda.empty_cache()
 
 
 def peak() -> None:
@@ -171,6 +228,8 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     if sys.argv[1] == "run":
         run(sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+    elif sys.argv[1] == "probe":
+        probe(sys.argv[2], int(sys.argv[3]), [int(s) for s in sys.argv[4:]])
     elif sys.argv[1] == "peak":
         peak()
     else:

@@ -6,7 +6,7 @@
 #   bash bench/run_all.sh "8b 2048 2 8 hf_lora unsloth_lora ts_lora" "1b 2048 2 8 unsloth_lora ts_lora"
 # Each spec: ARCH SEQ BS STEPS VARIANT...; BENCH_BUDGET_S=N skips variants not started within N seconds; variants ts_* are tunesmith's (bench/bench.py), others the anchors'.
 set -u
-LOGS=/tmp/bench-logs; mkdir -p $LOGS /tmp/anchor-site
+LOGS=${BENCH_LOGS:-/tmp/bench-logs}; mkdir -p $LOGS /tmp/anchor-site
 OUTDIR=${OUT:-/tmp}
 [ -f /tmp/anchor-site/.done ] || { for f in .anchor-whl/*.whl .anchor-whl/*.zip; do python3 -m zipfile -e "$f" /tmp/anchor-site; done; touch /tmp/anchor-site/.done; }
 export PYTHONPATH=/tmp/anchor-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
