@@ -20,7 +20,8 @@ __all__ = ["get_peft_model", "default_target_modules", "keep_4bit_trainable", "C
 
 logger = logging.getLogger(__name__)
 
-# "unsloth" names the best mode tunesmith has; until CPU offloading lands it is ordinary checkpointing.
+# "unsloth" names the best mode: on the GPU fast path, smart checkpointing that may also use pinned CPU
+# memory (offloaded layer inputs and, for long sequences, attention results); elsewhere ordinary checkpointing.
 CHECKPOINTING_MODES = ("unsloth", True, False)
 
 
@@ -135,7 +136,8 @@ def get_peft_model(
     ``use_gradient_checkpointing`` is ``"unsloth"`` (best mode), ``True`` or ``False``. A 4-/8-bit
     (bitsandbytes) base is prepared for k-bit training first (QLoRA). ``random_state`` seeds the adapter init.
     On CUDA, Llama-family and Qwen2 models get tunesmith's fused kernels and smart checkpointing
-    (``fast_path=False`` keeps the plain path; ``max_memory_gb`` caps the memory it plans for).
+    (``fast_path=False`` keeps the plain path; ``max_memory_gb`` caps the memory it plans for; with
+    ``"unsloth"`` checkpointing and a cap, the frozen input embedding also stays in CPU memory).
     Extra keyword arguments go to ``peft.LoraConfig`` (e.g. ``init_lora_weights``, ``layers_to_transform``).
     """
     import peft
