@@ -169,3 +169,11 @@ def test_data_choices_match_the_data_module() -> None:
 
     assert get_args(DataConfig.model_fields["too_long"].annotation) == TOO_LONG_POLICIES
     assert get_args(DataConfig.model_fields["duplicates"].annotation) == DUPLICATE_POLICIES
+
+
+def test_gpu_memory_cap_is_a_positive_number(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    assert load_config(path).lora.max_memory_gb is None, "default: plan for most of the card"
+    assert load_config(path, ["lora.max_memory_gb=8"]).lora.max_memory_gb == 8.0
+    message = _error(path, ["lora.max_memory_gb=0"])
+    assert "'lora.max_memory_gb'" in message and "greater than 0" in message

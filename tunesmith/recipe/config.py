@@ -141,6 +141,12 @@ class LoraConfig(_Section):
     target_modules: list[StrictStr] | None = Field(None, description="empty: every projection of the family")
     bias: Literal["none", "all", "lora_only"] = "none"
     use_gradient_checkpointing: Literal["unsloth", True, False] = "unsloth"
+    max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="GPU memory to plan training for (GPU fast path only; empty: most of the card). With "
+        "'unsloth' checkpointing, what does not fit waits in CPU memory",
+    )
     random_state: int = 3407
     use_rslora: bool = False
 

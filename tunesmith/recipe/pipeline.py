@@ -152,6 +152,7 @@ def add_lora(ctx: RunContext) -> dict[str, float | None]:
         lora_dropout=lo.lora_dropout,
         bias=lo.bias,
         use_gradient_checkpointing=lo.use_gradient_checkpointing,
+        max_memory_gb=lo.max_memory_gb,
         random_state=lo.random_state,
         use_rslora=lo.use_rslora,
     )
