@@ -64,4 +64,8 @@ def test_host_embedding_looks_up_rows_and_keeps_the_checkpoint_names():
     assert torch.equal(out, want) and out.requires_grad and fired == [1]
     assert list(wrapper.state_dict()) == ["weight"], "saved checkpoints keep the embedding's key"
     assert not list(wrapper.parameters()), "model.device follows the parameters that stay on the GPU"
+    wrapper.to("meta")  # a trainer moving the model to its device: the weight stays in CPU memory
+    wrapper.to(torch.float64)  # a dtype change still applies
+    assert wrapper.weight.device.type == "cpu" and wrapper.weight.dtype == torch.float64
+    assert torch.equal(wrapper(ids), want.double())
     assert wrapper.restore() is base

@@ -242,6 +242,14 @@ class HostEmbedding(nn.Module):
         base_layer.to("cpu")
         self.register_buffer("weight", base_layer.weight, persistent=True)
 
+    def _apply(self, fn, recurse: bool = True):
+        # Moves (a trainer's model.to("cuda")) leave the weight in CPU memory; dtype changes still apply.
+        dtype = fn(torch.empty(0, dtype=self.weight.dtype)).dtype
+        if dtype != self.weight.dtype:
+            self.base_layer.to(dtype)
+            self._buffers["weight"] = self.base_layer.weight
+        return self
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Rows of ``input_ids`` on their device (hooks on the original embedding still run)."""
         out = self.base_layer(input_ids.to("cpu"))
