@@ -51,3 +51,38 @@ def test_get_peft_model_turns_on_the_fast_path_and_matches_the_plain_path(tiny_l
     for name, ref in ref_grads.items():
         err = (grads[name] - ref).norm() / ref.norm().clamp_min(1e-12)
         assert err < 2e-2, name
+
+
+def test_memory_lean_setting_trains_through_the_trainer(tiny_llama_folder, tmp_path):
+    """A GPU-memory cap with "unsloth" checkpointing: the trainer moves the model to the GPU, the input
+    embedding stays in CPU memory, every layer's input goes there too, and training still learns."""
+    from datasets import Dataset
+
+    from tunesmith import FastLanguageModel
+    from tunesmith.models.patch_offload import HostEmbedding
+    from tunesmith.training import SFTTrainer, TrainingArguments
+
+    model, tokenizer = FastLanguageModel.from_pretrained(str(tiny_llama_folder), dtype=torch.bfloat16)
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, use_gradient_checkpointing="unsloth",
+                                             max_memory_gb=0.01)  # fmt: skip
+    rows = Dataset.from_list(
+        [
+            {
+                "messages": [
+                    {"role": "user", "content": f"What is {i} plus {i}?"},
+                    {"role": "assistant", "content": f"{i} plus {i} is {2 * i}."},
+                ]
+            }  # fmt: skip
+            for i in range(8)
+        ]
+    )
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=12,
+                             learning_rate=2e-3, warmup_steps=0, logging_steps=1, save_steps=1000, bf16=True,
+                             seed=3407)  # fmt: skip
+    trainer = SFTTrainer(model=model, tokenizer=tokenizer, train_dataset=rows, eval_dataset=rows, args=args)
+    trainer.train()
+    embed = model.get_base_model().model.embed_tokens
+    assert isinstance(embed, HostEmbedding) and embed.weight.device.type == "cpu"
+    assert model.__dict__["_tunesmith_fast_path"].checkpointing.last_plan.offload
+    before, after = trainer.held_out_loss["before"], trainer.held_out_loss["after"]
+    assert after < before - 0.2, (before, after)
