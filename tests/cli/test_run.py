@@ -33,6 +33,7 @@ def test_print_config_shows_the_resolved_default(tmp_path: Path) -> None:
         "target_modules": None,
         "bias": "none",
         "use_gradient_checkpointing": False,  # the CPU example's one change: 135M at 256 tokens fits
+        "max_memory_gb": None,  # GPU only: plan for most of the card
         "random_state": 3407,
         "use_rslora": False,
     }
