@@ -18,6 +18,7 @@ import torch
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf_constants import ArchInfo
 from tunesmith.export.merge import TensorSource
+from tunesmith.models.registry import head_dim_of
 
 __all__ = [
     "GGUFTensor",
@@ -93,8 +94,7 @@ def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GG
         out.append(GGUFTensor(name, source.shape, _transform(source, arch, n_head, n_head_kv)))
     rope = rope_parameters(config)
     if rope.get("rope_type") == "llama3":
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
-        factors = llama3_rope_factors(head_dim, rope_theta(config), rope)
+        factors = llama3_rope_factors(head_dim_of(config), rope_theta(config), rope)
         rope_name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
         out.append(GGUFTensor(rope_name, tuple(factors.shape), lambda: factors))
     return out

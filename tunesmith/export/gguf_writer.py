@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from tunesmith.export.gguf_constants import ArchInfo, QuantMethod
 from tunesmith.export.gguf_names import GGUFTensor, rope_parameters, rope_theta
 from tunesmith.export.gguf_tokenizer import TokenizerMetadata, write_tokenizer
+from tunesmith.models.registry import head_dim_of
 
 __all__ = ["write_gguf", "tensor_type", "estimate_bytes"]
 
@@ -54,7 +55,7 @@ def _add_hparams(
     writer: gguf.GGUFWriter, config, arch: ArchInfo, n_vocab: int, context_length: int | None
 ) -> None:
     n_head = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // n_head
+    head_dim = head_dim_of(config)
     writer.add_context_length(int(context_length or config.max_position_embeddings))
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)

@@ -21,6 +21,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith.models.patch_offload import LayerSlot, OffloadedLayer, available_host_bytes
+from tunesmith.models.registry import head_dim_of
 
 __all__ = [
     "CheckpointPlan",
@@ -59,19 +60,15 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     outputs (2h), q and the attention output (2h), k and v (2 x kv), gate and up (2 x I).
     """
     h = config.hidden_size
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or h // heads
-    kv = config.num_key_value_heads * head_dim
+    kv = config.num_key_value_heads * head_dim_of(config)
     full = (6 * h + 2 * kv + 2 * config.intermediate_size) * element_bytes
     return full, h * element_bytes
 
 
 def attention_bytes_per_token(config) -> int:
     """Host bytes one layer's kept attention result takes per token: q, k, v, output (bf16), log-sum-exp."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv = config.num_key_value_heads * head_dim
-    return (2 * heads * head_dim + 2 * kv) * 2 + heads * 4
+    heads, head_dim = config.num_attention_heads, head_dim_of(config)
+    return (2 * heads * head_dim + 2 * config.num_key_value_heads * head_dim) * 2 + heads * 4
 
 
 def keeps_attention(config, layers: int, batch: int, seq: int) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "supported_model_types"]
+__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "supported_model_types", "head_dim_of"]
 
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -65,3 +65,8 @@ def family_of(model_type: str) -> Family | None:
 def supported_model_types() -> list[str]:
     """The transformers ``model_type`` names tunesmith loads and trains."""
     return sorted(FAMILIES)
+
+
+def head_dim_of(config) -> int:
+    """Width of one attention head: the config's ``head_dim`` where set (Qwen3), else hidden size / heads."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
