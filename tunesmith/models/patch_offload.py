@@ -104,8 +104,8 @@ class AttentionStash:
 
     def __init__(self, stream):
         self.stream = stream
-        self.copies: list[HostCopy] = []
-        self.output: HostCopy | None = None
+        self.copies: list[HostCopy] = []  # every host copy this layer's attention made, each once
+        self.output: HostCopy | None = None  # the one of them that holds the output
         self.root: torch.Tensor | None = None
         self.leaves: tuple[torch.Tensor, ...] = ()
 
@@ -128,8 +128,10 @@ class AttentionStash:
             out = attention(*leaves)
         # Attention's backward saves its output too: reuse that copy rather than sending it twice.
         source = (out.data_ptr(), out.shape)
-        saved = [c for c in self.copies if c.source == source]
-        self.output = saved[0] if saved else HostCopy(out, self.stream)
+        self.output = next((c for c in self.copies if c.source == source), None)
+        if self.output is None:
+            self.output = HostCopy(out, self.stream)
+            self.copies.append(self.output)
         self.root, self.leaves = out, leaves
         return out.detach()
 
@@ -140,12 +142,12 @@ class AttentionStash:
 
     def prefetch(self) -> None:
         """Start bringing every saved tensor back to the GPU."""
-        for copy in {id(c): c for c in (self.output, *self.copies)}.values():
+        for copy in self.copies:
             copy.prefetch()
 
     def release(self) -> None:
         """Drop the device copies after the layer's backward."""
-        for copy in (self.output, *self.copies):
+        for copy in self.copies:
             copy.release()
 
 
