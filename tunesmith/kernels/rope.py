@@ -15,6 +15,20 @@ __all__ = ["rope_forward", "rope_backward", "rope_reference", "RoPEFunction", "a
 
 
 @triton.jit
+def _rotate_heads(X, row, n_heads, d, dmask, cos, sin, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rotate in place all ``n_heads`` head vectors of token ``row`` in ``X`` (B*T, n_heads, 2*HALF)."""
+    h = tl.arange(0, BLOCK_H)
+    for start in range(0, n_heads, BLOCK_H):
+        heads = start + h
+        m = (heads < n_heads)[:, None] & dmask[None, :]
+        base = X + row * n_heads * 2 * HALF + heads[:, None] * 2 * HALF + d[None, :]
+        x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
+        tl.store(base, (x1 * cos - x2 * sin).to(X.dtype.element_ty), mask=m)
+        tl.store(base + HALF, (x2 * cos + x1 * sin).to(X.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _rope_kernel(
     Q, K, COS, SIN, q_heads, k_heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
     BACKWARD: tl.constexpr,
@@ -27,23 +41,8 @@ def _rope_kernel(
     sin = tl.load(SIN + row * 2 * HALF + d, mask=dmask, other=0.0).to(tl.float32)
     if BACKWARD:
         sin = -sin
-    h = tl.arange(0, BLOCK_H)
-    for start in range(0, q_heads, BLOCK_H):
-        heads = start + h
-        m = (heads < q_heads)[:, None] & dmask[None, :]
-        base = Q + row * q_heads * 2 * HALF + heads[:, None] * 2 * HALF + d[None, :]
-        x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
-        tl.store(base, (x1 * cos - x2 * sin).to(Q.dtype.element_ty), mask=m)
-        tl.store(base + HALF, (x2 * cos + x1 * sin).to(Q.dtype.element_ty), mask=m)
-    for start in range(0, k_heads, BLOCK_H):
-        heads = start + h
-        m = (heads < k_heads)[:, None] & dmask[None, :]
-        base = K + row * k_heads * 2 * HALF + heads[:, None] * 2 * HALF + d[None, :]
-        x1 = tl.load(base, mask=m, other=0.0).to(tl.float32)
-        x2 = tl.load(base + HALF, mask=m, other=0.0).to(tl.float32)
-        tl.store(base, (x1 * cos - x2 * sin).to(K.dtype.element_ty), mask=m)
-        tl.store(base + HALF, (x2 * cos + x1 * sin).to(K.dtype.element_ty), mask=m)
+    _rotate_heads(Q, row, q_heads, d, dmask, cos, sin, HALF, BLOCK_H)
+    _rotate_heads(K, row, k_heads, d, dmask, cos, sin, HALF, BLOCK_H)
 
 
 def _launch(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backward: bool) -> None:
