@@ -48,29 +48,38 @@ def default_model_path() -> Path:
     return materialize("smollm2-135m-instruct")
 
 
+def _write_tiny_llama(folder: Path, tokenizer=None, dtype=None, **config) -> Path:
+    """Save a random-init Llama (seed 0) of the given ``LlamaConfig`` sizes into ``folder``, with
+    ``tokenizer`` beside it (its vocabulary size and bos/eos ids go into the config)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if tokenizer is not None:
+        config = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, **config)  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**config))
+    (model if dtype is None else model.to(dtype)).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def write_tiny_llama():
+    """``write_tiny_llama(folder, tokenizer=None, dtype=None, **config)``: a tiny random-init Llama folder."""
+    return _write_tiny_llama
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(default_model_path, tmp_path_factory) -> Path:
     """A tiny random-init Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer, transformers layout."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-llama")
     tokenizer = AutoTokenizer.from_pretrained(default_model_path)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return _write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer, hidden_size=64,
+                             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -84,16 +84,6 @@ def test_nf4_kernel_bit_exact_with_bitsandbytes_cuda():
         assert torch.equal(nf4_dequantize_forward(packed, state), bnb_f.dequantize_4bit(packed, state))
 
 
-def _llama_dir(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
-                      num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(tmp_path)
-    return tmp_path
-
-
 def _load(path, qlora: bool):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -130,7 +120,7 @@ def _train(m, batches, steps=3):
 
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
 @pytest.mark.parametrize("offload", ["none", "inputs", "attention"], ids=["no-recompute", "offloaded-checkpoints", "offloaded-attention"])  # fmt: skip
-def test_exactness_against_transformers_peft(tmp_path, monkeypatch, qlora, offload):
+def test_exactness_against_transformers_peft(tmp_path, monkeypatch, write_tiny_llama, qlora, offload):
     if qlora:
         pytest.importorskip("bitsandbytes")
     from tunesmith.models import patch_checkpoint
@@ -139,7 +129,9 @@ def test_exactness_against_transformers_peft(tmp_path, monkeypatch, qlora, offlo
 
     if offload == "attention":  # keep the attention result from 1,024 tokens on, not only from 8,192
         monkeypatch.setattr(patch_checkpoint, "KEEP_ATTENTION_MIN_TOKENS", 512)
-    path = _llama_dir(tmp_path)
+    path = write_tiny_llama(tmp_path, None, torch.bfloat16, vocab_size=32000, hidden_size=1024,
+                            intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+                            num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
     gen = torch.Generator(device="cuda").manual_seed(2)
     batches = [torch.randint(0, 32000, (2, 1024), device="cuda", generator=gen) for _ in range(3)]
     ref_losses, ref_grads = _train(_load(path, qlora), batches)

@@ -18,25 +18,10 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory, chatml_bpe_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("tiny-gpu-llama")
-    tokenizer = chatml_bpe_tokenizer
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+def tiny_folder(tmp_path_factory, chatml_bpe_tokenizer, write_tiny_llama):
+    return write_tiny_llama(tmp_path_factory.mktemp("tiny-gpu-llama"), chatml_bpe_tokenizer, hidden_size=128,
+                            intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2)  # fmt: skip
 
 
 def test_gpu_is_the_default_device_with_bf16_where_supported(tiny_folder):

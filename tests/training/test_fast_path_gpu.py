@@ -10,16 +10,10 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture
-def tiny_llama_folder(tmp_path, chatml_bpe_tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(chatml_bpe_tokenizer), hidden_size=512, intermediate_size=1408,
-                         num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
-                         max_position_embeddings=2048)  # fmt: skip
-    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path)
-    chatml_bpe_tokenizer.save_pretrained(tmp_path)
-    return tmp_path
+def tiny_llama_folder(tmp_path, chatml_bpe_tokenizer, write_tiny_llama):
+    return write_tiny_llama(tmp_path, chatml_bpe_tokenizer, torch.bfloat16, hidden_size=512, intermediate_size=1408,
+                            num_hidden_layers=2, num_attention_heads=8, num_key_value_heads=2,
+                            max_position_embeddings=2048)  # fmt: skip
 
 
 def _one_step(path, fast_path: bool, qlora: bool):
