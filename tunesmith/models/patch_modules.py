@@ -18,7 +18,6 @@ from tunesmith.kernels.lora_linear import Projection, lora_projections
 from tunesmith.kernels.lora_mlp import lora_mlp
 from tunesmith.kernels.rms_norm import FastRMSNorm
 from tunesmith.kernels.rope import apply_rope
-from tunesmith.models.patch_offload import scaled_dot_product
 
 __all__ = ["FastAttention", "FastMLP", "FastRMSNorm", "FusedLMHead", "projection_of", "keep_base"]
 
@@ -132,7 +131,10 @@ class FastAttention(nn.Module):
             mask = self.packed_mask if mask is None else mask & self.packed_mask
 
         def attend(q, k, v):
-            return scaled_dot_product(q, k, v, mask, self.scaling)
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scaling,
+                enable_gqa=q.shape[1] != k.shape[1],
+            )  # fmt: skip
 
         out = attend(q, k, v) if self.offload_slot is None else self.offload_slot.attend(attend, q, k, v)
         out = out.transpose(1, 2).reshape(b, t, -1)

@@ -14,7 +14,6 @@ Every copy goes to the GPU and back on one side stream; on the CPU (tests) the c
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -24,7 +23,6 @@ __all__ = [
     "OffloadedLayer",
     "HostEmbedding",
     "available_host_bytes",
-    "scaled_dot_product",
 ]
 
 
@@ -221,13 +219,6 @@ class OffloadedLayer(torch.autograd.Function):
             slot.attention.release()
         ctx.slot = None  # host memory goes with the slot
         return None, None, None, hidden.grad
-
-
-def scaled_dot_product(q, k, v, mask, scale: float) -> torch.Tensor:
-    """SDPA as the fast attention calls it: causal unless a mask is given, grouped-query aware."""
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
-    )
 
 
 class HostEmbedding(nn.Module):
