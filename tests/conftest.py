@@ -39,7 +39,26 @@ def shared_dir() -> Path:
     return SHARED
 
 
-# -- shared models (issue 2) ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def llama_cpp_works() -> None:
+    """llama.cpp is installed and decodes a multi-token batch here (a self-test in a child process).
+
+    CI installs it (the test extra), so a missing or crashing build fails the llama.cpp tests, never skips them.
+    """
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export.llama_cpp import llama_cpp_version, self_test
+    from tunesmith.models.registry import ALIASES, DEFAULT_MODEL
+    from tunesmith.models.sources import alias_gguf_path
+
+    if llama_cpp_version() is None:
+        pytest.fail("llama-cpp-python is missing: pip install -e '.[test]' (CI installs it)")
+    try:
+        self_test(alias_gguf_path(ALIASES[DEFAULT_MODEL]))
+    except TunesmithError as err:
+        pytest.fail(f"llama.cpp does not work on this machine: {err}")
+
+
+# -- shared models ----------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
     """The embedded default (SmolLM2-135M-Instruct) as a transformers folder, converted once per cache."""

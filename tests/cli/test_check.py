@@ -14,7 +14,7 @@ def run_cli(*args, env=None):
     )
 
 
-def test_python_m_tunesmith_reports_the_environment():
+def test_python_m_tunesmith_reports_the_environment(llama_cpp_works):
     result = run_cli()
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -22,7 +22,9 @@ def test_python_m_tunesmith_reports_the_environment():
         assert f"\n{field}" in f"\n{out}", f"{field} missing from:\n{out}"
     assert re.search(r"\ndevice: +(CPU \(.*, \d+ cores, \d+ GiB RAM\)|CUDA .*GiB)", out)
     assert "4-bit (QLoRA):          works" in out  # a real NF4 matmul ran
-    assert "llama.cpp verification: available" in out
+    assert re.search(
+        r"llama\.cpp verification: works \(llama-cpp-python [\d.]+; decoded a \d+-token batch\)", out
+    )
     assert "supported families:" in out and "Qwen2" in out and "Llama" in out
     assert out.rstrip().endswith("ready: this install can train.")
     assert "Traceback" not in result.stderr
@@ -38,3 +40,14 @@ def test_check_names_the_fix_when_a_training_package_is_broken(tmp_path):
     assert "trl:" in result.stdout and "missing  [FAIL]" in result.stdout
     assert "fix (trl): pip install 'trl'" in result.stdout
     assert "cannot train" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_tests_llama_cpp_for_real_and_names_the_rebuild_when_it_crashes(llama_cpp_works):
+    from tunesmith.export._llama_cpp_child import FAULT_ENV
+    from tunesmith.export.llama_cpp import REBUILD_COMMAND
+
+    result = run_cli("check", env={**os.environ, FAULT_ENV: "segv"})  # the decode child kills itself
+    assert result.returncode == 0, result.stderr  # training still works here; verification does not
+    assert "llama.cpp verification: crashes (signal 11) in a multi-token decode" in result.stdout
+    assert "[warn]" in result.stdout and REBUILD_COMMAND in result.stdout
+    assert "Traceback" not in result.stderr

@@ -31,7 +31,7 @@ def adapter_dir(tiny_llama_dir, tmp_path_factory):
     return folder
 
 
-def test_export_gguf_from_an_adapter_folder_and_verify(adapter_dir, tmp_path):
+def test_export_gguf_from_an_adapter_folder_and_verify(adapter_dir, tmp_path, llama_cpp_works):
     out = tmp_path / "gguf"
     done = _tunesmith(
         "export", str(adapter_dir), "--format", "gguf", "--quant", "f32", "--out", str(out), "--verify"
@@ -77,7 +77,7 @@ def test_verify_a_missing_file_is_a_clear_error(tmp_path):
     assert done.returncode == 2 and "does not exist" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_verify_exits_1_when_the_file_is_another_model(tiny_llama_dir, tmp_path):
+def test_verify_exits_1_when_the_file_is_another_model(tiny_llama_dir, tmp_path, llama_cpp_works):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

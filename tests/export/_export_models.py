@@ -1,8 +1,7 @@
-"""Helpers for the export tests: tiny random models, LoRA wrapping, llama.cpp import."""
+"""Helpers for the export tests: tiny random models and LoRA wrapping."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 LLAMA_STYLE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -43,12 +42,3 @@ def with_lora(model, seed: int = 1):
             if "lora_B" in name:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
     return lora.eval()
-
-
-def llama_cpp_module():
-    """llama-cpp-python: installed in CI (the test extra), so its absence is a failure, not a skip."""
-    try:
-        import llama_cpp
-    except ImportError:
-        pytest.fail('llama-cpp-python is missing: pip install "tunesmith[test]" (CI installs it)')
-    return llama_cpp

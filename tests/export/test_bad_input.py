@@ -168,6 +168,6 @@ def test_pure_python_types_write_what_they_say(model, tokenizer, tmp_path):
         assert types["blk.0.attn_q.weight"] == expected and types["blk.0.attn_norm.weight"] == "F32"
 
 
-def test_verify_right_after_export(model, tokenizer, tmp_path, capsys):
+def test_verify_right_after_export(model, tokenizer, tmp_path, capsys, llama_cpp_works):
     path = save_pretrained_gguf(model, tmp_path / "out", tokenizer, "f32", verify=True)
     assert path.is_file() and "PASS" in capsys.readouterr().out

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-from _export_models import llama_cpp_module
 
 from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.merge import save_pretrained_merged
@@ -19,8 +18,7 @@ GREEDY_TOKENS = {"f16": 32, "q8_0": 8, "q4_k_m": 8}  # the full 32 once; shorter
 
 
 @pytest.fixture(scope="module")
-def exported(trained_smollm, tmp_path_factory):
-    llama_cpp_module()
+def exported(trained_smollm, tmp_path_factory, llama_cpp_works):
     model, tokenizer = trained_smollm
     folder = tmp_path_factory.mktemp("smollm-gguf")
     paths = {

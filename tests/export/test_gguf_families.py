@@ -8,11 +8,12 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from _export_models import llama_cpp_module, tiny_model
+from _export_models import tiny_model
 from transformers import AutoTokenizer
 
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.export.gguf import save_pretrained_gguf
+from tunesmith.export.llama_cpp import evaluate_in_llama_cpp
 from tunesmith.export.ollama import MODELFILE_NAME
 
 TEXT = (
@@ -67,33 +68,26 @@ def exported(request, shared_dir, tmp_path_factory):
     return path, model, tokenizer, expected, prompt_template
 
 
-def test_llama_cpp_tokenizes_like_hugging_face(exported):
+def test_llama_cpp_tokenizes_like_hugging_face(exported, llama_cpp_works):
     path, _, tokenizer, expected, _ = exported
-    llama_cpp = llama_cpp_module()
     specials = "".join(tokenizer.all_special_tokens[:3])
-    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
-    try:
-        for text in (TEXT, specials + TEXT + specials, "a"):
-            assert llm.tokenize(text.encode(), add_bos=True, special=True) == tokenizer(text)["input_ids"]
-    finally:
-        llm.close()
+    texts = (TEXT, specials + TEXT + specials, "a")
+    prompts = [(text, tokenizer(text)["input_ids"]) for text in texts]
+    for (_, ids), seen in zip(
+        prompts, evaluate_in_llama_cpp(path, prompts, max_new_tokens=0, eos=set()), strict=True
+    ):
+        assert seen.tokens == ids
     kind = gguf.Keys.Tokenizer.MODEL if expected == "llama" else gguf.Keys.Tokenizer.PRE
     assert _read_field(path, kind) == expected
 
 
-def test_llama_cpp_computes_the_same_logits(exported):
+def test_llama_cpp_computes_the_same_logits(exported, llama_cpp_works):
     path, model, tokenizer, _, _ = exported
-    llama_cpp = llama_cpp_module()
     ids = tokenizer(TEXT)["input_ids"][:48]
-    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=128, n_threads=1, verbose=False)
-    try:
-        llm.eval(ids)
-        ours = np.array(llm.scores[: len(ids)])
-    finally:
-        llm.close()
+    (seen,) = evaluate_in_llama_cpp(path, [(TEXT, ids)], max_new_tokens=0, eos=set(), n_ctx=128)
     with torch.no_grad():
         theirs = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(ours - theirs).max() < 1e-3
+    assert np.abs(seen.logits - theirs).max() < 1e-3
 
 
 def test_modelfile_template_matches_the_chat_template_in_go(exported, go_render):

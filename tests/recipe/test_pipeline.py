@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tunesmith.export._llama_cpp_child import FAULT_ENV
+
 QUICK = [
     "--set", "training.max_steps=3",
     "--set", "training.warmup_steps=0",
@@ -26,13 +28,6 @@ QUICK = [
     "--set", "generation.max_new_tokens=16",
     "--set", "probes=[What are common causes of fatigue?, What is anemia?]",
 ]  # fmt: skip
-
-
-def _require_llama_cpp() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.fail("llama-cpp-python is missing; it is part of the test install: pip install -e '.[test]'")
 
 
 def _command(folder: Path, *extra: str) -> list[str]:
@@ -59,13 +54,38 @@ def _state(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    _require_llama_cpp()
+def crashed_verification(tmp_path_factory, llama_cpp_works) -> tuple[Path, subprocess.CompletedProcess]:
+    """A run whose llama.cpp child kills itself with SIGSEGV (fault injection): verification cannot run."""
     folder = tmp_path_factory.mktemp("run") / "medical-en"
+    cmd = _command(folder, "--set", "export.formats=[gguf, lora]")
+    env = {**_env(), FAULT_ENV: "segv"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    return folder, proc
+
+
+@pytest.fixture(scope="module")
+def finished_run(crashed_verification) -> tuple[Path, subprocess.CompletedProcess]:
+    """The same command again, with a working llama.cpp: it resumes, verifies and finishes."""
+    folder, _ = crashed_verification
     cmd = _command(folder, "--set", "export.formats=[gguf, lora]")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=_env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return folder, proc
+
+
+def test_a_llama_cpp_crash_still_writes_the_report_and_keeps_the_gguf(crashed_verification) -> None:
+    folder, proc = crashed_verification
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert "crashed with signal 11 (SIGSEGV)" in proc.stderr and "-mno-amx-int8" in proc.stderr
+    assert "run the same command again to verify" in proc.stderr
+    assert "llama.cpp verification: crashes (signal 11)" in proc.stdout  # the check stage said so first
+    assert len(list((folder / "gguf").glob("*.Q8_0.gguf"))) == 1 and (folder / "gguf" / "Modelfile").is_file()
+    state = _state(folder)
+    assert state["status"] == "unverified" and "verify" not in state["completed"]
+    md = (folder / "report.md").read_text()
+    assert "could not run" in md and "SIGSEGV" in md and "not verified" in md
+    assert "could not run" in (folder / "report.html").read_text()
 
 
 def test_every_stage_prints_a_headed_line(finished_run) -> None:
@@ -93,7 +113,8 @@ def test_report_has_answers_before_and_after_and_the_losses(finished_run) -> Non
 
 
 def test_gguf_passed_verification_and_modelfile_points_at_it(finished_run) -> None:
-    folder, _ = finished_run
+    folder, proc = finished_run
+    assert "Resuming the unfinished run" in proc.stdout and "Training for 3 steps ... done" not in proc.stdout
     ggufs = list((folder / "gguf").glob("*.Q8_0.gguf"))
     assert len(ggufs) == 1
     verification = _state(folder)["results"]["verify"]
@@ -111,17 +132,17 @@ def test_gguf_passed_verification_and_modelfile_points_at_it(finished_run) -> No
 
 
 def test_the_gguf_answers_in_llama_cpp(finished_run) -> None:
-    from llama_cpp import Llama
-
     folder, _ = finished_run
     gguf = next((folder / "gguf").glob("*.Q8_0.gguf"))
-    llm = Llama(model_path=str(gguf), n_ctx=256, verbose=False)
-    out = llm.create_chat_completion(
-        messages=[{"role": "user", "content": "What are common causes of fatigue?"}],
-        max_tokens=8,
-        temperature=0,
+    # A chat completion as a user would ask one, in its own process (llama.cpp is native code).
+    ask = (
+        "import sys; from llama_cpp import Llama; llm = Llama(model_path=sys.argv[1], n_ctx=256, verbose=False); "
+        "out = llm.create_chat_completion(messages=[{'role': 'user', 'content': 'What are common causes of "
+        "fatigue?'}], max_tokens=8, temperature=0); print(out['choices'][0]['message']['content'])"
     )
-    assert out["choices"][0]["message"]["content"].strip()
+    done = subprocess.run([sys.executable, "-c", ask, str(gguf)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()
 
 
 def test_report_html_renders_in_chromium(finished_run, browse) -> None:

@@ -24,6 +24,7 @@ from tunesmith.export.gguf_constants import QUANT_METHODS, QuantMethod, arch_inf
 from tunesmith.export.gguf_names import gguf_tensors
 from tunesmith.export.gguf_tokenizer import tokenizer_metadata
 from tunesmith.export.gguf_writer import estimate_bytes, write_gguf
+from tunesmith.export.llama_cpp import quantize_in_llama_cpp, require_llama_cpp
 from tunesmith.export.merge import base_model_of, merged_tensors
 from tunesmith.export.ollama import DEFAULT_NUM_CTX
 
@@ -59,14 +60,12 @@ def _write_file(target: Path, method: QuantMethod, **write_args) -> None:
         with partial_path(target) as tmp:
             write_gguf(tmp, method=method, **write_args)
         return
-    from tunesmith.export.kquant import quantize_with_llama_cpp
-
     intermediate = QUANT_METHODS[method.intermediate or "f16"]
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
         source = Path(scratch) / gguf_file_name("intermediate", intermediate)
         write_gguf(source, method=intermediate, **write_args)
         with partial_path(target) as tmp:
-            quantize_with_llama_cpp(source, tmp, method)
+            quantize_in_llama_cpp(source, tmp, int(method.file_type), method.label)
 
 
 def save_pretrained_gguf(
@@ -105,9 +104,7 @@ def save_pretrained_gguf(
             "model.save_pretrained_gguf(folder, tokenizer)."
         )
     if method.needs_llama_cpp:
-        from tunesmith.export.kquant import import_llama_cpp
-
-        import_llama_cpp(f"Quantization method '{method.name}'")
+        require_llama_cpp(f"Quantization method '{method.name}' (or choose f16, bf16, q8_0 or q4_0)")
     meta = tokenizer_metadata(tokenizer, _embedding_rows(model))
     modelfile_plan = (
         plan_modelfile(tokenizer, prompt_template, required=modelfile) if modelfile is not False else None

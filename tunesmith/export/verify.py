@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.kquant import import_llama_cpp
+from tunesmith.export.llama_cpp import evaluate_in_llama_cpp, require_llama_cpp
 
 __all__ = ["verify_gguf", "VerifyReport", "PromptCheck", "DEFAULT_PROMPTS", "TOP1_THRESHOLDS"]
 
@@ -137,14 +137,21 @@ class VerifyReport:
         }
 
 
-def _file_type(path: Path) -> str:
+def _file_facts(path: Path) -> tuple[str, int | None]:
+    """(llama.cpp file type name, the file's own end-of-sequence token id) from the GGUF header."""
     import gguf
 
-    reader = gguf.GGUFReader(path)
-    value = reader.get_field(gguf.Keys.General.FILE_TYPE)
-    if value is None:
-        return "MOSTLY_F16"
-    return gguf.LlamaFileType(int(value.contents())).name
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, OSError) as err:  # gguf raises ValueError for a bad magic or a cut-off file
+        raise TunesmithError(
+            f"{path} is not a readable GGUF file ({err}). Pass a .gguf file written by tunesmith or llama.cpp; "
+            "if an export was interrupted, export again."
+        ) from None
+    file_type = reader.get_field(gguf.Keys.General.FILE_TYPE)
+    eos = reader.get_field(gguf.Keys.Tokenizer.EOS_ID)
+    name = "MOSTLY_F16" if file_type is None else gguf.LlamaFileType(int(file_type.contents())).name
+    return name, None if eos is None else int(eos.contents())
 
 
 def _load_against(against):
@@ -175,25 +182,6 @@ def _default_prompts(tokenizer) -> list[str]:
         except Exception:  # a template that rejects a lone user message: plain prompts still verify the file
             return prompts
     return prompts
-
-
-def _llama_cpp_logits(llm, ids: list[int]) -> np.ndarray:
-    llm.reset()
-    llm.eval(ids)
-    return np.array(llm.scores[: len(ids)], dtype=np.float32)
-
-
-def _llama_cpp_greedy(llm, ids: list[int], steps: int, eos: set[int]) -> list[int]:
-    llm.reset()
-    llm.eval(ids)
-    out: list[int] = []
-    for _ in range(steps):
-        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        out.append(token)
-        if token in eos:
-            break
-        llm.eval([token])
-    return out
 
 
 @torch.no_grad()
@@ -247,42 +235,35 @@ def verify_gguf(
     path = Path(gguf_path)
     if not path.is_file():
         raise TunesmithError(f"The GGUF file {path} does not exist. Pass the path of a .gguf file.")
-    llama_cpp = import_llama_cpp("Verifying a GGUF file")
+    require_llama_cpp("Verifying a GGUF file")
+    file_type, file_eos = _file_facts(path)
     model, tokenizer = _load_against(against)
+    report = VerifyReport(path, file_type, TOP1_THRESHOLDS.get(file_type, 0.90))
+    eos = {t for t in (tokenizer.eos_token_id, file_eos) if t is not None and t >= 0}
+    texts = list(prompts or _default_prompts(tokenizer))
+    ids = [tokenizer(text)["input_ids"] for text in texts]
+    cpp = evaluate_in_llama_cpp(
+        path, list(zip(texts, ids, strict=True)), max_new_tokens=max_new_tokens, eos=eos, n_ctx=n_ctx
+    )
     was_training = model.training
     model.eval()
-    file_type = _file_type(path)
-    report = VerifyReport(path, file_type, TOP1_THRESHOLDS.get(file_type, 0.90))
-    llm = llama_cpp.Llama(
-        model_path=str(path),
-        logits_all=True,
-        n_ctx=n_ctx,
-        n_threads=max(1, (os.cpu_count() or 2) // 2),
-        verbose=False,
-    )
-    eos = {t for t in (tokenizer.eos_token_id, llm.token_eos()) if t is not None and t >= 0}
     try:
-        for prompt in prompts or _default_prompts(tokenizer):
-            ids = tokenizer(prompt)["input_ids"]
-            cpp_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-            torch_logits, torch_greedy = _torch_greedy(model, ids, max_new_tokens, eos)
-            cpp_logits = _llama_cpp_logits(llm, ids)
-            cpp_greedy = _llama_cpp_greedy(llm, ids, max_new_tokens, eos)
-            agree, agree_strict = _top1(torch_logits, cpp_logits, tie_margin)
+        for text, prompt_ids, theirs in zip(texts, ids, cpp, strict=True):
+            torch_logits, torch_greedy = _torch_greedy(model, prompt_ids, max_new_tokens, eos)
+            agree, agree_strict = _top1(torch_logits, theirs.logits, tie_margin)
             report.checks.append(
                 PromptCheck(
-                    prompt=prompt,
-                    tokens_equal=list(cpp_ids) == list(ids),
-                    n_tokens=len(ids),
+                    prompt=text,
+                    tokens_equal=theirs.tokens == list(prompt_ids),
+                    n_tokens=len(prompt_ids),
                     top1_agree=agree,
                     top1_agree_strict=agree_strict,
-                    greedy_equal=torch_greedy == cpp_greedy,
-                    greedy_common_prefix=_common_prefix(torch_greedy, cpp_greedy),
+                    greedy_equal=torch_greedy == theirs.greedy,
+                    greedy_common_prefix=_common_prefix(torch_greedy, theirs.greedy),
                     greedy_torch=tokenizer.decode(torch_greedy),
-                    greedy_llama_cpp=tokenizer.decode(cpp_greedy),
+                    greedy_llama_cpp=tokenizer.decode(theirs.greedy),
                 )
             )
     finally:
-        llm.close()
         model.train(was_training)
     return report

@@ -137,15 +137,31 @@ def _bf16_row() -> Row:
 
 
 def _llama_cpp_row() -> Row:
+    """Whether llama.cpp runs here: a multi-token decode of the built-in model's GGUF, in a child process."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.export.llama_cpp import INSTALL_HINT, REBUILD_COMMAND, self_test
+    from tunesmith.models.registry import ALIASES, DEFAULT_MODEL
+    from tunesmith.models.sources import alias_gguf_path
+
+    name = "llama.cpp verification"
     version = _version("llama_cpp")
-    return Row(
-        "llama.cpp verification",
-        f"available (llama-cpp-python {version})"
-        if version
-        else "missing - exported GGUF files cannot be verified",
-        ok=version is not None,
-        fix="pip install 'tunesmith[verify]' (compiles llama.cpp, about 6 minutes)",
-    )
+    if version is None:
+        missing = "missing - exported GGUF files cannot be verified"
+        return Row(name, missing, ok=False, fix=f"{INSTALL_HINT} (compiles llama.cpp, about 6 minutes)")
+    try:
+        gguf_file = alias_gguf_path(ALIASES[DEFAULT_MODEL])
+    except TunesmithError:
+        untested = f"installed (llama-cpp-python {version}), not tested: the built-in model is missing"
+        return Row(name, untested, ok=False, fix=ALIASES[DEFAULT_MODEL].install_hint)
+    try:
+        result = self_test(gguf_file)
+    except TunesmithError as err:
+        signal_number = getattr(err, "signal_number", None)
+        how = f"crashes (signal {signal_number})" if signal_number else "fails"
+        return Row(
+            name, f"{how} in a multi-token decode (llama-cpp-python {version})", ok=False, fix=REBUILD_COMMAND
+        )
+    return Row(name, f"works (llama-cpp-python {version}; decoded a {result['batch_tokens']}-token batch)")
 
 
 def _builtin_model_row() -> Row:

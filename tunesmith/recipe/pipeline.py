@@ -66,6 +66,8 @@ def run(config: RunConfig) -> RunResult:
     ctx.stage("export", "Exporting " + ", ".join(config.export.formats), export, once=True)
     ctx.stage("verify", "Verifying the GGUF in llama.cpp", verify, once=True)
     ctx.stage("report", "Writing the report", report)
+    if _verification_could_not_run(ctx):
+        return _unverified(ctx)
     return _result(ctx, finished=True, status="finished")
 
 
@@ -84,6 +86,7 @@ def check_environment(ctx: RunContext) -> dict[str, str]:
     env = _environment()
     if ctx.config.export.verify and "gguf" in ctx.config.export.formats:
         _require_llama_cpp()
+        _warn_if_llama_cpp_fails(env.get("llama.cpp verification", ""))
     summary = check_data(ctx.config)
     print(f"    {env.get('device', '?')}; torch {env.get('torch', '?')}; data: {summary}")
     return env
@@ -242,9 +245,14 @@ def verify(ctx: RunContext) -> dict[str, Any] | None:
     if not (ctx.config.export.verify and gguf):
         print("    skipped (no GGUF, or export.verify is false)")
         return None
+    from tunesmith.export.llama_cpp import LlamaCppCrashed
     from tunesmith.export.verify import verify_gguf
 
-    result = verify_gguf(ctx.folder / gguf, (ctx.model, ctx.tokenizer))
+    try:
+        result = verify_gguf(ctx.folder / gguf, (ctx.model, ctx.tokenizer))
+    except LlamaCppCrashed as err:  # llama.cpp died in its child process: report it, keep the files
+        print(f"    could not run: {err}")
+        return {"gguf": gguf, "could_not_run": str(err)}
     print("    " + result.summary().replace("\n", "\n    "))
     if not result.passed:
         ctx.state.results["verify"] = result.to_dict()  # the report shows what failed
@@ -257,7 +265,8 @@ def verify(ctx: RunContext) -> dict[str, Any] | None:
 def report(ctx: RunContext) -> None:
     """Write report.md and report.html, mark the run finished, and say where to look next."""
     ctx.state.status = "finished"
-    data = report_data(ctx, "finished")
+    status = "finished, but the GGUF is not verified" if _verification_could_not_run(ctx) else "finished"
+    data = report_data(ctx, status)
     _, html = write_report(data, ctx.folder)
     print(f"    held-out loss {_fmt(data.eval_loss_before)} -> {_fmt(data.eval_loss_after)}; report: {html}")
     if data.modelfile and data.ollama_name:
@@ -296,14 +305,24 @@ def _environment() -> dict[str, str]:
 
 
 def _require_llama_cpp() -> None:
-    import importlib.util
+    from tunesmith.export.llama_cpp import require_llama_cpp
 
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise TunesmithError(
-            "export.verify is on, but llama-cpp-python (which loads the GGUF to check it) is not installed. "
-            "Install it with `pip install 'tunesmith[verify]'` (it compiles llama.cpp once, a few minutes), "
-            "or skip the check with --set export.verify=false."
+    require_llama_cpp("export.verify (on by default; --set export.verify=false skips it)")
+
+
+def _warn_if_llama_cpp_fails(found: str) -> None:
+    """Say at the start, not after training, that llama.cpp's self-test failed (the run still goes on)."""
+    from tunesmith.export.llama_cpp import REBUILD_COMMAND
+
+    if not found.startswith("works"):
+        print(
+            f"    warning: llama.cpp verification: {found}. Training and export go on; the report will say "
+            f"whether the GGUF could be verified. Fix: {REBUILD_COMMAND}"
         )
+
+
+def _verification_could_not_run(ctx: RunContext) -> bool:
+    return "could_not_run" in (ctx.state.results.get("verify") or {})
 
 
 def _ask(ctx: RunContext) -> list[str]:
@@ -391,6 +410,20 @@ def _result(ctx: RunContext, finished: bool, status: str) -> RunResult:
         probes=data.probes,
         exports=data.exports,
         verification=data.verification,
+    )
+
+
+def _unverified(ctx: RunContext) -> RunResult:
+    """The run finished and reported, but llama.cpp could not verify the GGUF: a clear error, non-zero exit.
+    The verification stage is left undone, so the same command verifies once llama.cpp works."""
+    reason = ctx.state.results["verify"]["could_not_run"]
+    ctx.state.completed.remove("verify")
+    ctx.state.status = "unverified"
+    ctx.state.save()
+    raise TunesmithError(
+        f"Training and export finished, but the GGUF could not be verified: {reason} The GGUF file, "
+        f"report.html and report.md are in {ctx.folder}; once `tunesmith check` says llama.cpp works, run "
+        "the same command again to verify (nothing is trained again)."
     )
 
 

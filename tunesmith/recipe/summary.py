@@ -64,6 +64,12 @@ def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
 def _verification_rows(result: dict[str, Any] | None) -> dict[str, object] | None:
     if not result:
         return None
+    if "could_not_run" in result:
+        return {
+            "file": Path(result["gguf"]).name,
+            "passed": "could not run",
+            "reason": result["could_not_run"],
+        }
     return {
         "file": Path(result["gguf"]).name + f" ({result['file_type']})",
         "passed": result["passed"],
