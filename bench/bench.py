@@ -29,7 +29,7 @@ def load(d: str, variant: str):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from tunesmith.models.patch import apply_fast_path
+    from tunesmith.fast_path.patch import apply_fast_path
 
     kw = dict(dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
     if "qlora" in variant:
@@ -125,7 +125,7 @@ def probe(d: str, layers: int, seqs: list[int]) -> None:
         with torch.device("cuda"):
             LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(small)
         torch.cuda.empty_cache()
-    from tunesmith.models.patch_checkpoint import keeps_attention
+    from tunesmith.fast_path.checkpointing import keeps_attention
 
     m = load(small, "ts_qlora_lowmem")
     checkpointing = m.__dict__["_tunesmith_fast_path"].checkpointing

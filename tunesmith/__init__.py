@@ -3,14 +3,11 @@
 Public names are imported lazily so that ``import tunesmith`` and the CLI start fast.
 """
 
-from __future__ import annotations
+from tunesmith._lazy import lazy_exports
+from tunesmith._version import __version__
 
-import importlib
-
-__version__ = "0.1.0"
-
-_EXPORTS = {
-    "FastLanguageModel": "tunesmith.models.fast_language_model",
+_PUBLIC = {
+    "FastLanguageModel": "tunesmith.api.fast_language_model",
     "is_bfloat16_supported": "tunesmith.models.device",
     "chat": "tunesmith.models.chat",
     "PromptTemplate": "tunesmith.data.prompt_template",
@@ -23,14 +20,5 @@ _EXPORTS = {
     "TunesmithError": "tunesmith.errors",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tunesmith' has no attribute {name!r}")
-
-
-def __dir__():
-    return __all__
+_names, __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)
+__all__ = [*_names, "__version__"]

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.merge import merged_tensors, save_pretrained_merged
-from tunesmith.export.methods import attach_export_methods
+from tunesmith.api.export_methods import attach_export_methods
 
 IDS = torch.tensor([[1, 5, 9, 42, 7, 100, 3, 77, 12, 200]])
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tunesmith.models.patch_checkpoint import SAFETY, layer_bytes_per_token, plan_checkpointing
+from tunesmith.fast_path.checkpointing import SAFETY, layer_bytes_per_token, plan_checkpointing
 
 GIB = 2**30
 

@@ -123,12 +123,12 @@ def _train(m, batches, steps=3):
 def test_exactness_against_transformers_peft(tmp_path, monkeypatch, write_tiny_llama, qlora, offload):
     if qlora:
         pytest.importorskip("bitsandbytes")
-    from tunesmith.models import patch_checkpoint
-    from tunesmith.models.patch import apply_fast_path
-    from tunesmith.models.patch_offload import HostEmbedding
+    from tunesmith.fast_path import checkpointing
+    from tunesmith.fast_path.patch import apply_fast_path
+    from tunesmith.fast_path.offload import HostEmbedding
 
     if offload == "attention":  # keep the attention result from 1,024 tokens on, not only from 8,192
-        monkeypatch.setattr(patch_checkpoint, "KEEP_ATTENTION_MIN_TOKENS", 512)
+        monkeypatch.setattr(checkpointing, "KEEP_ATTENTION_MIN_TOKENS", 512)
     path = write_tiny_llama(tmp_path, None, torch.bfloat16, vocab_size=32000, hidden_size=1024,
                             intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
                             num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip

@@ -7,9 +7,9 @@ import logging
 import torch
 from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
 
-from tunesmith.kernels.rms_norm import FastRMSNorm
-from tunesmith.models.patch import apply_fast_path, unpatch
-from tunesmith.models.patch_modules import FastAttention, FastMLP, FusedLMHead
+from tunesmith.fast_path.modules import FastRMSNorm
+from tunesmith.fast_path.patch import apply_fast_path, unpatch
+from tunesmith.fast_path.modules import FastAttention, FastMLP, FusedLMHead
 
 
 def _batch():
@@ -86,7 +86,7 @@ def test_other_architectures_keep_the_plain_path_with_one_notice(caplog):
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50, n_positions=16))
     with caplog.at_level(logging.WARNING):
         assert apply_fast_path(model) is False
-    notices = [r.getMessage() for r in caplog.records if r.name == "tunesmith.models.patch"]
+    notices = [r.getMessage() for r in caplog.records if r.name == "tunesmith.fast_path.patch"]
     assert len(notices) == 1 and "gpt2" in notices[0] and "plain" in notices[0]
     unpatch(model)  # nothing to undo
 

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
 
-from tunesmith.models.patch import apply_fast_path
-from tunesmith.models.patch_checkpoint import CheckpointPlan, attention_bytes_per_token
-from tunesmith.models.patch_offload import HostEmbedding
+from tunesmith.fast_path.patch import apply_fast_path
+from tunesmith.fast_path.checkpointing import CheckpointPlan, attention_bytes_per_token
+from tunesmith.fast_path.offload import HostEmbedding
 
 
 def _batch(seq: int = 24):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from _kernel_models import tiny_llama, with_lora
 
-from tunesmith.models.patch import apply_fast_path, unpatch
-from tunesmith.models.patch_packing import has_restarts, pack_without_padding, packed_causal_mask
+from tunesmith.fast_path.patch import apply_fast_path, unpatch
+from tunesmith.fast_path.packing import has_restarts, pack_without_padding, packed_causal_mask
 
 SAMPLES = [[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71], [90, 4, 4]]
 

@@ -53,7 +53,7 @@ def test_memory_lean_setting_trains_through_the_trainer(tiny_llama_folder, tmp_p
     from datasets import Dataset
 
     from tunesmith import FastLanguageModel
-    from tunesmith.models.patch_offload import HostEmbedding
+    from tunesmith.fast_path.offload import HostEmbedding
     from tunesmith.training import SFTTrainer, TrainingArguments
 
     model, tokenizer = FastLanguageModel.from_pretrained(str(tiny_llama_folder), dtype=torch.bfloat16)

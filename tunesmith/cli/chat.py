@@ -54,8 +54,8 @@ def _positive_int(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, then answer one prompt or run the interactive loop."""
+    from tunesmith.api.fast_language_model import FastLanguageModel
     from tunesmith.models.chat import chat
-    from tunesmith.models.fast_language_model import FastLanguageModel
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         args.model, load_in_4bit=args.load_in_4bit, device_map=args.device

@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the environment report; 0 when training works here, 1 otherwise."""
-    from tunesmith.models.environment import can_train, check_environment
+    from tunesmith.recipe.environment import can_train, check_environment
 
     rows = check_environment()
     width = max(len(r.name) for r in rows) + 1

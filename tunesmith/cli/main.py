@@ -13,7 +13,7 @@ COMMANDS = ["check", "chat", "run", "export", "verify"]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    from tunesmith import __version__
+    from tunesmith._version import __version__
 
     parser = argparse.ArgumentParser(prog="tunesmith", description="Fine-tune, export and verify LLMs.")
     parser.add_argument("--version", action="version", version=f"tunesmith {__version__}")

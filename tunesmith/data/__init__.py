@@ -1,25 +1,20 @@
 """tunesmith.data: read files, recognise layouts, chat and prompt templates, validation, response-only masking."""
 
-from tunesmith.data.builtin import builtin_dataset_path
-from tunesmith.data.chat_templates import get_chat_template, template_family
-from tunesmith.data.layouts import detect_layout
-from tunesmith.data.loading import load_dataset_file
-from tunesmith.data.masking import train_on_responses_only
-from tunesmith.data.prepare import PreparedData, prepare_dataset
-from tunesmith.data.prompt_template import PromptTemplate
-from tunesmith.data.sharegpt import standardize_sharegpt
-from tunesmith.data.stats import DataStats
+from tunesmith._lazy import lazy_exports
 
-__all__ = [
-    "DataStats",
-    "PreparedData",
-    "PromptTemplate",
-    "builtin_dataset_path",
-    "detect_layout",
-    "get_chat_template",
-    "load_dataset_file",
-    "prepare_dataset",
-    "standardize_sharegpt",
-    "template_family",
-    "train_on_responses_only",
-]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "builtin_dataset_path": "tunesmith.data.builtin",
+        "get_chat_template": "tunesmith.data.chat_templates",
+        "template_family": "tunesmith.data.chat_templates",
+        "detect_layout": "tunesmith.data.layouts",
+        "load_dataset_file": "tunesmith.data.loading",
+        "train_on_responses_only": "tunesmith.data.masking",
+        "PreparedData": "tunesmith.data.prepare",
+        "prepare_dataset": "tunesmith.data.prepare",
+        "PromptTemplate": "tunesmith.data.prompt_template",
+        "standardize_sharegpt": "tunesmith.data.sharegpt",
+        "DataStats": "tunesmith.data.stats",
+    },
+)

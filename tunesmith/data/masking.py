@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
 from tunesmith.data.chat_templates import template_family
 from tunesmith.data.prompt_template import PromptTemplate
-from tunesmith.data.tokenizing import IGNORE_INDEX
 from tunesmith.errors import TunesmithError
 
 __all__ = ["train_on_responses_only", "response_markers", "answer_spans", "mask_dataset"]

@@ -11,13 +11,14 @@ import os
 import random
 from dataclasses import dataclass
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.chat_templates import OWN_TEMPLATE_NAMES, get_chat_template, template_family
 from tunesmith.data.formatting import render_row
 from tunesmith.data.layouts import detect_layout
 from tunesmith.data.loading import load_dataset_file
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
-from tunesmith.data.tokenizing import IGNORE_INDEX, tokenize_rows
+from tunesmith.data.tokenizing import tokenize_rows
 from tunesmith.data.validation import (
     DUPLICATE_POLICIES,
     check_template_fields,

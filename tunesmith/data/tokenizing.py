@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.formatting import Rendered
 from tunesmith.errors import TunesmithError
 
-__all__ = ["TokenizedRows", "tokenize_rows", "TOO_LONG_POLICIES", "IGNORE_INDEX"]
+__all__ = ["TokenizedRows", "tokenize_rows", "TOO_LONG_POLICIES"]
 
-IGNORE_INDEX = -100
 TOO_LONG_POLICIES = ("truncate", "error")
 
 

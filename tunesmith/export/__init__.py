@@ -1,23 +1,13 @@
-"""tunesmith.export: merged / adapter folders, GGUF files with an Ollama Modelfile, verification in llama.cpp.
+"""tunesmith.export: merged / adapter folders, GGUF files with an Ollama Modelfile, verification in llama.cpp
+(which always runs in a child process: ``llama_cpp``)."""
 
-Submodules import lazily (torch, gguf and llama.cpp load only when used).
-"""
+from tunesmith._lazy import lazy_exports
 
-from __future__ import annotations
-
-import importlib
-
-__all__ = ["save_pretrained_merged", "save_pretrained_gguf", "verify_gguf", "attach_export_methods"]
-
-_WHERE = {
-    "save_pretrained_merged": "tunesmith.export.merge",
-    "save_pretrained_gguf": "tunesmith.export.gguf",
-    "verify_gguf": "tunesmith.export.verify",
-    "attach_export_methods": "tunesmith.export.methods",
-}
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'tunesmith.export' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "save_pretrained_merged": "tunesmith.export.merge",
+        "save_pretrained_gguf": "tunesmith.export.gguf",
+        "verify_gguf": "tunesmith.export.verify",
+    },
+)

@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from tunesmith.errors import TunesmithError
-from tunesmith.export.merge import TensorSource
+from tunesmith.export.tensor_source import TensorSource
 
 __all__ = ["Shard", "parse_size", "shard_plan", "write_shards"]
 

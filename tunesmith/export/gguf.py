@@ -25,8 +25,9 @@ from tunesmith.export.gguf_names import gguf_tensors
 from tunesmith.export.gguf_tokenizer import tokenizer_metadata
 from tunesmith.export.gguf_writer import estimate_bytes, write_gguf
 from tunesmith.export.llama_cpp import quantize_in_llama_cpp, require_llama_cpp
-from tunesmith.export.merge import base_model_of, merged_tensors
+from tunesmith.export.merge import merged_tensors
 from tunesmith.export.ollama import DEFAULT_NUM_CTX
+from tunesmith.models.unwrap import base_model_of
 
 __all__ = ["save_pretrained_gguf", "gguf_file_name"]
 

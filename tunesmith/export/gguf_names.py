@@ -17,7 +17,7 @@ import torch
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf_constants import ArchInfo
-from tunesmith.export.merge import TensorSource
+from tunesmith.export.tensor_source import TensorSource
 from tunesmith.models.registry import head_dim_of
 
 __all__ = [

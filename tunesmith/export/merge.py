@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -18,26 +17,13 @@ import torch
 from tunesmith._atomic import atomic_dir
 from tunesmith.errors import TunesmithError
 from tunesmith.export._output import check_free_space, check_output_dir, disk_full_as_error
+from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
+from tunesmith.export.tensor_source import TensorSource
+from tunesmith.models.unwrap import base_model_of
 
-__all__ = ["TensorSource", "merged_tensors", "save_pretrained_merged", "SAVE_METHODS", "base_model_of"]
+__all__ = ["merged_tensors", "save_pretrained_merged", "SAVE_METHODS"]
 
 SAVE_METHODS = ("merged_16bit", "lora")
-
-
-@dataclass(frozen=True)
-class TensorSource:
-    """One tensor of the merged model, named as in a transformers state dict, computed on demand."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    load: Callable[[], torch.Tensor]
-
-
-def base_model_of(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside a PEFT wrapper (LoRA layers still in place), or ``model`` itself."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
@@ -183,7 +169,6 @@ def save_pretrained_merged(
     (``adapter_config.json`` + ``adapter_model.safetensors``). 4-bit bases are dequantized first.
     Returns the folder. The folder appears complete or not at all.
     """
-    from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
 
     if save_method not in SAVE_METHODS:
         raise TunesmithError(

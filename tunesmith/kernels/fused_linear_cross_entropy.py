@@ -16,6 +16,7 @@ by ``num_items_in_batch`` when given.
 import torch
 import torch.nn.functional as F
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.kernels._triton import kernel_for, next_power_of_2, on_gpu, tl, triton
 
 __all__ = [
@@ -85,7 +86,7 @@ def fused_linear_cross_entropy_forward(
     weight: torch.Tensor,
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     num_items_in_batch=None,
     with_grad: bool = True,
     need_weight_grad: bool = False,
@@ -125,7 +126,7 @@ def fused_linear_cross_entropy_reference(
     weight: torch.Tensor,
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     num_items_in_batch=None,
 ) -> torch.Tensor:
     """Pure PyTorch, as transformers: full logits, upcast to float32, ``cross_entropy``."""
@@ -163,7 +164,7 @@ def fused_linear_cross_entropy(
     weight: torch.Tensor,
     labels: torch.Tensor,
     bias: torch.Tensor | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     num_items_in_batch=None,
 ) -> torch.Tensor:
     """Mean (or ``/ num_items_in_batch``) cross-entropy of ``hidden @ weight.T`` against ``labels``.

@@ -9,7 +9,6 @@ Backward, with ``n = x * rstd`` and ``g = dy * w``:  ``dx = rstd * (g - n * mean
 """
 
 import torch
-from torch import nn
 
 from tunesmith.kernels._triton import kernel_for, next_power_of_2, num_warps_for, on_gpu, tl, triton
 
@@ -18,7 +17,7 @@ __all__ = [
     "rms_norm_backward",
     "rms_norm_reference",
     "RMSNormFunction",
-    "FastRMSNorm",
+    "rms_norm",
 ]
 
 # Rows per program in the weight-gradient pass: each program sums its rows' dw into one float32
@@ -137,20 +136,8 @@ class RMSNormFunction(torch.autograd.Function):
         return dx, dw, None
 
 
-class FastRMSNorm(nn.Module):
-    """Drop-in for a transformers RMSNorm: the Triton kernel on CUDA, the reference elsewhere.
-
-    The original module is kept, unregistered, as ``base_layer``; its weight is registered here under
-    the same name (shared, not copied), so ``state_dict`` keys do not change.
-    """
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__()
-        self.__dict__["base_layer"] = base_layer
-        self.weight = base_layer.weight
-        self.eps = float(getattr(base_layer, "variance_epsilon", getattr(base_layer, "eps", 1e-6)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if on_gpu(x, self.weight):
-            return RMSNormFunction.apply(x, self.weight, self.eps)
-        return rms_norm_reference(x, self.weight, self.eps)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm of ``x``: the Triton kernel on CUDA tensors, :func:`rms_norm_reference` elsewhere."""
+    if on_gpu(x, weight):
+        return RMSNormFunction.apply(x, weight, eps)
+    return rms_norm_reference(x, weight, eps)

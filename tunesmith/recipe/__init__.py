@@ -1,21 +1,16 @@
-"""tunesmith.recipe: ``tunesmith run CONFIG`` — the config schema, the run pipeline and its report."""
+"""tunesmith.recipe: ``tunesmith run CONFIG``: the config schema, the run pipeline, its report, and the
+environment check (``tunesmith check``)."""
 
-from __future__ import annotations
+from tunesmith._lazy import lazy_exports
 
-import importlib
-
-_EXPORTS = {
-    "RunConfig": "tunesmith.recipe.config",
-    "load_config": "tunesmith.recipe.config",
-    "run": "tunesmith.recipe.pipeline",
-    "RunResult": "tunesmith.recipe.pipeline",
-    "write_report": "tunesmith.recipe.report",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'tunesmith.recipe' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "RunConfig": "tunesmith.recipe.config",
+        "load_config": "tunesmith.recipe.config",
+        "run": "tunesmith.recipe.pipeline",
+        "RunResult": "tunesmith.recipe.pipeline",
+        "write_report": "tunesmith.recipe.report",
+        "check_environment": "tunesmith.recipe.environment",
+    },
+)

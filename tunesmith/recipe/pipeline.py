@@ -170,7 +170,7 @@ def add_lora(ctx: RunContext) -> dict[str, float | None]:
 
 def train(ctx: RunContext) -> dict[str, Any]:
     """Train with a progress bar; Ctrl-C stops after a checkpoint; a re-run resumes from the last one."""
-    from tunesmith.recipe.interrupt import StopOnInterrupt, graceful_interrupt
+    from tunesmith.training.interrupt import StopOnInterrupt, graceful_interrupt
 
     stopper = StopOnInterrupt()
     ctx.trainer.add_callback(stopper)
@@ -295,7 +295,7 @@ def _template(config: RunConfig):
 
 
 def _environment() -> dict[str, str]:
-    from tunesmith.models.environment import can_train, check_environment
+    from tunesmith.recipe.environment import can_train, check_environment
 
     rows = check_environment()
     if not can_train(rows):

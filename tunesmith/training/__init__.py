@@ -1,7 +1,14 @@
-"""tunesmith.training: LoRA adapters, training arguments, the SFT trainer, progress/log/plot, checkpoints."""
+"""tunesmith.training: LoRA adapters, training arguments, the SFT trainer, progress/log/plot, checkpoints,
+Ctrl-C handling."""
 
-from tunesmith.training.arguments import SFTConfig, TrainingArguments
-from tunesmith.training.lora import get_peft_model
-from tunesmith.training.trainer import SFTTrainer
+from tunesmith._lazy import lazy_exports
 
-__all__ = ["SFTConfig", "SFTTrainer", "TrainingArguments", "get_peft_model"]
+__all__, __getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "SFTConfig": "tunesmith.training.arguments",
+        "TrainingArguments": "tunesmith.training.arguments",
+        "SFTTrainer": "tunesmith.training.trainer",
+        "get_peft_model": "tunesmith.training.lora",
+    },
+)

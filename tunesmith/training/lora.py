@@ -16,7 +16,14 @@ from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
 
-__all__ = ["get_peft_model", "default_target_modules", "keep_4bit_trainable", "CHECKPOINTING_MODES"]
+__all__ = [
+    "get_peft_model",
+    "default_target_modules",
+    "keep_4bit_trainable",
+    "enable_checkpointing",
+    "family_has_fast_path",
+    "CHECKPOINTING_MODES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +101,8 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
         )
 
 
-def _enable_checkpointing(model: torch.nn.Module, mode) -> None:
+def enable_checkpointing(model: torch.nn.Module, mode) -> None:
+    """Turn activation checkpointing on (``"unsloth"`` or True: non-reentrant) or off (False)."""
     if mode not in CHECKPOINTING_MODES:
         raise TunesmithError(
             f'use_gradient_checkpointing={mode!r} is not understood; use "unsloth" (the best mode), True or False.'
@@ -142,8 +150,6 @@ def get_peft_model(
     """
     import peft
 
-    from tunesmith.export.methods import attach_export_methods
-
     if isinstance(model, peft.PeftModel):
         logger.warning("The model already has LoRA adapters; returning it unchanged.")
         return model
@@ -167,7 +173,7 @@ def get_peft_model(
 
     checkpointing = use_gradient_checkpointing if use_gradient_checkpointing in CHECKPOINTING_MODES else None
     if checkpointing is None:
-        _enable_checkpointing(model, use_gradient_checkpointing)  # raises the clear error
+        enable_checkpointing(model, use_gradient_checkpointing)  # raises the clear error
     on_cuda = next(model.parameters()).device.type == "cuda"
     use_fast_path = use_fast_path and on_cuda and family_has_fast_path(model)
     if _is_quantized(model) and not use_fast_path:
@@ -180,7 +186,7 @@ def get_peft_model(
         )
     else:
         # The fast path keeps norms and embeddings in the compute dtype (no fp32 upcast of the k-bit recipe).
-        _enable_checkpointing(model, checkpointing)
+        enable_checkpointing(model, checkpointing)
 
     config = peft.LoraConfig(
         r=r,
@@ -196,17 +202,16 @@ def get_peft_model(
     torch.manual_seed(random_state)  # seeds every device, so the adapter init is reproducible on GPU too
     peft_model = peft.get_peft_model(model, config)
     if use_fast_path:
-        from tunesmith.models.patch import apply_fast_path
+        from tunesmith.fast_path.patch import apply_fast_path
 
         # Smart checkpointing decides how many layers recompute; "unsloth" may also offload to CPU.
         apply_fast_path(
             peft_model, max_memory_gb=max_memory_gb, offload=use_gradient_checkpointing == "unsloth"
         )
-    return attach_export_methods(peft_model)
+    return peft_model
 
 
 def family_has_fast_path(model: torch.nn.Module) -> bool:
-    """Whether tunesmith's fused GPU kernels cover this model's architecture."""
-    from tunesmith.models.patch import FAST_PATH_ARCHITECTURES
-
-    return getattr(getattr(model, "config", None), "model_type", None) in FAST_PATH_ARCHITECTURES
+    """Whether tunesmith's fused GPU kernels cover this model's architecture (the registry's row says)."""
+    family = family_of(getattr(getattr(model, "config", None), "model_type", "") or "")
+    return family is not None and family.fast_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
 
-from tunesmith.models.patch import apply_fast_path, unpatch
+from tunesmith.fast_path.patch import apply_fast_path, unpatch
 
 
 def _graph_ops(loss) -> set[str]:
@@ -43,7 +43,7 @@ def test_patched_model_runs_every_kernel_and_matches_plain_model():
 
 
 def test_packed_row_through_the_kernels_matches_separate_samples():
-    from tunesmith.models.patch_packing import pack_without_padding
+    from tunesmith.fast_path.packing import pack_without_padding
 
     samples = [[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71]]
     model = with_lora(tiny_llama()).train()

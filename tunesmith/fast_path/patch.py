@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from tunesmith.models.patch_checkpoint import SmartCheckpointing
-from tunesmith.models.patch_modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
-from tunesmith.models.patch_offload import HostEmbedding
-from tunesmith.models.patch_packing import has_restarts, packed_causal_mask
+from tunesmith.constants import IGNORE_INDEX
+from tunesmith.fast_path.checkpointing import SmartCheckpointing
+from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
+from tunesmith.fast_path.offload import HostEmbedding
+from tunesmith.fast_path.packing import has_restarts, packed_causal_mask
 from tunesmith.models.registry import family_of
+from tunesmith.models.unwrap import base_model_of
 
-__all__ = ["apply_fast_path", "unpatch", "FastPathState", "FAST_PATH_ARCHITECTURES"]
+__all__ = ["apply_fast_path", "unpatch", "FastPathState"]
 
 logger = logging.getLogger(__name__)
 
-# transformers model types whose decoder layers have the Llama layout the wrappers read.
-FAST_PATH_ARCHITECTURES = ("llama", "mistral", "qwen2")
 _STATE = "_tunesmith_fast_path"
 
 
@@ -40,11 +40,6 @@ class FastPathState:
     had_loss_function: bool = False
     old_loss_function: object = None
     checkpointing: SmartCheckpointing | None = None
-
-
-def _causal_lm(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def _swap(state: FastPathState, parent: nn.Module, name: str, wrapper_cls) -> None:
@@ -85,7 +80,7 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
         labels,
         vocab_size=None,
         num_items_in_batch=None,
-        ignore_index=-100,
+        ignore_index=IGNORE_INDEX,
         shift_labels=None,
         **kwargs,
     ):
@@ -148,17 +143,12 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
     """
     if getattr(model, _STATE, None) is not None:
         return True
-    causal_lm = _causal_lm(model)
+    causal_lm = base_model_of(model)
     config = getattr(causal_lm, "config", None)
     model_type = getattr(config, "model_type", "")
     family = family_of(model_type)
     decoder = getattr(causal_lm, "model", None)
-    if (
-        model_type not in FAST_PATH_ARCHITECTURES
-        or family is None
-        or not family.fast_path
-        or not hasattr(decoder, "layers")
-    ):
+    if family is None or not family.fast_path or not hasattr(decoder, "layers"):
         logger.warning(
             "tunesmith: no fast path for model type %r yet; training on the plain transformers path.",
             model_type,

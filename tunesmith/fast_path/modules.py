@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 from tunesmith.kernels.lora_linear import Projection, lora_projections
 from tunesmith.kernels.lora_mlp import lora_mlp
-from tunesmith.kernels.rms_norm import FastRMSNorm
+from tunesmith.kernels.rms_norm import rms_norm
 from tunesmith.kernels.rope import apply_rope
 
 __all__ = ["FastAttention", "FastMLP", "FastRMSNorm", "FusedLMHead", "projection_of", "keep_base"]
@@ -67,6 +68,22 @@ def projection_of(module: nn.Module) -> Projection | None:
     return Projection(weight, module.bias)
 
 
+class FastRMSNorm(nn.Module):
+    """Drop-in for a transformers RMSNorm: the Triton kernel on CUDA, the reference elsewhere.
+
+    The original module is kept, unregistered, as ``base_layer``; its weight is registered here under
+    the same name (shared, not copied), so ``state_dict`` keys do not change.
+    """
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        keep_base(self, base_layer, ("weight",))
+        self.eps = float(getattr(base_layer, "variance_epsilon", getattr(base_layer, "eps", 1e-6)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(x, self.weight, self.eps)
+
+
 class FastAttention(nn.Module):
     """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention.
 
@@ -84,9 +101,8 @@ class FastAttention(nn.Module):
         self.config = base_layer.config
         self.layer_idx = getattr(base_layer, "layer_idx", None)
         self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
-        self.offload_slot = (
-            None  # set around an offloaded layer's forward and recompute (patch_checkpoint.py)
-        )
+        # Set around an offloaded layer's forward and recompute (checkpointing.py).
+        self.offload_slot = None
 
     def _can_fuse(self, position_embeddings, kwargs, seq_len: int) -> bool:
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
@@ -170,9 +186,7 @@ class FusedLMHead(nn.Module):
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
-        self.__dict__["base_layer"] = base_layer
-        self.weight = base_layer.weight
-        self.bias = base_layer.bias if getattr(base_layer, "bias", None) is not None else None
+        keep_base(self, base_layer, ("weight", "bias"))
         self.defer = False
         self.stash: torch.Tensor | None = None
 
@@ -195,7 +209,7 @@ class FusedLMHead(nn.Module):
         return hidden_states.new_zeros(()).expand(*hidden_states.shape[:-1], self.out_features)
 
     def loss(
-        self, labels, ignore_index: int = -100, num_items_in_batch=None, shift_labels=None
+        self, labels, ignore_index: int = IGNORE_INDEX, num_items_in_batch=None, shift_labels=None
     ) -> torch.Tensor:
         """Causal-LM loss of the stashed hidden states, shifted as transformers' ``ForCausalLMLoss``."""
         hidden, self.stash = self.stash, None

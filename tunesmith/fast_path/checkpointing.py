@@ -6,7 +6,7 @@ estimates what one layer keeps for backward, and checkpoints the fewest layers t
 (``max_memory_gb``, or most of the card). When even checkpointing every layer does not fit and
 ``offload`` is on, each checkpointed layer's input goes to pinned CPU memory and comes back, one layer
 ahead, for the recompute; from ``KEEP_ATTENTION_MIN_TOKENS`` tokens per sequence the attention result
-goes too, so the recompute skips attention (``patch_offload.py``). It works through transformers' own
+goes too, so the recompute skips attention (``offload.py``). It works through transformers' own
 switch on each decoder layer (``GradientCheckpointingLayer.gradient_checkpointing`` and
 ``_gradient_checkpointing_func``).
 """
@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from tunesmith.models.patch_offload import LayerSlot, OffloadedLayer, available_host_bytes
+from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer, available_host_bytes
 from tunesmith.models.registry import head_dim_of
 
 __all__ = [

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 
+from tunesmith.api.export_methods import attach_export_methods
 from tunesmith.errors import TunesmithError, closest_name
-from tunesmith.export.methods import attach_export_methods
 from tunesmith.models.loader import load
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import DEFAULT_MODEL
+from tunesmith.training.lora import enable_checkpointing, get_peft_model
 
 __all__ = ["FastLanguageModel"]
 
@@ -79,10 +80,9 @@ class FastLanguageModel:
 
     @staticmethod
     def get_peft_model(model, **kwargs):
-        """Add LoRA adapters (see :func:`tunesmith.training.lora.get_peft_model` for the arguments)."""
-        from tunesmith.training.lora import get_peft_model
-
-        return get_peft_model(model, **kwargs)
+        """Add LoRA adapters (see :func:`tunesmith.training.lora.get_peft_model` for the arguments); the
+        adapted model keeps ``save_pretrained_gguf`` / ``save_pretrained_merged``."""
+        return attach_export_methods(get_peft_model(model, **kwargs))
 
     @staticmethod
     def for_inference(model):
@@ -100,7 +100,7 @@ class FastLanguageModel:
         # Training forwards need no KV cache; generate() keeps using it through generation_config.
         model.config.use_cache = False
         if use_gradient_checkpointing and getattr(model, "supports_gradient_checkpointing", False):
-            _enable_checkpointing(model)
+            enable_checkpointing(model, True)
         return model
 
 
@@ -125,12 +125,3 @@ def _set_use_cache(model, on: bool) -> None:
     for config in (getattr(model, "config", None), getattr(model, "generation_config", None)):
         if config is not None:
             config.use_cache = on
-
-
-def _enable_checkpointing(model) -> None:
-    """Non-reentrant activation checkpointing (the name changed in transformers 5.2x)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(model, "activation_checkpointing_enable"):
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["pack_without_padding", "packed_causal_mask", "has_restarts"]
+from tunesmith.constants import IGNORE_INDEX
 
-IGNORE_INDEX = -100
+__all__ = ["pack_without_padding", "packed_causal_mask", "has_restarts"]
 
 
 def has_restarts(position_ids: torch.Tensor) -> bool:

@@ -187,7 +187,7 @@ def check_environment() -> list[Row]:
     """Every row of the environment report, in display order."""
     import sys
 
-    from tunesmith import __version__
+    from tunesmith._version import __version__
 
     rows = [Row("tunesmith", __version__), Row("python", sys.version.split()[0])]
     rows += _package_rows()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunesmith.fast_path.modules import keep_base
+
 __all__ = [
     "HostCopy",
     "LayerSlot",
@@ -230,7 +232,7 @@ class HostEmbedding(nn.Module):
 
     def __init__(self, base_layer: nn.Embedding):
         super().__init__()
-        self.__dict__["base_layer"] = base_layer
+        keep_base(self, base_layer, ())
         self.device = base_layer.weight.device
         base_layer.to("cpu")
         self.register_buffer("weight", base_layer.weight, persistent=True)
