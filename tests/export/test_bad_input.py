@@ -141,7 +141,9 @@ def test_modelfile_without_any_prompt_format_says_what_to_pass(model, tokenizer,
 
 def test_k_quant_without_llama_cpp_names_the_extra(model, tokenizer, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if llama-cpp-python were not installed
-    with pytest.raises(TunesmithError, match=r'pip install "tunesmith\[verify\]"'):
+    with pytest.raises(
+        TunesmithError, match=r'-mno-amx-int8" pip install --no-cache-dir "tunesmith\[verify\]"'
+    ):
         save_pretrained_gguf(model, tmp_path / "out", tokenizer, "q4_k_m")
     assert not (tmp_path / "out").exists()
 
