@@ -101,6 +101,22 @@ def tiny_llama_dir(default_model_path, tmp_path_factory) -> Path:
                              num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
 
 
+@pytest.fixture
+def tiny(tiny_llama_dir):
+    """A tiny random-init Llama with the real SmolLM2 tokenizer, fresh per test."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir), AutoTokenizer.from_pretrained(tiny_llama_dir)
+
+
+@pytest.fixture
+def medquad_rows():
+    """The shipped English medical Q&A rows as a datasets.Dataset."""
+    from tunesmith.data import builtin_dataset_path, load_dataset_file
+
+    return load_dataset_file(builtin_dataset_path("medquad_en"))
+
+
 @pytest.fixture(scope="session")
 def chatml_bpe_tokenizer():
     """A small byte-level BPE tokenizer with ChatML special tokens and template, trained here (no files

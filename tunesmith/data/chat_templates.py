@@ -13,7 +13,13 @@ from tunesmith.data.chat_template_table import CHAT_FAMILIES, QWEN_DEFAULT_SYSTE
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError, closest_name
 
-__all__ = ["get_chat_template", "template_family", "chat_family", "OWN_TEMPLATE_NAMES"]
+__all__ = [
+    "get_chat_template",
+    "template_family",
+    "chat_family",
+    "follows_chat_template",
+    "OWN_TEMPLATE_NAMES",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -154,3 +160,21 @@ def template_family(tokenizer_or_template) -> str | None:
             continue
         return family.name
     return None
+
+
+def follows_chat_template(texts, chat_template: str | None) -> bool:
+    """True if every text holds the fixed text ``chat_template`` puts between a user message and the
+    assistant's answer (e.g. ``<|im_end|>\\n<|im_start|>assistant``): the texts were rendered with it."""
+    if not isinstance(chat_template, str) or not chat_template:
+        return False
+    rendered = _render(
+        chat_template,
+        [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": _PROBE_ASSISTANT}],
+    )
+    if rendered is None:
+        return False
+    u, a = rendered.find(_PROBE_USER), rendered.find(_PROBE_ASSISTANT)
+    if u < 0 or a < u:
+        return False
+    between = rendered[u + len(_PROBE_USER) : a].strip()
+    return bool(between) and all(isinstance(t, str) and between in t for t in texts)

@@ -2,7 +2,8 @@
 prompt format the model was trained with, ``PARAMETER stop`` for every end-of-turn token, ``num_ctx``.
 
 The prompt format comes from (first found) the ``prompt_template`` passed in, or the tokenizer's chat
-template (which carries a training ``PromptTemplate`` when one was declared). ``ollama create NAME -f
+template (which carries a training ``PromptTemplate`` when one was declared or recognised in the training
+texts; a warning says when the model trained on plain texts of unknown format). ``ollama create NAME -f
 Modelfile`` then serves the model with the same prompts it saw in training.
 """
 
@@ -17,6 +18,7 @@ from tunesmith._atomic import atomic_file
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
 from tunesmith.data.chat_templates import template_family
 from tunesmith.data.prompt_template import PromptTemplate
+from tunesmith.data.text_template import trained_on_unknown_prompt
 from tunesmith.errors import TunesmithError
 from tunesmith.export.ollama_template import ChatPieces, chat_pieces, go_template
 
@@ -104,6 +106,16 @@ def plan_modelfile(tokenizer, prompt_template=None, required: bool | None = None
         logger.warning("%s Writing the GGUF file without a Modelfile.", message)
         return None
     chat_template, description, family = source
+    if prompt_template is None and trained_on_unknown_prompt(tokenizer):
+        logger.warning(
+            "The Modelfile's TEMPLATE is %s, but the model was trained on plain texts that did not use it, "
+            "and tunesmith could not recognise their prompt format (e.g. no instruction/output columns "
+            "beside the text, or fixed text that differs between rows), so Ollama will prompt the model "
+            "differently from training. Declare the training prompt before exporting: "
+            "tokenizer.chat_template = PromptTemplate('...{instruction}...{output}').to_chat_template() "
+            "(or pass prompt_template=...).",
+            description,
+        )
     bos = (tokenizer.bos_token if _adds_bos(tokenizer) else "") or ""
     render = _renderer(tokenizer, chat_template)
     try:

@@ -4,8 +4,10 @@ Accepts both TRL's current style (``args=SFTConfig(...)``, ``processing_class=``
 tutorial uses (``tokenizer=``, ``dataset_text_field=``, ``max_seq_length=``, ``dataset_num_proc=``,
 ``packing=``, ``args=TrainingArguments(...)``). Raw data sets are validated, formatted and tokenized by
 :mod:`tunesmith.data` before the first step (rows, tokens, truncations and duplicates land in
-``trainer.data_stats``). Training writes ``training_log.jsonl`` and ``loss.png`` into the output folder,
-checkpoints atomically, and with an eval set measures held-out loss before and after (``trainer.summary``).
+``trainer.data_stats``). Texts formatted by the user, with their source columns kept beside them, declare
+the prompt template they follow on the tokenizer (:mod:`tunesmith.data.text_template`). Training writes
+``training_log.jsonl`` and ``loss.png`` into the output folder, checkpoints atomically, and with an eval set
+measures held-out loss before and after (``trainer.summary``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from tunesmith.data.prepare import prepare_dataset
 from tunesmith.data.stats import DataStats
+from tunesmith.data.text_template import COLUMN_PLACEHOLDERS, adopt_text_template
 from tunesmith.errors import TunesmithError
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
@@ -131,6 +134,9 @@ class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
         columns = getattr(train, "column_names", None) or []
         if text_field in columns:  # the tutorial's way: rows already formatted into one text column
             options.update(layout="text", fields={"text": text_field})
+            # Chat, probes and export must serve the prompt these texts hold, not the tokenizer's own format.
+            sources = [c for c in columns if c in COLUMN_PLACEHOLDERS and c != text_field]
+            adopt_text_template(tokenizer, list(train[text_field]), {c: list(train[c]) for c in sources})
         prepared = prepare_dataset(
             train, tokenizer, eval_split=eval_split if evaluation is None else None, **options
         )
