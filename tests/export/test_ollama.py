@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from tunesmith.api import FastLanguageModel
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
 from tunesmith.data.chat_templates import get_chat_template
 from tunesmith.data.loading import load_dataset_file
@@ -17,7 +18,7 @@ from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 from tunesmith.export.ollama import MODELFILE_NAME, modelfile_text, plan_modelfile
 from tunesmith.models.chat import as_messages, build_prompt
-from tunesmith.training import SFTTrainer, TrainingArguments, get_peft_model
+from tunesmith.training import SFTTrainer, TrainingArguments
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,7 +141,7 @@ TUTORIAL_ZH_PROMPT = """以下是描述任务的指令，以及提供进一步�
 
 def _tutorial_training(model, tokenizer, dataset, train_prompt_style, output_dir):
     """The tutorial's code: LoRA, its formatting function, its SFTTrainer call (two steps here)."""
-    model = get_peft_model(
+    model = FastLanguageModel.get_peft_model(
         model,
         r=16,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -222,7 +223,7 @@ def test_tutorial_formatted_texts_give_a_modelfile_with_their_prompt(
 
 def test_plain_texts_of_unknown_format_warn_at_export(go_render, tiny, medquad_rows, tmp_path, caplog):
     model, tokenizer = tiny
-    model = get_peft_model(model, r=4)
+    model = FastLanguageModel.get_peft_model(model, r=4)
     data = medquad_rows.select(range(4)).map(  # a row number in the text: no fixed prompt to recognise
         lambda row, i: {"text": f"Case {i}. Q: {row['instruction']}\nA: {row['output']}"}, with_indices=True
     )
