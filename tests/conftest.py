@@ -1,8 +1,11 @@
-"""Shared test set-up: offline, a test-session cache home, and the `gpu` marker that skips without CUDA."""
+"""Shared test set-up: offline, a test-session cache home, the `gpu` marker that skips without CUDA, the
+`interpreted` folders, and the fixtures several folders use (the shared folder, llama.cpp, model folders)."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +23,25 @@ os.environ.setdefault(
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
 
+# Folders named ``interpreted`` hold Triton tests that run on CPU through Triton's interpreter.
+# ``TRITON_INTERPRET=1`` must be set before Triton is first imported and changes how every Triton function in
+# the process is built, so it cannot be switched on for part of a session without leaking into other tests:
+# a plain session leaves these folders out, and a test beside each one (``run_interpreted``) runs it in a
+# child pytest with the variable set. ``TRITON_INTERPRET=1 python -m pytest tests/kernels`` runs them directly.
+INTERPRETED = "interpreted"
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def pytest_ignore_collect(collection_path, config):
+    if collection_path.name == INTERPRETED and not INTERPRET:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
+    stray = [item.nodeid for item in items if INTERPRETED in item.path.parent.parts and not INTERPRET]
+    if stray:
+        raise pytest.UsageError(f"{stray[0]} must run with TRITON_INTERPRET=1 (see tests/conftest.py)")
     import torch
 
     if torch.cuda.is_available():
@@ -32,10 +53,34 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+def run_interpreted():
+    """``run_interpreted(folder)``: run the tests in ``folder`` in a child pytest with ``TRITON_INTERPRET=1``;
+    every one of them must pass (none may skip)."""
+
+    def run(folder: Path) -> None:
+        import triton  # noqa: F401  (part of the test install: pip install -e '.[test]'; missing fails here)
+
+        env = dict(os.environ, TRITON_INTERPRET="1")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", str(folder), "-q", "-p", "no:cacheprovider", "-x"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+        summary = proc.stdout.splitlines()[-1]
+        assert " passed" in summary and "skipped" not in summary, proc.stdout[-2000:]
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The read-only ../shared folder (data, tokenizers)."""
-    if not SHARED.exists():
-        pytest.skip("../shared is not present")
+    """The read-only ``shared`` folder beside this checkout (real tokenizers in ``tokenizers/``, data files in
+    ``data/``). The README's test command runs in that layout, so a missing folder fails the tests using it."""
+    if not SHARED.is_dir():
+        pytest.fail(
+            f"{SHARED} is missing: it is the read-only folder of real tokenizers (tokenizers/llama3, ...) and "
+            "data files (data/...) that sits beside the tunesmith checkout; the tests that read it cannot run"
+        )
     return SHARED
 
 
@@ -67,38 +112,18 @@ def default_model_path() -> Path:
     return materialize("smollm2-135m-instruct")
 
 
-def _write_tiny_llama(folder: Path, tokenizer=None, dtype=None, **config) -> Path:
-    """Save a random-init Llama (seed 0) of the given ``LlamaConfig`` sizes into ``folder``, with
-    ``tokenizer`` beside it (its vocabulary size and bos/eos ids go into the config)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    if tokenizer is not None:
-        config = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, **config)  # fmt: skip
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**config))
-    (model if dtype is None else model.to(dtype)).save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def write_tiny_llama():
-    """``write_tiny_llama(folder, tokenizer=None, dtype=None, **config)``: a tiny random-init Llama folder."""
-    return _write_tiny_llama
-
-
 @pytest.fixture(scope="session")
 def tiny_llama_dir(default_model_path, tmp_path_factory) -> Path:
-    """A tiny random-init Llama (2 layers, hidden 64) with the real SmolLM2 tokenizer, transformers layout."""
+    """A tiny random-init Llama (``_models.TINY``, 2,048 positions) with the real SmolLM2 tokenizer, as a
+    transformers folder."""
+    from _models import write_tiny_model
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(default_model_path)
-    return _write_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer, hidden_size=64,
-                             intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                             num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    return write_tiny_model(
+        folder, tokenizer=tokenizer, tie_word_embeddings=True, max_position_embeddings=2048
+    )
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from _models import with_lora
 
 
 def _tunesmith(*args: str) -> subprocess.CompletedProcess:
@@ -15,16 +16,10 @@ def _tunesmith(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def adapter_dir(tiny_llama_dir, tmp_path_factory):
     """A LoRA adapter folder (with its tokenizer) trained on top of the tiny Llama, as training leaves it."""
-    import peft
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32)
-    model = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
+    model = with_lora(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.float32), r=4)
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(folder)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import datasets
 import pytest
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data import prepare_dataset, train_on_responses_only
 from tunesmith.errors import TunesmithError
-
-IGNORE = -100
 
 
 def _expected(tokenizer, segments):
@@ -17,7 +16,7 @@ def _expected(tokenizer, segments):
     for text, is_answer in segments:
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += piece
-        labels += piece if is_answer else [IGNORE] * len(piece)
+        labels += piece if is_answer else [IGNORE_INDEX] * len(piece)
     return ids, labels
 
 
@@ -65,8 +64,8 @@ def test_single_turn_prompt_template_rows_mask_the_prompt(tokenizer):
         max_seq_length=64,
     )
     row = data.train[0]
-    answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE]
-    prompt = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == IGNORE]
+    answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
+    prompt = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label == IGNORE_INDEX]
     assert tokenizer.decode(answer) == "A high temperature." + tokenizer.eos_token
     assert tokenizer.decode(prompt) == "### Question:\nWhat is a fever?\n\n### Answer:\n"
 
@@ -93,7 +92,9 @@ def test_trainer_form_replaces_the_trainers_labels(tokenizer, tiny_llama_dir, tm
         train_dataset=datasets.Dataset.from_dict({"text": [text] * 2}),
         args=TrainingArguments(output_dir=str(tmp_path), max_steps=1, max_length=128),
     )
-    assert all(label != IGNORE for label in trainer.train_dataset[0]["labels"][1:])  # plain text: every token
+    assert all(
+        label != IGNORE_INDEX for label in trainer.train_dataset[0]["labels"][1:]
+    )  # plain text: every token
     train_on_responses_only(trainer)
     ids, labels = _expected(tokenizer, _chatml_segments())
     assert trainer.train_dataset[0]["labels"] == labels

@@ -1,4 +1,5 @@
-"""Export test set-up: the Go renderer and a LoRA-trained copy of the embedded default model."""
+"""Export test set-up: the Go renderer, the real SmolLM2 tokenizer, a tiny LoRA model of its vocabulary, and a
+LoRA-trained copy of the embedded default model."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from _models import tiny_model, with_lora
+from transformers import AutoTokenizer
 
 GO_PROGRAM = Path(__file__).parent / "gotemplate"
 
@@ -41,6 +44,18 @@ def go_render(tmp_path_factory):
         return done.stdout
 
     return render
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_path):
+    """The embedded default's real tokenizer (SmolLM2, ChatML template), one per test module."""
+    return AutoTokenizer.from_pretrained(default_model_path)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    """A tiny random Llama of that tokenizer's vocabulary with a LoRA adapter (random B), one per module."""
+    return with_lora(tiny_model(vocab_size=len(tokenizer)))
 
 
 @pytest.fixture(scope="session")

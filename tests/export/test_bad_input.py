@@ -6,7 +6,7 @@ import errno
 import sys
 
 import pytest
-from _export_models import tiny_model, with_lora
+from _models import tiny_model
 from transformers import AutoTokenizer
 
 import tunesmith.export._safetensors as safetensors_writer
@@ -14,16 +14,6 @@ import tunesmith.export.gguf_writer as gguf_writer
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.merge import save_pretrained_merged
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return with_lora(tiny_model("llama", len(tokenizer)))
 
 
 def _left_behind(folder):
@@ -154,7 +144,7 @@ def test_missing_tokenizer_is_explained(model, tmp_path):
 
 
 def test_tokenizer_larger_than_the_embedding_is_refused(tokenizer, tmp_path):
-    small = tiny_model("llama", 1000)
+    small = tiny_model(vocab_size=1000)
     with pytest.raises(TunesmithError, match="resize_token_embeddings"):
         save_pretrained_gguf(small, tmp_path / "out", tokenizer)
     assert not (tmp_path / "out").exists()

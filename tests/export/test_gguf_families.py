@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from _export_models import tiny_model
+from _models import tiny_model
 from transformers import AutoTokenizer
 
 from tunesmith.data.prompt_template import PromptTemplate
@@ -61,7 +61,7 @@ def exported(request, shared_dir, tmp_path_factory):
     name, kind, extra, expected = request.param
     tokenizer = AutoTokenizer.from_pretrained(shared_dir / "tokenizers" / name)
     vocab = -(-len(tokenizer) // 64) * 64  # padded like real checkpoints: GGUF gets [PAD] tokens
-    model = tiny_model(kind, vocab, **extra)
+    model = tiny_model(kind, vocab_size=vocab, **extra)
     prompt_template = PromptTemplate(LLAMA2_PROMPT) if name == "llama2" else None
     out = tmp_path_factory.mktemp(f"{name}-{kind}")
     path = save_pretrained_gguf(model, out, tokenizer, "f32", prompt_template=prompt_template)

@@ -7,8 +7,6 @@ import os
 import signal
 
 import pytest
-from _export_models import tiny_model, with_lora
-from transformers import AutoTokenizer
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export._llama_cpp_child import FAULT_ENV
@@ -17,16 +15,6 @@ from tunesmith.export.llama_cpp import REBUILD_COMMAND, LlamaCppCrashed, self_te
 from tunesmith.export.verify import verify_gguf
 from tunesmith.models.registry import ALIASES, DEFAULT_MODEL
 from tunesmith.models.sources import alias_gguf_path
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
-
-
-@pytest.fixture(scope="module")
-def model(tokenizer):
-    return with_lora(tiny_model("llama", len(tokenizer)))
 
 
 @pytest.fixture

@@ -6,13 +6,12 @@ import json
 
 import pytest
 import torch
-from _export_models import tiny_model, with_lora
+from _models import tiny_model, with_lora
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from tunesmith.errors import TunesmithError
 from tunesmith.export.merge import merged_tensors, save_pretrained_merged
-from tunesmith.api.export_methods import attach_export_methods
 
 IDS = torch.tensor([[1, 5, 9, 42, 7, 100, 3, 77, 12, 200]])
 
@@ -23,7 +22,7 @@ def _logits(model) -> torch.Tensor:
 
 
 def test_merged_folder_reloads_with_the_lora_models_logits(tmp_path):
-    model = with_lora(tiny_model("llama", 256, tie_word_embeddings=True))
+    model = with_lora(tiny_model(tie_word_embeddings=True))
     before = _logits(model)
     out = save_pretrained_merged(model, tmp_path / "merged", save_method="merged_16bit", dtype=torch.float32)
     reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
@@ -34,7 +33,7 @@ def test_merged_folder_reloads_with_the_lora_models_logits(tmp_path):
 
 
 def test_default_dtype_is_16_bit_and_close(tmp_path):
-    model = with_lora(tiny_model("qwen2", 256))
+    model = with_lora(tiny_model("qwen2"))
     out = save_pretrained_merged(model, tmp_path / "merged", save_method="merged_16bit")
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "float16"
@@ -43,7 +42,7 @@ def test_default_dtype_is_16_bit_and_close(tmp_path):
 
 
 def test_shards_and_index_follow_transformers_layout(tmp_path):
-    model = with_lora(tiny_model("llama", 256, tie_word_embeddings=False))
+    model = with_lora(tiny_model(tie_word_embeddings=False))
     out = save_pretrained_merged(model, tmp_path / "m", max_shard_size="60KB", dtype=torch.float32)
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(p.name for p in out.glob("model-*.safetensors"))
@@ -59,29 +58,23 @@ def test_shards_and_index_follow_transformers_layout(tmp_path):
 def test_lora_method_writes_a_peft_adapter(tmp_path):
     from peft import PeftModel
 
-    model = with_lora(tiny_model("llama", 256))
+    model = with_lora(tiny_model())
     out = save_pretrained_merged(model, tmp_path / "adapter", save_method="lora")
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
-    reloaded = PeftModel.from_pretrained(tiny_model("llama", 256), out)
+    reloaded = PeftModel.from_pretrained(tiny_model(), out)
     assert torch.allclose(_logits(reloaded), _logits(model), atol=1e-5)
 
 
 def test_4bit_base_is_dequantized_before_merging(tmp_path):
-    pytest.importorskip("bitsandbytes")  # a core dependency; CPU 4-bit needs bitsandbytes >= 0.46
-    from peft import LoraConfig, get_peft_model
     from transformers import BitsAndBytesConfig
 
     base_dir = tmp_path / "base"
-    tiny_model("llama", 256).save_pretrained(base_dir)
+    tiny_model().save_pretrained(base_dir)
     quantized = AutoModelForCausalLM.from_pretrained(
         base_dir,
         quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.float32),
     )
-    model = get_peft_model(quantized, LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"]))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(std=0.05)
+    model = with_lora(quantized)
     out = save_pretrained_merged(model, tmp_path / "merged", dtype=torch.float32)
     config = json.loads((out / "config.json").read_text())
     assert "quantization_config" not in config
@@ -90,16 +83,8 @@ def test_4bit_base_is_dequantized_before_merging(tmp_path):
     assert (_logits(reloaded) - _logits(model)).abs().max() < 2e-2
 
 
-def test_methods_are_bound_to_the_instance_only(tmp_path):
-    model = attach_export_methods(with_lora(tiny_model("llama", 256)))
-    out = model.save_pretrained_merged(tmp_path / "m", None, "merged_16bit", dtype=torch.float32)
-    assert (out / "model.safetensors").is_file()
-    assert not hasattr(type(model), "save_pretrained_merged")
-    assert not hasattr(tiny_model("llama", 256), "save_pretrained_gguf")
-
-
 def test_unknown_save_method_lists_the_valid_ones(tmp_path):
-    model = with_lora(tiny_model("llama", 256))
+    model = with_lora(tiny_model())
     with pytest.raises(TunesmithError, match="merged_16bit, lora"):
         save_pretrained_merged(model, tmp_path / "m", save_method="merged_4bit")
     assert not (tmp_path / "m").exists()
@@ -107,5 +92,5 @@ def test_unknown_save_method_lists_the_valid_ones(tmp_path):
 
 def test_lora_method_needs_an_adapter(tmp_path):
     with pytest.raises(TunesmithError, match="has none"):
-        save_pretrained_merged(tiny_model("llama", 256), tmp_path / "a", save_method="lora")
+        save_pretrained_merged(tiny_model(), tmp_path / "a", save_method="lora")
     assert list(tmp_path.iterdir()) == []

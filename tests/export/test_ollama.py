@@ -39,11 +39,6 @@ TUTORIAL_PROMPT = (
 ALPACA_PROMPT = "Below is an instruction.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
 
 
-@pytest.fixture(scope="module")
-def smollm_tokenizer(default_model_path):
-    return AutoTokenizer.from_pretrained(default_model_path)
-
-
 def _jinja(tokenizer, chat_template, messages):
     last_is_assistant = messages[-1]["role"] == "assistant"
     return tokenizer.apply_chat_template(
@@ -62,23 +57,23 @@ def _assert_go_matches(go_render, tokenizer, plan, chat_template):
         assert got == expected, label
 
 
-def test_embedded_models_own_template(go_render, smollm_tokenizer):
-    plan = plan_modelfile(smollm_tokenizer)
+def test_embedded_models_own_template(go_render, tokenizer):
+    plan = plan_modelfile(tokenizer)
     assert "chatml" in plan.source and plan.stops == ("<|im_end|>", "<|im_start|>")
-    _assert_go_matches(go_render, smollm_tokenizer, plan, smollm_tokenizer.chat_template)
+    _assert_go_matches(go_render, tokenizer, plan, tokenizer.chat_template)
 
 
 @pytest.mark.parametrize("family", list(CHAT_FAMILIES))
-def test_every_training_family(go_render, smollm_tokenizer, family):
-    tokenizer = get_chat_template(AutoTokenizer.from_pretrained(smollm_tokenizer.name_or_path), family)
+def test_every_training_family(go_render, tokenizer, family):
+    tokenizer = get_chat_template(AutoTokenizer.from_pretrained(tokenizer.name_or_path), family)
     plan = plan_modelfile(tokenizer)
     _assert_go_matches(go_render, tokenizer, plan, tokenizer.chat_template)
     assert tokenizer.eos_token in plan.stops
 
 
 @pytest.mark.parametrize("prompt", [TUTORIAL_PROMPT, ALPACA_PROMPT], ids=["tutorial", "alpaca"])
-def test_declared_prompt_template_travelling_in_the_tokenizer(go_render, smollm_tokenizer, prompt):
-    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer.name_or_path)
+def test_declared_prompt_template_travelling_in_the_tokenizer(go_render, tokenizer, prompt):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     template = PromptTemplate(prompt)
     tokenizer.chat_template = template.to_chat_template()
     plan = plan_modelfile(tokenizer)
@@ -89,15 +84,15 @@ def test_declared_prompt_template_travelling_in_the_tokenizer(go_render, smollm_
     assert go_render(plan.template, [question]) == template.prompt("我头疼怎么办？")
 
 
-def test_modelfile_text_is_what_ollama_reads(smollm_tokenizer):
-    text = modelfile_text("m.Q8_0.gguf", plan_modelfile(smollm_tokenizer), 2048)
+def test_modelfile_text_is_what_ollama_reads(tokenizer):
+    text = modelfile_text("m.Q8_0.gguf", plan_modelfile(tokenizer), 2048)
     lines = text.splitlines()
     assert "FROM ./m.Q8_0.gguf" in lines and "PARAMETER num_ctx 2048" in lines
     assert text.count('TEMPLATE """') == 1 and text.rstrip().endswith("PARAMETER num_ctx 2048")
 
 
-def test_template_of_another_shape_is_refused_clearly(smollm_tokenizer):
-    tokenizer = AutoTokenizer.from_pretrained(smollm_tokenizer.name_or_path)
+def test_template_of_another_shape_is_refused_clearly(tokenizer):
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer.name_or_path)
     # Puts the turn count into the text: no fixed text around each message can reproduce that.
     tokenizer.chat_template = "{% for m in messages %}[{{ loop.index }}] {{ m['content'] }}\n{% endfor %}"
     with pytest.raises(TunesmithError, match="cannot translate.*prompt_template="):

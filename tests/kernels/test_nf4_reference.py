@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import bitsandbytes as bnb
 import pytest
 import torch
 
 from tunesmith.kernels.nf4 import is_nf4_weight, nf4_dequantize, nf4_dequantize_reference
-
-bnb = pytest.importorskip("bitsandbytes")
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "plain"])

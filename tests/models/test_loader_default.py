@@ -39,7 +39,7 @@ def test_alias_loads_the_real_pretrained_smollm2(default_model_path, alias_answe
     assert model.dtype == torch.float32 and model.device.type == "cpu"
     assert model.max_seq_length == 512 and tokenizer.model_max_length == 512
     assert "<|im_start|>" in tokenizer.chat_template
-    # The answer GUIDE.md recorded for the untouched model: proof these are the real pretrained weights.
+    # The untouched SmolLM2-135M-Instruct's greedy answer: proof these are the real pretrained weights.
     assert alias_answer.startswith("Fatigue is a complex condition")
 
 

@@ -7,18 +7,18 @@ import pytest
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.registry import LLAMA_STYLE_TARGETS
 from tunesmith.training import get_peft_model
 
-SEVEN = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
-
-def test_default_targets_are_all_seven_projections(tiny):
+def test_default_targets_are_the_familys_seven_projections(tiny):
     model, _ = tiny
     lora = get_peft_model(model, r=8)
     assert isinstance(lora, peft.PeftModel)
-    assert set(lora.peft_config["default"].target_modules) == SEVEN
+    assert len(LLAMA_STYLE_TARGETS) == 7
+    assert set(lora.peft_config["default"].target_modules) == set(LLAMA_STYLE_TARGETS)
     adapted = {name.rsplit(".", 1)[-1] for name, m in lora.named_modules() if hasattr(m, "lora_A")}
-    assert adapted == SEVEN
+    assert adapted == set(LLAMA_STYLE_TARGETS)
     trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
 

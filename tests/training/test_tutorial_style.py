@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from tunesmith import is_bfloat16_supported
+from tunesmith.constants import IGNORE_INDEX
+from tunesmith.models.registry import LLAMA_STYLE_TARGETS
 from tunesmith.training import SFTTrainer, TrainingArguments, get_peft_model
 
 PROMPT = """Below is an instruction that describes a task. Write a response that appropriately completes the request.
@@ -25,7 +27,7 @@ def test_tutorial_call_runs_and_writes_log_and_plot(tiny, medquad_rows, tmp_path
     model = get_peft_model(
         model,
         r=16,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        target_modules=list(LLAMA_STYLE_TARGETS),  # the tutorial's seven projections
         lora_alpha=16,
         lora_dropout=0,
         bias="none",
@@ -120,7 +122,7 @@ def test_trl_sftconfig_style_runs(tiny, tmp_path):
         args=config,
     )
     row = trainer.train_dataset[0]
-    answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    answer = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != IGNORE_INDEX]
     assert (
         tokenizer.decode(answer).strip().startswith("Fine, number")
     )  # prompt/completion: loss on the completion

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _interp_helpers import DTYPES, TOL, rel
+from _models import DTYPES, TOL, rel_err
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.kernels import fused_linear_cross_entropy as flce
 
 
@@ -17,20 +18,20 @@ def test_matches_reference_across_chunks(monkeypatch, dtype, num_items):
     h = torch.randn(37, 24, dtype=dtype, requires_grad=True)
     w = (0.3 * torch.randn(101, 24)).to(dtype).requires_grad_()
     y = torch.randint(0, 101, (37,))
-    y[[3, 10, 36]] = -100
-    loss = flce.FusedLinearCrossEntropyFunction.apply(h, w, y, None, -100, num_items)
-    ref = flce.fused_linear_cross_entropy_reference(h, w, y, None, -100, num_items)
+    y[[3, 10, 36]] = IGNORE_INDEX
+    loss = flce.FusedLinearCrossEntropyFunction.apply(h, w, y, None, IGNORE_INDEX, num_items)
+    ref = flce.fused_linear_cross_entropy_reference(h, w, y, None, IGNORE_INDEX, num_items)
     got, want = torch.autograd.grad(loss, (h, w)), torch.autograd.grad(ref, (h, w))
     assert abs(loss.item() - ref.item()) / ref.item() < TOL[dtype]
-    assert rel(got[0], want[0]) < TOL[dtype], "hidden gradient"
-    assert rel(got[1], want[1]) < TOL[dtype], "weight gradient"
+    assert rel_err(got[0], want[0]) < TOL[dtype], "hidden gradient"
+    assert rel_err(got[1], want[1]) < TOL[dtype], "weight gradient"
 
 
 def test_ignored_rows_get_no_gradient_and_the_mean_skips_them():
     h = torch.randn(6, 16, requires_grad=True)
     w = torch.randn(40, 16)
-    y = torch.tensor([1, -100, 2, -100, 3, 4])
-    loss = flce.FusedLinearCrossEntropyFunction.apply(h, w, y, None, -100, None)
+    y = torch.tensor([1, IGNORE_INDEX, 2, IGNORE_INDEX, 3, 4])
+    loss = flce.FusedLinearCrossEntropyFunction.apply(h, w, y, None, IGNORE_INDEX, None)
     (dh,) = torch.autograd.grad(loss, h)
     assert dh[1].abs().max() == 0 and dh[3].abs().max() == 0
     assert abs(loss.item() - flce.fused_linear_cross_entropy_reference(h, w, y).item()) < 1e-5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _interp_helpers import DTYPES, TOL, rel
+from _models import DTYPES, TOL, rel_err
 
 from tunesmith.kernels.lora_linear import LoRAProjectionsFunction, Projection, lora_projections_reference
 from tunesmith.kernels.lora_mlp import LoRAMLPFunction, lora_mlp_reference
@@ -32,8 +32,6 @@ def _trainable(x, projections):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("nf4", [False, True], ids=["bf16-base", "nf4-base"])
 def test_qkv_projections_match_reference(dtype, nf4):
-    if nf4:
-        pytest.importorskip("bitsandbytes")
     x = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
     ps = [
         _proj(24, 24, 4, dtype, bias=True, nf4=nf4),
@@ -43,13 +41,13 @@ def test_qkv_projections_match_reference(dtype, nf4):
     flat = [t for p in ps for t in (p.weight, p.bias, p.lora_a, p.lora_b)]
     outs = LoRAProjectionsFunction.apply(x, [p.scaling for p in ps], *flat)
     refs = lora_projections_reference(x, ps)
-    assert all(rel(o, r) < TOL[dtype] for o, r in zip(outs, refs, strict=True))
+    assert all(rel_err(o, r) < TOL[dtype] for o, r in zip(outs, refs, strict=True))
     gs = [torch.randn_like(o) for o in outs]
     got, want = (
         torch.autograd.grad(outs, _trainable(x, ps), gs),
         torch.autograd.grad(refs, _trainable(x, ps), gs),
     )
-    assert [round(rel(a, b), 6) for a, b in zip(got, want, strict=True)] == pytest.approx(
+    assert [round(rel_err(a, b), 6) for a, b in zip(got, want, strict=True)] == pytest.approx(
         [0] * len(got), abs=TOL[dtype]
     )
 
@@ -57,8 +55,6 @@ def test_qkv_projections_match_reference(dtype, nf4):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("nf4", [False, True], ids=["bf16-base", "nf4-base"])
 def test_mlp_matches_reference(dtype, nf4):
-    if nf4:
-        pytest.importorskip("bitsandbytes")
     x = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
     ps = [
         _proj(40, 24, 4, dtype, nf4=nf4),
@@ -68,7 +64,7 @@ def test_mlp_matches_reference(dtype, nf4):
     flat = [t for p in ps for t in (p.weight, p.lora_a, p.lora_b)]
     out = LoRAMLPFunction.apply(x, [p.scaling for p in ps], *flat)
     ref = lora_mlp_reference(x, *ps)
-    assert rel(out, ref) < TOL[dtype]
+    assert rel_err(out, ref) < TOL[dtype]
     dy = torch.randn_like(out)
     got, want = (
         torch.autograd.grad(out, _trainable(x, ps), dy),
@@ -77,4 +73,4 @@ def test_mlp_matches_reference(dtype, nf4):
     for name, a, b in zip(
         ["x", "gate.A", "gate.B", "up.A", "up.B", "down.A", "down.B"], got, want, strict=True
     ):
-        assert rel(a, b) < TOL[dtype], name
+        assert rel_err(a, b) < TOL[dtype], name

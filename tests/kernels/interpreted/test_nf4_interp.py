@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import bitsandbytes.functional as bnb_f
 import pytest
 import torch
 
 from tunesmith.kernels.nf4 import nf4_dequantize_forward, nf4_dequantize_reference
-
-bnb_f = pytest.importorskip("bitsandbytes.functional")
 
 
 @pytest.mark.parametrize("nested", [True, False], ids=["double-quant", "plain"])

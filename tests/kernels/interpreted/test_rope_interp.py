@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _interp_helpers import DTYPES, TOL, rel
+from _models import DTYPES, TOL, rel_err
 
 from tunesmith.kernels.rope import RoPEFunction, rope_reference
 
@@ -26,8 +26,8 @@ def test_rope_matches_reference(heads, dtype):
     cos, sin = _angles(b, t, d, dtype)
     oq, ok = RoPEFunction.apply(q * 1, k * 1, cos, sin, d)
     rq, rk = rope_reference(q.view(b, t, hq, d), k.view(b, t, hk, d), cos, sin)
-    assert rel(oq.view_as(rq), rq) < TOL[dtype] and rel(ok.view_as(rk), rk) < TOL[dtype]
+    assert rel_err(oq.view_as(rq), rq) < TOL[dtype] and rel_err(ok.view_as(rk), rk) < TOL[dtype]
     gq, gk = torch.randn_like(oq), torch.randn_like(ok)
     got = torch.autograd.grad((oq, ok), (q, k), (gq, gk))
     want = torch.autograd.grad((rq, rk), (q, k), (gq.view_as(rq), gk.view_as(rk)))
-    assert rel(got[0], want[0]) < TOL[dtype] and rel(got[1], want[1]) < TOL[dtype]
+    assert rel_err(got[0], want[0]) < TOL[dtype] and rel_err(got[1], want[1]) < TOL[dtype]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import torch
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.training import SFTTrainer, TrainingArguments
 
 
@@ -42,4 +43,6 @@ def test_packed_rows_restart_positions_and_match_unpacked_logits(tiny, tmp_path)
             assert ids.tolist() in singles
             alone = model(input_ids=ids[None], use_cache=False).logits[0]
             assert torch.allclose(packed[start:end], alone, atol=1e-4)  # no attention across row boundaries
-    assert (batch["labels"][0, starts] == -100).all()  # no row learns to predict the next row's first token
+    assert (
+        batch["labels"][0, starts] == IGNORE_INDEX
+    ).all()  # no row learns to predict the next row's first token

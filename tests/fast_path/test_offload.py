@@ -1,6 +1,6 @@
 """The memory-lean fast path on CPU: offloaded layer inputs, replayed attention, the host-kept embedding.
 
-On a GPU these copies go to pinned memory on a side stream (``test_kernels_gpu.py`` checks that against
+On a GPU these copies go to pinned memory on a side stream (``test_patch_gpu.py`` checks that against
 transformers + peft); here they are plain copies, which is enough to check the autograd bookkeeping.
 """
 
@@ -11,24 +11,25 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
+from _models import ODD, loss_and_grads, rel_err, tiny_model, with_lora
 
-from tunesmith.fast_path.patch import apply_fast_path
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.fast_path.checkpointing import CheckpointPlan, attention_bytes_per_token
 from tunesmith.fast_path.offload import HostEmbedding
+from tunesmith.fast_path.patch import apply_fast_path
 
 
 def _batch(seq: int = 24):
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(0, 97, (2, seq), generator=gen)
     labels = x.clone()
-    labels[0, :5] = -100
+    labels[0, :5] = IGNORE_INDEX
     return x, labels
 
 
 @pytest.mark.parametrize("keep_attention", [False, True], ids=["inputs-only", "with-attention"])
 def test_offloaded_layers_give_the_same_loss_and_lora_gradients(keep_attention):
-    model = with_lora(tiny_llama(num_hidden_layers=3)).train()
+    model = with_lora(tiny_model(**ODD, num_hidden_layers=3)).train()
     x, labels = _batch()
     want_loss, want_grads = loss_and_grads(model, x, labels)
 

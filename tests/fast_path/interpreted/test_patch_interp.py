@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
+from _models import ODD, loss_and_grads, rel_err, tiny_model, with_lora
 
+from tunesmith.constants import IGNORE_INDEX
 from tunesmith.fast_path.patch import apply_fast_path, unpatch
 
 
@@ -20,10 +21,10 @@ def _graph_ops(loss) -> set[str]:
 
 
 def test_patched_model_runs_every_kernel_and_matches_plain_model():
-    model = with_lora(tiny_llama()).train()
+    model = with_lora(tiny_model(**ODD)).train()
     x = torch.randint(0, 97, (2, 11))
     labels = x.clone()
-    labels[0, :3] = -100
+    labels[0, :3] = IGNORE_INDEX
     loss0, grads0 = loss_and_grads(model, x, labels)
     assert apply_fast_path(model)
     out = model(input_ids=x, labels=labels)
@@ -46,7 +47,7 @@ def test_packed_row_through_the_kernels_matches_separate_samples():
     from tunesmith.fast_path.packing import pack_without_padding
 
     samples = [[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71]]
-    model = with_lora(tiny_llama()).train()
+    model = with_lora(tiny_model(**ODD)).train()
     want = (
         sum(
             model(input_ids=torch.tensor(s)[None], labels=torch.tensor(s)[None]).loss * (len(s) - 1)
@@ -64,7 +65,7 @@ def test_checkpointed_layers_recompute_through_the_kernels_with_the_same_gradien
 
     from torch.utils.checkpoint import checkpoint
 
-    model = with_lora(tiny_llama()).train()
+    model = with_lora(tiny_model(**ODD)).train()
     x = torch.randint(0, 97, (2, 9))
     apply_fast_path(model)
     loss0, grads0 = loss_and_grads(model, x, x)

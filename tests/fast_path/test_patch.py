@@ -5,22 +5,22 @@ from __future__ import annotations
 import logging
 
 import torch
-from _kernel_models import loss_and_grads, rel_err, tiny_llama, with_lora
+from _models import ODD, loss_and_grads, rel_err, tiny_model, with_lora
 
-from tunesmith.fast_path.modules import FastRMSNorm
+from tunesmith.constants import IGNORE_INDEX
+from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
 from tunesmith.fast_path.patch import apply_fast_path, unpatch
-from tunesmith.fast_path.modules import FastAttention, FastMLP, FusedLMHead
 
 
 def _batch():
     x = torch.randint(0, 97, (2, 13), generator=torch.Generator().manual_seed(3))
     labels = x.clone()
-    labels[1, :4] = -100
+    labels[1, :4] = IGNORE_INDEX
     return x, labels
 
 
 def test_patched_model_matches_original_and_unpatch_restores_it():
-    model = with_lora(tiny_llama()).train()
+    model = with_lora(tiny_model(**ODD)).train()
     x, labels = _batch()
     keys = list(model.state_dict())
     loss0, grads0 = loss_and_grads(model, x, labels)
@@ -48,7 +48,7 @@ def test_patched_model_matches_original_and_unpatch_restores_it():
 
 
 def test_training_forward_never_builds_logits_but_eval_does():
-    model = with_lora(tiny_llama()).train()
+    model = with_lora(tiny_model(**ODD)).train()
     x, labels = _batch()
     apply_fast_path(model)
     out = model(input_ids=x, labels=labels)
@@ -59,20 +59,19 @@ def test_training_forward_never_builds_logits_but_eval_does():
 
 
 def test_adapters_added_after_patching_survive_unpatch():
-    model = tiny_llama()
+    model = tiny_model(**ODD).train()
     assert apply_fast_path(model)
     model = with_lora(model)  # PEFT swaps q_proj etc. on the fast-path wrappers
     x, labels = _batch()
     loss_and_grads(model, x, labels)
-    unpatch(model.get_base_model()) if hasattr(model, "get_base_model") else None
-    unpatch(model)
+    unpatch(model.get_base_model())  # the model the fast path was applied to, now inside PEFT's wrapper
     names = [n for n, _ in model.named_parameters() if "lora_A" in n]
     assert len(names) == 14 and all("base_layer" not in n.split("lora_A")[0].split(".")[-2] for n in names)
     assert type(model.get_base_model().model.layers[0].self_attn).__name__ == "LlamaAttention"
 
 
 def test_apply_twice_is_a_no_op_and_unpatch_twice_is_harmless():
-    model = with_lora(tiny_llama())
+    model = with_lora(tiny_model(**ODD))
     assert apply_fast_path(model) and apply_fast_path(model)
     assert isinstance(model.get_base_model().model.layers[0].mlp, FastMLP)
     unpatch(model)
@@ -92,12 +91,7 @@ def test_other_architectures_keep_the_plain_path_with_one_notice(caplog):
 
 
 def test_qwen2_gets_the_fast_path_with_its_qkv_bias():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
-    model = with_lora(Qwen2ForCausalLM(cfg)).train()
+    model = with_lora(tiny_model("qwen2", **ODD)).train()
     x, labels = _batch()
     loss0, grads0 = loss_and_grads(model, x, labels)
     assert apply_fast_path(model)

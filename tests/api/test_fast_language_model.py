@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunesmith.errors import TunesmithError
 from tunesmith.api.fast_language_model import FastLanguageModel
+from tunesmith.errors import TunesmithError
 
 
 def test_from_pretrained_returns_model_and_tokenizer(tiny_llama_dir):
@@ -16,10 +16,7 @@ def test_from_pretrained_returns_model_and_tokenizer(tiny_llama_dir):
     assert model.generation_config.pad_token_id == tokenizer.pad_token_id
 
 
-def test_export_methods_are_attached_when_the_exporter_exists(tiny_llama_dir):
-    pytest.importorskip(
-        "tunesmith.api.export_methods", reason="the exporter (issue 4) is not in this checkout yet"
-    )
+def test_loaded_model_has_the_export_methods(tiny_llama_dir):
     model, _ = FastLanguageModel.from_pretrained(tiny_llama_dir)
     assert callable(model.save_pretrained_gguf) and callable(model.save_pretrained_merged)
 

@@ -1,0 +1,84 @@
+"""The helpers every test folder shares: tiny random-init models, LoRA on them, and the error measure.
+
+Importable as ``_models`` from any test file (``pythonpath = ["tests"]`` in pyproject.toml's pytest section).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tunesmith.models.registry import LLAMA_STYLE_TARGETS
+
+# Two layers, grouped-query attention, hidden 64: small enough for CPU, and every width a multiple of 32 so
+# each GGUF type (q8_0, q4_0 blocks of 32) can store it.
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+# Odd sizes for the fast-path tests: head size 12, MLP width 80 and 97 vocabulary columns leave partial
+# blocks in every kernel.
+ODD = dict(vocab_size=97, hidden_size=48, intermediate_size=80, max_position_embeddings=64)
+# Per-dtype tolerances on rel_err(kernel, reference): float32 kernels agree to rounding; bf16 outputs are
+# rounded once more (and Triton's interpreter truncates float32 -> bf16 instead of rounding to nearest).
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def tiny_model(family: str = "llama", *, tokenizer=None, seed: int = 0, **config):
+    """A random-init causal LM of a transformers ``family`` (seed ``seed``, eval mode): ``TINY`` sizes,
+    changed by ``config``; with a ``tokenizer``, its vocabulary size and bos/eos ids go into the config."""
+    import transformers
+
+    config_cls, model_cls = {
+        "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+        "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+        "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+        "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+    }[family]
+    if tokenizer is not None:
+        config = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, **config)  # fmt: skip
+    torch.manual_seed(seed)
+    return model_cls(config_cls(**{**TINY, **config})).eval()
+
+
+def write_tiny_model(folder: Path, family: str = "llama", *, tokenizer=None, dtype=None, **config) -> Path:
+    """``tiny_model(family, tokenizer=tokenizer, **config)`` saved into ``folder`` (in ``dtype``, if given),
+    with the tokenizer beside it: a model folder as ``load`` and ``from_pretrained`` read it."""
+    model = tiny_model(family, tokenizer=tokenizer, **config)
+    (model if dtype is None else model.to(dtype)).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
+def with_lora(model, r: int = 8, seed: int = 1):
+    """``model`` in a PEFT LoRA on every Llama-style projection whose B matrices are random (as after
+    training), so merged weights differ from the base and every LoRA gradient is non-zero. The mode
+    (train or eval) stays the model's."""
+    from peft import LoraConfig, get_peft_model
+
+    training = model.training
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(LLAMA_STYLE_TARGETS))
+    model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    return model.train(training)
+
+
+def loss_and_grads(model, input_ids, labels):
+    """One forward/backward: the loss and every trainable parameter's gradient, by name."""
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=input_ids, labels=labels)
+    out.loss.backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return out.loss.detach().float(), grads
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (``b`` is the reference)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()

@@ -1,0 +1,12 @@
+"""The whole fast path with every Triton kernel running, on CPU through Triton's interpreter.
+
+The tests themselves live in ``interpreted/``; ``tests/conftest.py`` says why they run in a child process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def test_fast_path_matches_the_plain_model_under_the_interpreter(run_interpreted):
+    run_interpreted(Path(__file__).parent / "interpreted")
