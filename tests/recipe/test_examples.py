@@ -7,6 +7,7 @@ from pathlib import Path
 from tunesmith.data import prepare_dataset
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.recipe.config import load_config
+from tunesmith.recipe.pipeline import dataset_arguments, prompt_format
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -16,16 +17,10 @@ def test_chinese_example_trains_on_the_think_prompt(shared_dir: Path) -> None:
 
     # DeepSeek-R1-Distill-Llama-8B uses a Llama-3.1 tokenizer; the real one stands in offline
     tokenizer = AutoTokenizer.from_pretrained(shared_dir / "tokenizers" / "llama3_1")
-    config = load_config(EXAMPLES / "medical-zh-deepseek-8b.yaml")
+    config = load_config(EXAMPLES / "medical-zh-deepseek-8b.yaml", ["data.max_rows=20"])
     d = config.data
-    prepared = prepare_dataset(
-        d.file,
-        tokenizer,
-        template=PromptTemplate(d.prompt_template),
-        fields=d.fields,
-        limit=20,
-        eval_split=0.1,
-    )
+    assert prompt_format(config) == PromptTemplate(d.prompt_template)
+    prepared = prepare_dataset(tokenizer=tokenizer, **dataset_arguments(config))  # as the run's data stage
     text = prepared.train[0]["text"]
     assert "### 问题：\n" in text and "### 回答：\n<think></think>\n" in text
     assert text.endswith(tokenizer.eos_token) and text.count(tokenizer.eos_token) == 1

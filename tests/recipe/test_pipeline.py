@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.export._llama_cpp_child import FAULT_ENV
+from tunesmith.recipe.pipeline import STAGES
 
 QUICK = [
     "--set", "training.max_steps=3",
@@ -90,8 +91,8 @@ def test_a_llama_cpp_crash_still_writes_the_report_and_keeps_the_gguf(crashed_ve
 
 def test_every_stage_prints_a_headed_line(finished_run) -> None:
     _, proc = finished_run
-    for number in range(1, 12):
-        assert f"[{number}/11] " in proc.stdout
+    for number in range(1, len(STAGES) + 1):
+        assert f"[{number}/{len(STAGES)}] " in proc.stdout
     assert "Asking the probe questions before training" in proc.stdout
 
 
@@ -99,7 +100,7 @@ def test_report_has_answers_before_and_after_and_the_losses(finished_run) -> Non
     folder, _ = finished_run
     state = _state(folder)
     assert state["status"] == "finished"
-    before, after = state["results"]["probes_before"], state["results"]["probes_after"]
+    before, after = state["results"]["probes_before"]["answers"], state["results"]["probes_after"]["answers"]
     assert len(before) == len(after) == 2 and all(a.strip() for a in before + after)
     md = (folder / "report.md").read_text()
     assert "What are common causes of fatigue?" in md and "What is anemia?" in md

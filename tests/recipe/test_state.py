@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tunesmith.errors import TunesmithError
-from tunesmith.recipe.state import STATE_FILE, config_fingerprint, open_output_folder
+from tunesmith.recipe.results import CheckResult, TrainResult, VerifyResult
+from tunesmith.recipe.state import STATE_FILE, RunState, config_fingerprint, open_output_folder
 
 
 def _previous_run(folder: Path, status: str, fingerprint: str = "abc", completed=("check", "load")) -> None:
@@ -18,7 +19,7 @@ def _previous_run(folder: Path, status: str, fingerprint: str = "abc", completed
         "fingerprint": fingerprint,
         "status": status,
         "completed": list(completed),
-        "results": {"check": {}},
+        "results": {"check": {"environment": {"python": "3.11"}}},
     }
     (folder / STATE_FILE).write_text(json.dumps(payload))
 
@@ -68,3 +69,31 @@ def test_fingerprint_ignores_only_overwrite() -> None:
     same = {"training": {"max_steps": 10}, "output": {"folder": "x", "overwrite": True}}
     other = {"training": {"max_steps": 11}, "output": {"folder": "x", "overwrite": False}}
     assert config_fingerprint(base) == config_fingerprint(same) != config_fingerprint(other)
+
+
+def test_results_are_read_back_typed(tmp_path: Path) -> None:
+    _previous_run(tmp_path / "run", "interrupted")
+    state = open_output_folder(tmp_path / "run", "abc", overwrite=False)
+    assert isinstance(state.results.check, CheckResult) and state.results.check.environment == {
+        "python": "3.11"
+    }
+    assert state.status == "running"
+    state.complete("train", TrainResult(losses=[(1, 2.5)], steps=1))
+    again = RunState.read(tmp_path / "run")
+    assert again.results.train == TrainResult(losses=[(1, 2.5)], steps=1) and again.done("train")
+
+
+def test_a_result_that_could_not_finish_leaves_its_stage_undone(tmp_path: Path) -> None:
+    state = open_output_folder(tmp_path / "run", "abc", overwrite=False)
+    state.complete("verify", VerifyResult(gguf="gguf/m.gguf", could_not_run="llama.cpp crashed"))
+    again = RunState.read(tmp_path / "run")
+    assert not again.done("verify") and again.results.verify.could_not_run == "llama.cpp crashed"
+
+
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"results": {"lora": {"no_such_field": 1}}})])
+def test_a_state_file_that_cannot_be_read_is_not_taken_for_a_run(tmp_path: Path, text: str) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / STATE_FILE).write_text(text)
+    with pytest.raises(TunesmithError, match="not from a tunesmith run"):
+        open_output_folder(tmp_path / "run", "abc", overwrite=True)
+    assert (tmp_path / "run" / STATE_FILE).read_text() == text

@@ -27,11 +27,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class QuantMethod:
-    """One ``quantization_method``: the file type it declares and how its weights are produced."""
+    """One ``quantization_method``: the file type it declares, how its weights are produced, and the top-1
+    next-token agreement with PyTorch its file must reach in verification (``export/verify.py``)."""
 
     name: str  # what users pass, lower case
     file_type: LlamaFileType
     weight_type: GGMLQuantizationType | None  # 2-D weights in pure Python; None: llama.cpp quantizes
+    top1_threshold: float
     intermediate: str | None = None  # for llama.cpp quantization: the pure-Python file it starts from
 
     @property
@@ -48,14 +50,15 @@ class QuantMethod:
 QUANT_METHODS: dict[str, QuantMethod] = {
     m.name: m
     for m in (
-        QuantMethod("f32", LlamaFileType.ALL_F32, GGMLQuantizationType.F32),
-        QuantMethod("f16", LlamaFileType.MOSTLY_F16, GGMLQuantizationType.F16),
-        QuantMethod("bf16", LlamaFileType.MOSTLY_BF16, GGMLQuantizationType.BF16),
-        QuantMethod("q8_0", LlamaFileType.MOSTLY_Q8_0, GGMLQuantizationType.Q8_0),
-        QuantMethod("q4_0", LlamaFileType.MOSTLY_Q4_0, GGMLQuantizationType.Q4_0),
-        QuantMethod("q4_k_m", LlamaFileType.MOSTLY_Q4_K_M, None, intermediate="f16"),
-        QuantMethod("q5_k_m", LlamaFileType.MOSTLY_Q5_K_M, None, intermediate="f16"),
-        QuantMethod("q6_k", LlamaFileType.MOSTLY_Q6_K, None, intermediate="f16"),
+        QuantMethod("f32", LlamaFileType.ALL_F32, GGMLQuantizationType.F32, 0.99),
+        QuantMethod("f16", LlamaFileType.MOSTLY_F16, GGMLQuantizationType.F16, 0.99),
+        QuantMethod("bf16", LlamaFileType.MOSTLY_BF16, GGMLQuantizationType.BF16, 0.99),
+        QuantMethod("q8_0", LlamaFileType.MOSTLY_Q8_0, GGMLQuantizationType.Q8_0, 0.99),
+        # 4-to-6-bit weights flip more near-ties (see export/verify.py)
+        QuantMethod("q4_0", LlamaFileType.MOSTLY_Q4_0, GGMLQuantizationType.Q4_0, 0.90),
+        QuantMethod("q4_k_m", LlamaFileType.MOSTLY_Q4_K_M, None, 0.90, intermediate="f16"),
+        QuantMethod("q5_k_m", LlamaFileType.MOSTLY_Q5_K_M, None, 0.90, intermediate="f16"),
+        QuantMethod("q6_k", LlamaFileType.MOSTLY_Q6_K, None, 0.90, intermediate="f16"),
     )
 }
 # Unsloth's spellings of the same methods.

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.export.gguf_constants import QUANT_METHODS
 from tunesmith.export.llama_cpp import evaluate_in_llama_cpp, require_llama_cpp
 
-__all__ = ["verify_gguf", "VerifyReport", "PromptCheck", "DEFAULT_PROMPTS", "TOP1_THRESHOLDS"]
+__all__ = ["verify_gguf", "VerifyReport", "PromptCheck", "DEFAULT_PROMPTS"]
 
 DEFAULT_PROMPTS = (
     "What are common causes of fatigue?",
@@ -36,17 +37,15 @@ DEFAULT_PROMPTS = (
     "releases carbon dioxide and takes up oxygen; the systemic circuit carries oxygen-rich blood to every "
     "organ. A healthy adult heart beats sixty to one hundred times a minute at rest, and",
 )
-# Minimum top-1 agreement by file type (llama.cpp's LlamaFileType names).
-TOP1_THRESHOLDS = {
-    "ALL_F32": 0.99,
-    "MOSTLY_F16": 0.99,
-    "MOSTLY_BF16": 0.99,
-    "MOSTLY_Q8_0": 0.99,
-    "MOSTLY_Q6_K": 0.90,
-    "MOSTLY_Q5_K_M": 0.90,
-    "MOSTLY_Q4_K_M": 0.90,
-    "MOSTLY_Q4_0": 0.90,
-}
+_UNKNOWN_FILE_TYPE_TOP1 = 0.90  # a file type tunesmith does not write: the lenient threshold
+
+
+def _top1_threshold(file_type: str) -> float:
+    """The minimum top-1 agreement for a llama.cpp file type name (``MOSTLY_Q8_0``), from ``QUANT_METHODS``."""
+    return next(
+        (m.top1_threshold for m in QUANT_METHODS.values() if m.file_type.name == file_type),
+        _UNKNOWN_FILE_TYPE_TOP1,
+    )
 
 
 @dataclass
@@ -238,7 +237,7 @@ def verify_gguf(
     require_llama_cpp("Verifying a GGUF file")
     file_type, file_eos = _file_facts(path)
     model, tokenizer = _load_against(against)
-    report = VerifyReport(path, file_type, TOP1_THRESHOLDS.get(file_type, 0.90))
+    report = VerifyReport(path, file_type, _top1_threshold(file_type))
     eos = {t for t in (tokenizer.eos_token_id, file_eos) if t is not None and t >= 0}
     texts = list(prompts or _default_prompts(tokenizer))
     ids = [tokenizer(text)["input_ids"] for text in texts]

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.export.gguf_constants import QUANT_METHODS
 
 __all__ = [
     "RunConfig",
@@ -48,7 +49,6 @@ __all__ = [
 
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 EXPORT_FORMATS = ("gguf", "merged", "lora")
-QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k")
 
 
 class _Section(BaseModel):
@@ -178,7 +178,8 @@ class ExportConfig(_Section):
     """What to write after training, and whether to check the GGUF in llama.cpp."""
 
     formats: list[Literal[EXPORT_FORMATS]] = Field(["gguf"], description="any of gguf, merged, lora")
-    quant: Literal[QUANTS] = Field("q8_0", description="GGUF quantization")
+    # the names export writes (QUANT_METHODS), so a typo gets the list and a did-you-mean hint
+    quant: Literal[tuple(QUANT_METHODS)] = Field("q8_0", description="GGUF quantization")
     modelfile: bool = Field(True, description="write an Ollama Modelfile beside the GGUF")
     verify: bool = Field(True, description="load the GGUF in llama.cpp and compare with PyTorch")
     name: StrictStr | None = Field(None, description="model name for Ollama; empty: the output folder's name")

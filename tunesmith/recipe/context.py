@@ -18,19 +18,42 @@ from tunesmith.errors import TunesmithError
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.state import RunState
 
-__all__ = ["RunContext", "TRAINING_DIR", "LOSS_PNG", "model_name"]
+__all__ = ["RunContext", "Stage", "TRAINING_DIR", "LOSS_PNG", "model_name"]
 
 TRAINING_DIR = "training"  # checkpoints, training_log.jsonl and loss.png
 LOSS_PNG = f"{TRAINING_DIR}/loss.png"
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run: its key in the state file (a ``RunResults`` attribute when it has a result),
+    its headed line (text, or made from the config), and the function that does it.
+
+    ``once`` stages (their result is all that matters, e.g. probe answers) are skipped when an earlier
+    attempt finished them; the others rebuild live objects (model, trainer) every time.
+    """
+
+    key: str
+    title: str | Callable[[RunConfig], str]
+    body: Callable[[RunContext], Any]
+    once: bool = False
+
+    def heading(self, config: RunConfig) -> str:
+        """The stage's title for this config."""
+        return self.title(config) if callable(self.title) else self.title
+
+
 @dataclass
 class RunContext:
-    """What the stages hand to each other: the config, the folder state and the live objects."""
+    """What the stages hand to each other: the config, the folder state and the live objects.
+
+    ``write_report(ctx, status)`` writes the report; the context calls it when a run stops early.
+    """
 
     config: RunConfig
     state: RunState
     stage_count: int
+    write_report: Callable[[RunContext, str], Any]
     model: Any = None
     tokenizer: Any = None
     prepared: Any = None  # tunesmith.data prepared train/eval sets and their statistics
@@ -41,62 +64,52 @@ class RunContext:
 
     @property
     def folder(self) -> Path:
+        """The run's output folder."""
         return self.state.folder
 
-    def stage(self, key: str, title: str, body: Callable[[RunContext], Any], *, once: bool = False) -> None:
-        """Run one stage: print its headed line, time it, record its result, name it in any failure.
-
-        ``once`` stages (their result is all that matters, e.g. probe answers) are skipped when an
-        earlier attempt finished them; the others rebuild live objects (model, trainer) every time.
-        """
+    def run_stage(self, stage: Stage) -> None:
+        """Run one stage: print its headed line, time it, record its result, name it in any failure."""
         self.stage_number += 1
+        title = stage.heading(self.config)
+        where = f"{self.stage_number}/{self.stage_count} ({title})"
         head = f"[{self.stage_number}/{self.stage_count}] {title}"
-        if once and self.state.done(key):
+        if stage.once and self.state.done(stage.key):
             print(f"{head} ... done in the earlier attempt", flush=True)
             return
         print(f"{head} ...", flush=True)
         start = time.perf_counter()
         try:
-            result = body(self)
+            result = stage.body(self)
         except TunesmithError as err:
-            self._fail(key, title)
-            raise TunesmithError(
-                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed: {err} {self._kept()}"
-            ) from err
+            self.stop("failed", f"failed at stage {where}")
+            raise TunesmithError(f"Stage {where} failed: {err} {self._kept()}") from err
         except KeyboardInterrupt:
-            self._stop(
-                "interrupted", f"interrupted during stage {self.stage_number}/{self.stage_count} ({title})"
-            )
+            self.stop("interrupted", f"interrupted during stage {where}")
             raise
         except Exception as err:
-            self._fail(key, title)
+            self.stop("failed", f"failed at stage {where}")
             raise TunesmithError(
-                f"Stage {self.stage_number}/{self.stage_count} ({title}) failed with an unexpected "
-                f"{type(err).__name__}: {err}. {self._kept()} Run again with --debug for the traceback."
+                f"Stage {where} failed with an unexpected {type(err).__name__}: {err}. {self._kept()} "
+                "Run again with --debug for the traceback."
             ) from err
         self.seconds[title] = self.seconds.get(title, 0.0) + time.perf_counter() - start
         if not self.interrupted:
-            self.state.complete(key, result)
+            self.state.complete(stage.key, result)
+
+    def stop(self, status: str, text: str) -> None:
+        """End the run early: save ``status`` in the state file and write a partial report saying ``text``."""
+        self.state.status = status
+        self.state.save()
+        try:
+            self.write_report(self, text)
+        except Exception as err:  # a partial report must never hide why the run stopped
+            print(f"    (could not write the partial report: {err})", file=sys.stderr)
 
     def _kept(self) -> str:
         return (
             f"What earlier stages produced is kept in {self.folder} (report.md lists it); fix the cause "
             "and run the same command again to continue from there."
         )
-
-    def _fail(self, key: str, title: str) -> None:
-        self._stop("failed", f"failed at stage {self.stage_number}/{self.stage_count} ({title})")
-
-    def _stop(self, status: str, text: str) -> None:
-        self.state.status = status
-        self.state.save()
-        try:
-            from tunesmith.recipe.report import write_report
-            from tunesmith.recipe.summary import report_data
-
-            write_report(report_data(self, text), self.folder)
-        except Exception as err:  # a partial report must never hide why the run stopped
-            print(f"    (could not write the partial report: {err})", file=sys.stderr)
 
 
 def model_name(ctx: RunContext) -> str:

@@ -18,7 +18,17 @@ from pathlib import Path
 
 from tunesmith._atomic import atomic_file
 
-__all__ = ["ProbeAnswer", "ExportFile", "ReportData", "write_report", "render_markdown", "render_html"]
+__all__ = [
+    "ProbeAnswer",
+    "ExportFile",
+    "ReportData",
+    "Section",
+    "report_sections",
+    "write_report",
+    "report_paths",
+    "render_markdown",
+    "render_html",
+]
 
 
 @dataclass
@@ -62,10 +72,15 @@ class ReportData:
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
 
+def report_paths(folder: Path) -> tuple[Path, Path]:
+    """Where the report of the run in ``folder`` lives: ``report.md`` and ``report.html``."""
+    return folder / "report.md", folder / "report.html"
+
+
 def write_report(data: ReportData, folder: str | os.PathLike) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``folder`` (atomically); return their paths."""
     folder = Path(folder)
-    md_path, html_path = folder / "report.md", folder / "report.html"
+    md_path, html_path = report_paths(folder)
     with atomic_file(md_path, "w") as handle:
         handle.write(render_markdown(data, folder))
     with atomic_file(html_path, "w") as handle:
@@ -73,7 +88,143 @@ def write_report(data: ReportData, folder: str | os.PathLike) -> tuple[Path, Pat
     return md_path, html_path
 
 
-# -- shared facts --------------------------------------------------------------------------------------
+# -- the report as data: sections of blocks ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    """A sentence or two of plain text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class FileLink:
+    """A table cell naming a file of the run (relative path); a link where the file exists."""
+
+    path: str
+    exists: bool
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A yes/no table cell (the HTML colours it)."""
+
+    value: bool
+
+
+Cell = str | FileLink | Flag
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table with a header row."""
+
+    header: tuple[str, ...]
+    rows: list[tuple[Cell, ...]]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A picture: the file (embedded in the HTML) and its path relative to the report (linked in Markdown)."""
+
+    file: Path
+    link: str
+    alt: str
+
+
+@dataclass(frozen=True)
+class Code:
+    """Literal text: shell commands or the config."""
+
+    text: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Answers:
+    """Each question with the answers before and after fine-tuning, side by side."""
+
+    labels: tuple[str, str, str]  # question, before, after
+    rows: list[tuple[str, str, str]]
+
+
+Block = Paragraph | Table | Image | Code | Answers
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: an anchor ``key``, a heading, a short name for the HTML menu, its blocks."""
+
+    key: str
+    title: str
+    short: str
+    blocks: list[Block]
+
+
+def report_sections(data: ReportData, folder: Path) -> list[Section]:
+    """The whole report, in order; each renderer only maps the block kinds to its markup."""
+    sections = [
+        Section("probes", "Probes: before and after", "Probes", _probes(data)),
+        Section("loss", "Loss", "Loss", _loss(data, folder)),
+        Section("data", "Data", "Data", [_pairs(data.data_stats)]),
+        Section("exports", "Exported files", "Exported files", _exports(data, folder)),
+        Section("verify", "Verification in llama.cpp", "Verification", _verification(data)),
+        Section("run", "Run it", "Run it", _commands(data)),
+        Section("env", "Environment", "Environment", [_pairs(data.environment)]),
+    ]
+    if data.stage_seconds:
+        sections.append(
+            Section("time", "Time per stage", "Time", [Table(("stage", "time"), _time_rows(data))])
+        )
+    sections.append(Section("config", "Config", "Config", [Code(data.config_yaml.rstrip(), "yaml")]))
+    return sections
+
+
+def _probes(data: ReportData) -> list[Block]:
+    if not data.probes:
+        return [Paragraph("No probes were configured.")]
+    rows = [(p.question, _answer(p.before), _answer(p.after)) for p in data.probes]
+    return [Answers(("question", "before fine-tuning", "after fine-tuning"), rows)]
+
+
+def _answer(text: str | None) -> str:
+    return "(not reached)" if text is None else (text.strip() or "(empty answer)")
+
+
+def _loss(data: ReportData, folder: Path) -> list[Block]:
+    before, after = data.eval_loss_before, data.eval_loss_after
+    rows: list[tuple[Cell, ...]] = [("before training", _num(before)), ("after training", _num(after))]
+    if before is not None and after is not None:
+        change = after - before
+        rows.append(("change", f"{change:+.4f} ({change / before:+.1%})" if before else f"{change:+.4f}"))
+    table = Table(("", "held-out loss"), rows)
+    if data.loss_png and Path(data.loss_png).is_file():
+        return [table, Image(Path(data.loss_png), _rel(data.loss_png, folder), "training loss")]
+    return [table, Paragraph("No loss curve: training did not log a step.")]
+
+
+def _num(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.4f}"
+
+
+def _pairs(values: dict[str, object]) -> Table:
+    return Table(("", "value"), [(str(k), _cell(v)) for k, v in values.items()])
+
+
+def _cell(value: object) -> Cell:
+    if isinstance(value, bool):
+        return Flag(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _exports(data: ReportData, folder: Path) -> list[Block]:
+    if not data.exports:
+        return [Paragraph("Nothing was exported.")]
+    rows = [(FileLink(e.path, (folder / e.path).exists()), e.kind, _size(e.size_bytes)) for e in data.exports]
+    return [Table(("file", "kind", "size"), rows)]
 
 
 def _size(n: int) -> str:
@@ -86,40 +237,20 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def _eval_rows(data: ReportData) -> list[tuple[str, str]]:
-    """(label, value) rows of the held-out loss table."""
-    before, after = data.eval_loss_before, data.eval_loss_after
-    rows = [("before training", _num(before)), ("after training", _num(after))]
-    if before is not None and after is not None:
-        change = after - before
-        rows.append(("change", f"{change:+.4f} ({change / before:+.1%})" if before else f"{change:+.4f}"))
-    return rows
+def _verification(data: ReportData) -> list[Block]:
+    if data.verification is None:
+        return [Paragraph("Not run.")]
+    return [Table(("check", "result"), [(str(k), _cell(v)) for k, v in data.verification.items()])]
 
 
-def _num(value: float | None) -> str:
-    return "not measured" if value is None else f"{value:.4f}"
-
-
-def _verification_rows(data: ReportData) -> list[tuple[str, str]]:
-    return [(str(k), _fmt(v)) for k, v in (data.verification or {}).items()]
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _time_rows(data: ReportData) -> list[tuple[str, str]]:
+def _time_rows(data: ReportData) -> list[tuple[Cell, ...]]:
     """Seconds per stage (this attempt) and their total."""
     rows = [(k, f"{v:.1f} s") for k, v in data.stage_seconds.items()]
     return [*rows, ("total", f"{sum(data.stage_seconds.values()):.1f} s")]
 
 
-def _commands(data: ReportData) -> list[tuple[str, str]]:
-    """(title, shell commands) to run the exported model in Ollama and llama.cpp."""
+def _commands(data: ReportData) -> list[Block]:
+    """How to run the exported model in Ollama and llama.cpp: a caption and shell commands each."""
     out: list[tuple[str, str]] = []
     if data.modelfile and data.ollama_name:
         folder = str(Path(data.modelfile).parent)
@@ -136,13 +267,16 @@ def _commands(data: ReportData) -> list[tuple[str, str]]:
             ("llama.cpp, chat with the template stored in the GGUF", f"llama-cli -m {gguf} --jinja -cnv")
         )
         if data.llama_prompt:
+            prompt = shlex.quote(_escaped(data.llama_prompt))
             out.append(
                 (
                     "llama.cpp, one answer in the exact training prompt format",
-                    f"llama-cli -m {gguf} -no-cnv -n 256 --temp 0 -e -p {shlex.quote(_escaped(data.llama_prompt))}",
+                    f"llama-cli -m {gguf} -no-cnv -n 256 --temp 0 -e -p {prompt}",
                 )
             )
-    return out
+    if not out:
+        return [Paragraph("No GGUF was exported, so there is nothing to run in Ollama or llama.cpp.")]
+    return [block for title, text in out for block in (Paragraph(f"{title}:"), Code(text, "sh"))]
 
 
 def _escaped(text: str) -> str:
@@ -150,79 +284,49 @@ def _escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
 
 
-# -- Markdown ------------------------------------------------------------------------------------------
-
-
-def _md_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    def cell(text: str) -> str:
-        return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", "<br>")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def render_markdown(data: ReportData, folder: Path) -> str:
-    """The report as Markdown (the loss curve is linked as a file beside it)."""
-    parts = [f"# {data.title}", f"**Status:** {data.status}"]
-    parts += ["## Probes: before and after", _md_probes(data)]
-    parts += ["## Held-out loss", _md_table(("", "eval loss"), _eval_rows(data))]
-    parts += ["## Training loss"]
-    if data.loss_png and Path(data.loss_png).is_file():
-        parts.append(f"![training loss]({_rel(data.loss_png, folder)})")
-    else:
-        parts.append("No loss curve: training did not log a step.")
-    parts += ["## Data", _md_table(("", "value"), [(k, _fmt(v)) for k, v in data.data_stats.items()])]
-    parts += ["## Exported files", _md_exports(data)]
-    parts += ["## Verification in llama.cpp", _md_verification(data)]
-    parts += ["## Run it", _md_commands(data)]
-    parts += ["## Environment", _md_table(("", "value"), list(data.environment.items()))]
-    if data.stage_seconds:
-        rows = _time_rows(data)
-        parts += ["## Time per stage", _md_table(("stage", "time"), rows)]
-    parts += ["## Config", "```yaml\n" + data.config_yaml.rstrip() + "\n```"]
-    return "\n\n".join(parts) + "\n"
-
-
-def _md_probes(data: ReportData) -> str:
-    if not data.probes:
-        return "No probes were configured."
-    rows = [(p.question, _answer(p.before), _answer(p.after)) for p in data.probes]
-    return _md_table(("question", "before fine-tuning", "after fine-tuning"), rows)
-
-
-def _answer(text: str | None) -> str:
-    return "(not reached)" if text is None else (text.strip() or "(empty answer)")
-
-
-def _md_exports(data: ReportData) -> str:
-    if not data.exports:
-        return "Nothing was exported."
-    return _md_table(
-        ("file", "kind", "size"), [(f"`{e.path}`", e.kind, _size(e.size_bytes)) for e in data.exports]
-    )
-
-
-def _md_verification(data: ReportData) -> str:
-    if data.verification is None:
-        return "Not run."
-    return _md_table(("check", "result"), _verification_rows(data))
-
-
-def _md_commands(data: ReportData) -> str:
-    blocks = [f"{title}:\n\n```sh\n{text}\n```" for title, text in _commands(data)]
-    return (
-        "\n\n".join(blocks)
-        if blocks
-        else "No GGUF was exported, so there is nothing to run in Ollama or llama.cpp."
-    )
-
-
 def _rel(path: str | os.PathLike, folder: Path) -> str:
     try:
         return Path(path).resolve().relative_to(folder.resolve()).as_posix()
     except ValueError:
         return Path(path).as_posix()
+
+
+# -- Markdown ------------------------------------------------------------------------------------------
+
+
+def render_markdown(data: ReportData, folder: Path) -> str:
+    """The report as Markdown (the loss curve is linked as a file beside it)."""
+    parts = [f"# {data.title}", f"**Status:** {data.status}"]
+    for section in report_sections(data, folder):
+        parts.append(f"## {section.title}")
+        parts += [_md_block(block) for block in section.blocks]
+    return "\n\n".join(parts) + "\n"
+
+
+def _md_block(block: Block) -> str:
+    if isinstance(block, Paragraph):
+        return block.text
+    if isinstance(block, Table):
+        return _md_table(block.header, block.rows)
+    if isinstance(block, Answers):
+        return _md_table(block.labels, block.rows)
+    if isinstance(block, Image):
+        return f"![{block.alt}]({block.link})"
+    return f"```{block.language}\n{block.text}\n```"
+
+
+def _md_table(header: tuple[str, ...], rows: list[tuple[Cell, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _md_cell(cell: Cell) -> str:
+    if isinstance(cell, Flag):
+        text = "yes" if cell.value else "no"
+    else:
+        text = f"`{cell.path}`" if isinstance(cell, FileLink) else cell
+    return html.escape(text, quote=False).replace("|", "\\|").replace("\n", "<br>")
 
 
 # -- HTML ----------------------------------------------------------------------------------------------
@@ -247,38 +351,21 @@ img.loss{max-width:100%;background:#fff;border:1px solid #dde1e6;border-radius:6
 .good{color:#145c28;font-weight:600}.bad{color:#8a1c1c;font-weight:600}
 """
 
-_SECTIONS = (
-    ("probes", "Probes"),
-    ("loss", "Loss"),
-    ("data", "Data"),
-    ("exports", "Exported files"),
-    ("verify", "Verification"),
-    ("run", "Run it"),
-    ("env", "Environment"),
-    ("config", "Config"),
-)
-
 
 def render_html(data: ReportData, folder: Path) -> str:
     """The report as one self-contained HTML page."""
     esc = html.escape
+    sections = report_sections(data, folder)
     bad = "" if data.status == "finished" else " bad"
-    nav = "".join(f'<a href="#{key}">{esc(label)}</a>' for key, label in _SECTIONS)
+    nav = "".join(f'<a href="#{s.key}">{esc(s.short)}</a>' for s in sections)
     body = [
         f"<h1>{esc(data.title)}</h1>",
         f'<p><span class="status{bad}">{esc(data.status)}</span></p>',
         f"<nav>{nav}</nav>",
-        _section("probes", "Probes: before and after", _html_probes(data)),
-        _section("loss", "Loss", _html_loss(data, folder)),
-        _section(
-            "data", "Data", _html_table(("", "value"), [(k, _fmt(v)) for k, v in data.data_stats.items()])
-        ),
-        _section("exports", "Exported files", _html_exports(data, folder)),
-        _section("verify", "Verification in llama.cpp", _html_verification(data)),
-        _section("run", "Run it", _html_commands(data)),
-        _section("env", "Environment", _html_env(data)),
-        _section("config", "Config", f"<pre>{esc(data.config_yaml)}</pre>"),
     ]
+    for s in sections:
+        inner = "".join(_html_block(block) for block in s.blocks)
+        body.append(f'<section id="{s.key}"><h2>{esc(s.title)}</h2>{inner}</section>')
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -287,83 +374,36 @@ def render_html(data: ReportData, folder: Path) -> str:
     )
 
 
-def _section(key: str, title: str, inner: str) -> str:
-    return f'<section id="{key}"><h2>{html.escape(title)}</h2>{inner}</section>'
-
-
-def _html_table(header: tuple[str, ...], rows: list[tuple[str, ...]], raw: bool = False) -> str:
-    esc = (lambda s: s) if raw else html.escape
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _html_probes(data: ReportData) -> str:
-    if not data.probes:
-        return "<p>No probes were configured.</p>"
-    cards = []
-    for p in data.probes:
-        before, after = html.escape(_answer(p.before)), html.escape(_answer(p.after))
-        cards.append(
-            f'<div class="probe"><h3>{html.escape(p.question)}</h3><div class="pair">'
-            f'<div><div class="label">before fine-tuning</div>{before}</div>'
-            f'<div><div class="label">after fine-tuning</div>{after}</div></div></div>'
+def _html_block(block: Block) -> str:
+    if isinstance(block, Paragraph):
+        return f"<p>{html.escape(block.text)}</p>"
+    if isinstance(block, Table):
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in block.rows
         )
-    return "".join(cards)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+    if isinstance(block, Answers):
+        return "".join(_html_answers(block.labels, row) for row in block.rows)
+    if isinstance(block, Image):
+        uri = "data:image/png;base64," + base64.b64encode(block.file.read_bytes()).decode("ascii")
+        return f'<p><img class="loss" alt="{html.escape(block.alt)}" src="{uri}"></p>'
+    return f"<pre>{html.escape(block.text)}</pre>"
 
 
-def _html_loss(data: ReportData, folder: Path) -> str:
-    table = _html_table(("held-out loss", ""), _eval_rows(data))
-    png = Path(data.loss_png) if data.loss_png else None
-    if png is None or not png.is_file():
-        return table + "<p>No loss curve: training did not log a step.</p>"
-    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
-    return table + f'<p><img class="loss" alt="training loss per step" src="{uri}"></p>'
+def _html_cell(cell: Cell) -> str:
+    if isinstance(cell, Flag):
+        return '<span class="good">yes</span>' if cell.value else '<span class="bad">no</span>'
+    if isinstance(cell, FileLink):
+        code = f"<code>{html.escape(cell.path)}</code>"
+        return f'<a href="{html.escape(cell.path, quote=True)}">{code}</a>' if cell.exists else code
+    return html.escape(cell)
 
 
-def _html_exports(data: ReportData, folder: Path) -> str:
-    if not data.exports:
-        return "<p>Nothing was exported.</p>"
-    rows = []
-    for e in data.exports:
-        link = f'<a href="{html.escape(e.path, quote=True)}"><code>{html.escape(e.path)}</code></a>'
-        exists = (folder / e.path).exists()
-        rows.append(
-            (
-                link if exists else f"<code>{html.escape(e.path)}</code>",
-                html.escape(e.kind),
-                _size(e.size_bytes),
-            )
-        )
-    return _html_table(("file", "kind", "size"), rows, raw=True)
-
-
-def _html_verification(data: ReportData) -> str:
-    if data.verification is None:
-        return "<p>Not run.</p>"
-    rows = []
-    for key, value in _verification_rows(data):
-        cls = {"yes": "good", "no": "bad"}.get(value, "")
-        rows.append(
-            (
-                html.escape(key),
-                f'<span class="{cls}">{html.escape(value)}</span>' if cls else html.escape(value),
-            )
-        )
-    return _html_table(("check", "result"), rows, raw=True)
-
-
-def _html_commands(data: ReportData) -> str:
-    blocks = [
-        f"<p>{html.escape(title)}:</p><pre>{html.escape(text)}</pre>" for title, text in _commands(data)
-    ]
-    return (
-        "".join(blocks) or "<p>No GGUF was exported, so there is nothing to run in Ollama or llama.cpp.</p>"
+def _html_answers(labels: tuple[str, str, str], row: tuple[str, str, str]) -> str:
+    question, before, after = (html.escape(text) for text in row)
+    pair = "".join(
+        f'<div><div class="label">{html.escape(label)}</div>{text}</div>'
+        for label, text in zip(labels[1:], (before, after), strict=True)
     )
-
-
-def _html_env(data: ReportData) -> str:
-    parts = [_html_table(("", "value"), list(data.environment.items()))]
-    if data.stage_seconds:
-        parts.append(_html_table(("stage", "time"), _time_rows(data)))
-    return "".join(parts)
+    return f'<div class="probe"><h3>{question}</h3><div class="pair">{pair}</div></div>'

@@ -16,6 +16,7 @@ from typing import Any
 
 from tunesmith._atomic import atomic_file
 from tunesmith.errors import TunesmithError
+from tunesmith.recipe.results import RunResults
 
 __all__ = ["RunState", "STATE_FILE", "open_output_folder", "config_fingerprint"]
 
@@ -35,9 +36,9 @@ class RunState:
 
     folder: Path
     fingerprint: str
-    status: str = "running"  # running | interrupted | failed | finished
+    status: str = "running"  # running | interrupted | failed | unverified | finished
     completed: list[str] = field(default_factory=list)
-    results: dict[str, Any] = field(default_factory=dict)
+    results: RunResults = field(default_factory=RunResults)
     resumed: bool = False
 
     def done(self, stage: str) -> bool:
@@ -45,11 +46,15 @@ class RunState:
         return stage in self.completed
 
     def complete(self, stage: str, result: Any = None) -> None:
-        """Record a finished stage (and its JSON-able result) and save."""
-        if stage not in self.completed:
-            self.completed.append(stage)
+        """Record a stage's result (a ``RunResults`` record, or None) and save.
+
+        The stage counts as finished unless its result says it could not finish (``finished`` False):
+        that result is kept for the report, and a re-run does the stage again.
+        """
         if result is not None:
-            self.results[stage] = result
+            setattr(self.results, stage, result)
+        if getattr(result, "finished", True) and stage not in self.completed:
+            self.completed.append(stage)
         self.save()
 
     def save(self) -> None:
@@ -58,20 +63,29 @@ class RunState:
             "fingerprint": self.fingerprint,
             "status": self.status,
             "completed": self.completed,
-            "results": self.results,
+            "results": self.results.to_json(),
         }
         with atomic_file(self.folder / STATE_FILE, "w") as handle:
             json.dump(payload, handle, indent=2, ensure_ascii=False)
 
-
-def _read_state(folder: Path) -> dict[str, Any] | None:
-    path = folder / STATE_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
+    @classmethod
+    def read(cls, folder: Path) -> RunState | None:
+        """The state in ``folder`` (``resumed`` set), or None when there is none or it cannot be read."""
+        path = folder / STATE_FILE
+        if not path.is_file():
+            return None
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            return cls(
+                folder=folder,
+                fingerprint=payload.get("fingerprint"),
+                status=payload.get("status"),
+                completed=list(payload.get("completed", [])),
+                results=RunResults.from_json(payload.get("results", {})),
+                resumed=True,
+            )
+        except (OSError, ValueError, TypeError, AttributeError):  # JSONDecodeError is a ValueError
+            return None
 
 
 def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunState:
@@ -84,7 +98,7 @@ def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunSt
     """
     if folder.exists() and not folder.is_dir():
         raise TunesmithError(f"The output folder {folder} is a file. Set output.folder to a folder path.")
-    previous = _read_state(folder) if folder.is_dir() else None
+    previous = RunState.read(folder) if folder.is_dir() else None
     if folder.is_dir() and any(folder.iterdir()) and previous is None:
         raise TunesmithError(
             f"The output folder {folder} already holds files that are not from a tunesmith run "
@@ -96,29 +110,21 @@ def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunSt
         previous = None
     if previous is not None:
         _check_resumable(folder, previous, fingerprint)
+        previous.status = "running"
     folder.mkdir(parents=True, exist_ok=True)
-    if previous is None:
-        state = RunState(folder=folder, fingerprint=fingerprint)
-    else:
-        state = RunState(
-            folder=folder,
-            fingerprint=fingerprint,
-            completed=list(previous.get("completed", [])),
-            results=dict(previous.get("results", {})),
-            resumed=True,
-        )
+    state = previous or RunState(folder=folder, fingerprint=fingerprint)
     state.save()
     return state
 
 
-def _check_resumable(folder: Path, previous: dict[str, Any], fingerprint: str) -> None:
+def _check_resumable(folder: Path, previous: RunState, fingerprint: str) -> None:
     """Refuse a finished run or a run of another config (the message says what to do)."""
-    if previous.get("status") == "finished":
+    if previous.status == "finished":
         raise TunesmithError(
             f"The output folder {folder} holds a finished run (see {folder / 'report.html'}). "
             "Run with --overwrite to replace it, or choose another folder with --set output.folder=PATH."
         )
-    if previous.get("fingerprint") != fingerprint:
+    if previous.fingerprint != fingerprint:
         raise TunesmithError(
             f"The output folder {folder} holds an unfinished run of a different config, so it cannot be "
             "resumed with this one. Run with --overwrite to start afresh there, or choose another folder "

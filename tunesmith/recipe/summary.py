@@ -2,48 +2,59 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from tunesmith.data.stats import DataStats
 from tunesmith.recipe.config import dump_config
 from tunesmith.recipe.context import LOSS_PNG, RunContext, model_name
-from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData
+from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData, write_report
+from tunesmith.recipe.results import ExportResult, ProbeResult, VerifyResult
 
-__all__ = ["report_data"]
+__all__ = ["report_data", "write_run_report"]
+
+
+def write_run_report(ctx: RunContext, status: str) -> ReportData:
+    """Write report.md and report.html for the run as it stands; return what they show."""
+    data = report_data(ctx, status)
+    write_report(data, ctx.folder)
+    return data
 
 
 def report_data(ctx: RunContext, status: str) -> ReportData:
     """Everything the report shows, from the state file's results (so partial runs report too)."""
     res = ctx.state.results
-    before, after = res.get("probes_before") or [], res.get("probes_after") or []
-    probes = [
-        ProbeAnswer(q, before[i] if i < len(before) else None, after[i] if i < len(after) else None)
-        for i, q in enumerate(ctx.config.probes)
-    ]
-    exported = res.get("export") or {}
+    exported = res.export or ExportResult()
     png = ctx.folder / LOSS_PNG
     return ReportData(
         title=f"tunesmith run: {ctx.folder.name}",
         status=status,
         config_yaml=dump_config(ctx.config),
-        environment=res.get("check") or {},
-        data_stats=_data_rows(res.get("data") or {}),
+        environment=res.check.environment if res.check else {},
+        data_stats=_data_rows(res.data),
         loss_png=png if png.is_file() else None,
-        train_losses=[tuple(x) for x in (res.get("train") or {}).get("losses", [])],
-        eval_loss_before=(res.get("lora") or {}).get("eval_loss_before"),
-        eval_loss_after=(res.get("eval_after") or {}).get("eval_loss_after"),
-        probes=probes,
+        train_losses=list(res.train.losses) if res.train else [],
+        eval_loss_before=res.lora.eval_loss_before if res.lora else None,
+        eval_loss_after=res.eval_after.eval_loss_after if res.eval_after else None,
+        probes=_probes(ctx.config.probes, res.probes_before, res.probes_after),
         exports=_export_files(ctx.folder, exported),
-        verification=_verification_rows(res.get("verify")),
-        ollama_name=model_name(ctx) if exported.get("modelfile") else None,
-        modelfile=exported.get("modelfile"),
-        gguf_file=exported.get("gguf"),
+        verification=_verification_rows(res.verify),
+        ollama_name=model_name(ctx) if exported.modelfile else None,
+        modelfile=exported.modelfile,
+        gguf_file=exported.gguf,
         llama_prompt=_rendered_prompt(ctx),
         stage_seconds=dict(ctx.seconds),
     )
 
 
-def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
+def _probes(questions: list[str], before: ProbeResult | None, after: ProbeResult | None) -> list[ProbeAnswer]:
+    def nth(result: ProbeResult | None, i: int) -> str | None:
+        return result.answers[i] if result and i < len(result.answers) else None
+
+    return [ProbeAnswer(q, nth(before, i), nth(after, i)) for i, q in enumerate(questions)]
+
+
+def _data_rows(stats: DataStats | None) -> dict[str, object]:
     names = {
         "source": "file",
         "layout": "layout",
@@ -58,30 +69,27 @@ def _data_rows(stats: dict[str, Any]) -> dict[str, object]:
         "duplicates": "duplicate rows",
         "max_seq_length": "max_seq_length",
     }
-    return {label: stats[key] for key, label in names.items() if key in stats}
+    values = asdict(stats) if stats else {}
+    return {label: values[key] for key, label in names.items() if key in values}
 
 
-def _verification_rows(result: dict[str, Any] | None) -> dict[str, object] | None:
-    if not result:
+def _verification_rows(result: VerifyResult | None) -> dict[str, object] | None:
+    if result is None:
         return None
-    if "could_not_run" in result:
-        return {
-            "file": Path(result["gguf"]).name,
-            "passed": "could not run",
-            "reason": result["could_not_run"],
-        }
+    if not result.finished:
+        return {"file": Path(result.gguf).name, "passed": "could not run", "reason": result.could_not_run}
     return {
-        "file": Path(result["gguf"]).name + f" ({result['file_type']})",
-        "passed": result["passed"],
-        "tokenization identical": result["tokenization_identical"],
-        "top-1 next-token agreement": f"{result['top1_agreement']:.1%} (needs >= {result['top1_threshold']:.0%})",
-        "greedy continuations identical": f"{result['greedy_matches']} of {result['prompts']} prompts",
+        "file": f"{Path(result.gguf).name} ({result.file_type})",
+        "passed": result.passed,
+        "tokenization identical": result.tokenization_identical,
+        "top-1 next-token agreement": f"{result.top1_agreement:.1%} (needs >= {result.top1_threshold:.0%})",
+        "greedy continuations identical": f"{result.greedy_matches} of {result.prompts} prompts",
     }
 
 
-def _export_files(folder: Path, exported: dict[str, str]) -> list[ExportFile]:
+def _export_files(folder: Path, exported: ExportResult) -> list[ExportFile]:
     files = []
-    for kind, rel in exported.items():
+    for kind, rel in exported.written().items():
         path = folder / rel
         if path.is_dir():
             files += [
