@@ -15,7 +15,7 @@ from tunesmith.data.chat_templates import template_family
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 
-__all__ = ["train_on_responses_only", "response_markers", "answer_spans", "mask_dataset"]
+__all__ = ["train_on_responses_only", "response_markers", "answer_spans", "answer_labels", "mask_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,15 @@ def answer_spans(text: str, instruction_part: str | None, response_part: str) ->
         position = end
 
 
+def answer_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token id where its character ``offsets`` overlap an answer span, else ``IGNORE_INDEX``."""
+    # A token that straddles the prompt/answer boundary (" Fine" after "A:") is learned as answer.
+    return [
+        token if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
+        for token, (start, end) in zip(ids, offsets, strict=True)
+    ]
+
+
 def _labels_for(text: str, ids: list[int], tokenizer, instruction_part, response_part) -> list[int] | None:
     """Labels for ``ids`` (the tokens of ``text``, maybe truncated), or None if the tokens do not match the text."""
     bos = tokenizer.bos_token
@@ -65,10 +74,7 @@ def _labels_for(text: str, ids: list[int], tokenizer, instruction_part, response
     if full[: len(ids)] != list(ids):
         return None
     spans = answer_spans(text, instruction_part, response_part)
-    return [
-        tok if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
-        for tok, (start, end) in zip(ids, encoded["offset_mapping"][: len(ids)], strict=True)
-    ]
+    return answer_labels(ids, encoded["offset_mapping"][: len(ids)], spans)
 
 
 def mask_dataset(
