@@ -97,12 +97,8 @@ def _cut(render: Renderer) -> ChatPieces:
         system_after = _strip_suffix(gap, user_before, "system end")
     elif has_system and user_before and user_before in head:  # folded into the first user turn
         cut = head.rindex(user_before)
-        head, system_prefix, system_after, system_in_user = (
-            head[:cut],
-            head[cut + len(user_before) :],
-            gap,
-            True,
-        )
+        system_prefix, system_after, system_in_user = head[cut + len(user_before) :], gap, True
+        head = head[:cut]
     elif has_system:
         raise ValueError("system message placement")
     no_system_head = _strip_suffix(_between(no_sys, None, _U1), user_before, "head")

@@ -59,9 +59,8 @@ class LoRAMLPFunction(torch.autograd.Function):
         u = _lora_out(x2, up, xa_u)
         h = swiglu_forward(g, u)
         ha_d = h @ ad.to(x.dtype).t() if ad is not None else None
-        out = F.linear(
-            h.view(*shape[:-1], -1), dense_weight(down.weight, x.dtype)
-        )  # not a view of a temporary
+        # Not a view of a temporary.
+        out = F.linear(h.view(*shape[:-1], -1), dense_weight(down.weight, x.dtype))
         if ha_d is not None:
             out.view(-1, out.shape[-1]).addmm_(ha_d, down.lora_b.to(x.dtype).t(), alpha=down.scaling)
         del h
