@@ -1,4 +1,5 @@
-"""Write files and folders so that nothing half-written is ever visible: write to a temporary name, then rename.
+"""Write files and folders so that nothing half-written is ever visible: write to a temporary name, then
+rename.
 
 Every temporary name is hidden and marked: ``.NAME.<random>.partial`` beside the target ``NAME`` (a folder
 being replaced waits as ``.NAME.old.partial``), so ``partial_glob`` finds what a killed process left behind.
@@ -19,7 +20,7 @@ PARTIAL_SUFFIX = ".partial"
 
 
 def partial_glob(name_pattern: str) -> str:
-    """The glob matching the temporary names made for targets named ``name_pattern`` (e.g. ``checkpoint-*``)."""
+    """The glob for the temporary names of targets named ``name_pattern`` (e.g. ``checkpoint-*``)."""
     return f".{name_pattern}.*{PARTIAL_SUFFIX}"
 
 

@@ -1,4 +1,5 @@
-"""From a file (or ``datasets`` object) to tokenized train/eval sets with statistics, validating everything first.
+"""From a file (or ``datasets`` object) to tokenized train/eval sets with statistics, validating everything
+first.
 
 ``prepare_dataset`` reads top to bottom: load -> recognise layout -> choose template -> validate rows ->
 duplicates -> format -> tokenize (label answers, truncate with a count) -> split off held-out rows.
@@ -33,14 +34,14 @@ logger = logging.getLogger(__name__)
 
 # Used for instruction data when the tokenizer has no chat template (a base model).
 DEFAULT_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
 )
 
 
 @dataclass
 class PreparedData:
-    """Tokenized ``train`` (and optional ``eval``) ``datasets.Dataset`` with columns text, input_ids, labels."""
+    """Tokenized ``train`` (and optional ``eval``) ``datasets.Dataset``: columns text, input_ids, labels."""
 
     train: object
     eval: object | None
@@ -98,8 +99,8 @@ def _drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, lis
     repeats = find_duplicates(rows, mapping)
     if repeats and policy == "error":
         raise TunesmithError(
-            f"{source} has {len(repeats)} exact duplicate rows (first: row {repeats[0] + 1}). Remove them, or "
-            "set duplicates='drop' (or 'keep')."
+            f"{source} has {len(repeats)} exact duplicate rows (first: row {repeats[0] + 1}). Remove them, "
+            "or set duplicates='drop' (or 'keep')."
         )
     if repeats:
         logger.warning(
@@ -150,7 +151,8 @@ def _tokenized(rows: list, numbers: list[int], how: _Formatting) -> tuple[list[s
             + (
                 "every answer lies beyond max_seq_length; raise max_seq_length."
                 if tok.truncated
-                else "no answer text was found in the formatted rows; check the template and the answer field."
+                else "no answer text was found in the formatted rows; check the template and the answer "
+                "field."
             )
         )
     texts = [rendered[i].text for i in tok.kept]

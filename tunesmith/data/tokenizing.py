@@ -1,4 +1,4 @@
-"""Tokenize formatted rows into ``input_ids`` and ``labels`` (-100 outside the answer), never truncating silently."""
+"""Tokenize formatted rows into ``input_ids`` and ``labels`` (-100 outside the answer); never cut silently."""
 
 from __future__ import annotations
 
@@ -47,8 +47,9 @@ def tokenize_rows(
         )
     if not getattr(tokenizer, "is_fast", False):
         raise TunesmithError(
-            f"The tokenizer ({type(tokenizer).__name__}) is a slow tokenizer without offsets; tunesmith needs a fast "
-            "one to find answer tokens. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+            f"The tokenizer ({type(tokenizer).__name__}) is a slow tokenizer without offsets; tunesmith "
+            "needs a fast one to find answer tokens. Load it with AutoTokenizer.from_pretrained(..., "
+            "use_fast=True)."
         )
     row_numbers = row_numbers or list(range(1, len(rendered) + 1))
     texts = [r.text for r in rendered]

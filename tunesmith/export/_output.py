@@ -23,8 +23,8 @@ def check_output_dir(save_directory: str | os.PathLike, overwrite: bool) -> Path
         )
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise TunesmithError(
-            f"The output folder {path} already exists and is not empty. Choose a new folder, empty it, or pass "
-            "overwrite=True (CLI: --overwrite) to replace what tunesmith writes there."
+            f"The output folder {path} already exists and is not empty. Choose a new folder, empty it, or "
+            "pass overwrite=True (CLI: --overwrite) to replace what tunesmith writes there."
         )
     return path
 

@@ -89,7 +89,8 @@ def save_pretrained_gguf(
     requires one (error when no prompt format is known), None writes one when the tokenizer has a chat
     template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the training sequence
     length (``model.max_seq_length``), else the model's context capped at 4096; a later export into the same
-    folder points the Modelfile at its own file. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
+    folder points the Modelfile at its own file. ``verify=True`` runs
+    :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
     """
     from tunesmith.export.ollama import plan_modelfile, write_modelfile
 

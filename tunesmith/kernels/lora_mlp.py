@@ -43,7 +43,7 @@ def _grads_ab(p: Projection, g: torch.Tensor, inp: torch.Tensor, inp_a: torch.Te
 
 
 class LoRAMLPFunction(torch.autograd.Function):
-    """``apply(x, scalings, Wg, Ag, Bg, Wu, Au, Bu, Wd, Ad, Bd)``; adapters may be None, biases are not supported."""
+    """``apply(x, scalings, Wg, Ag, Bg, Wu, Au, Bu, Wd, Ad, Bd)``; adapters may be None; no biases."""
 
     @staticmethod
     def forward(ctx, x, scalings, wg, ag, bg, wu, au, bu, wd, ad, bd):
@@ -82,8 +82,9 @@ class LoRAMLPFunction(torch.autograd.Function):
             dh.addmm_(z_d, down.lora_a.to(dy.dtype))
         if ctx.consumed:
             raise RuntimeError(
-                "tunesmith's fused LoRA MLP reuses its saved activations as gradient buffers, so its backward "
-                "runs once per forward; backward(retain_graph=True) followed by a second backward is not supported."
+                "tunesmith's fused LoRA MLP reuses its saved activations as gradient buffers, so its "
+                "backward runs once per forward; backward(retain_graph=True) followed by a second backward "
+                "is not supported."
             )
         ctx.consumed = True
         # In place over the saved g and u: the backward needs no N x I buffers of its own.

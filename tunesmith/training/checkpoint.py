@@ -41,8 +41,8 @@ def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
         if last is None:
             raise TunesmithError(
                 f"resume_from_checkpoint=True, but {output_dir} holds no checkpoint-N folder to resume from. "
-                "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets how often "
-                "checkpoints are written)."
+                "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets "
+                "how often checkpoints are written)."
             )
         return last
     if not os.path.isdir(resume_from_checkpoint):
@@ -53,7 +53,7 @@ def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
 
 
 class AtomicCheckpointMixin:
-    """Mix into a ``transformers.Trainer`` subclass to make ``_save_checkpoint`` atomic (see the module docstring)."""
+    """Mix into a ``transformers.Trainer`` subclass to make ``_save_checkpoint`` atomic (module docstring)."""
 
     _staging_dir: Path | None = None
 
