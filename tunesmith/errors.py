@@ -1,4 +1,4 @@
-"""The one exception users see: a clear, one-paragraph message that says what is wrong, where, and what to do."""
+"""The one exception users see: a one-paragraph message that says what is wrong, where, and what to do."""
 
 from __future__ import annotations
 

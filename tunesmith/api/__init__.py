@@ -1,5 +1,6 @@
 """tunesmith.api: the facade the reference tutorial's readers know, ``FastLanguageModel``, and the export
-methods it binds to each model it returns (``model.save_pretrained_gguf``, ``model.save_pretrained_merged``)."""
+methods it binds to each model it returns (``model.save_pretrained_gguf``,
+``model.save_pretrained_merged``)."""
 
 from tunesmith._lazy import lazy_exports
 

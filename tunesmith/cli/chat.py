@@ -1,4 +1,4 @@
-"""``tunesmith chat [MODEL] [--prompt TEXT]``: talk to any model the loader accepts (argument parsing only)."""
+"""``tunesmith chat [MODEL] [--prompt TEXT]``: talk to any model the loader accepts (parsing only)."""
 
 from __future__ import annotations
 

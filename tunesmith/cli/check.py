@@ -14,8 +14,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "check",
         help="check the environment: versions, device, bf16, 4-bit, llama.cpp verification",
         description=(
-            "Print the tunesmith, torch and transformers versions, the device, bf16 and 4-bit support, whether "
-            "llama.cpp verification is available and the supported model families. Exits 0 when this "
+            "Print the tunesmith, torch and transformers versions, the device, bf16 and 4-bit support, "
+            "whether llama.cpp verification is available and the supported model families. Exits 0 when this "
             "install can train, 1 (with the fix to apply) when it cannot."
         ),
     )

@@ -43,7 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         metavar="SD",
-        help="count a different top-1 token as agreeing when PyTorch rates it within this many standard deviations of its logits of its own top token (default 0.1; 0 = strict)",
+        help=(
+            "count a different top-1 token as agreeing when PyTorch rates it within this many standard "
+            "deviations of its logits of its own top token (default 0.1; 0 = strict)"
+        ),
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)

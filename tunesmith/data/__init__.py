@@ -1,4 +1,4 @@
-"""tunesmith.data: read files, recognise layouts, chat and prompt templates, validation, response-only masking."""
+"""tunesmith.data: read files, recognise layouts, chat and prompt templates, validation, answer masking."""
 
 from tunesmith._lazy import lazy_exports
 

@@ -12,7 +12,10 @@ from dataclasses import dataclass
 __all__ = ["ChatFamily", "CHAT_FAMILIES", "QWEN_DEFAULT_SYSTEM", "ALPACA_DEFAULT_SYSTEM"]
 
 QWEN_DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
-ALPACA_DEFAULT_SYSTEM = "Below are some instructions that describe some tasks. Write responses that appropriately complete each request."
+ALPACA_DEFAULT_SYSTEM = (
+    "Below are some instructions that describe some tasks. Write responses that appropriately complete each "
+    "request."
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,10 @@ _QWEN25 = (
 _LLAMA3 = (
     "{{- bos_token -}}"
     "{%- for message in messages -%}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif -%}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + "
+    "'<|eot_id|>' -}}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' -}}{%- endif "
+    "-%}"
 )
 
 _MISTRAL = (
@@ -65,8 +69,8 @@ _ALPACA = (
     "{{- ns.system + '\\n\\n' -}}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'user' -%}{{- '### Instruction:\\n' + message['content'] + '\\n\\n' -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- '### Response:\\n' + message['content'] + eos_token + '\\n\\n' -}}"
-    "{%- endif -%}"
+    "{%- elif message['role'] == 'assistant' -%}{{- '### Response:\\n' + message['content'] + eos_token + "
+    "'\\n\\n' -}}{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '### Response:\\n' -}}{%- endif -%}"
 )

@@ -58,8 +58,8 @@ def render_chat(messages: list[dict], tokenizer, where: str) -> Rendered:
         through = apply(messages[: index + 1])
         if not (through.startswith(before) and text.startswith(through)):
             raise TunesmithError(
-                f"{where}: the chat template renders the start of this conversation differently once it goes on, "
-                "so tunesmith cannot tell which tokens are the answer. Use another template "
+                f"{where}: the chat template renders the start of this conversation differently once it goes "
+                "on, so tunesmith cannot tell which tokens are the answer. Use another template "
                 '(get_chat_template(tokenizer, "chatml")) or set responses_only=False.'
             )
         spans.append((len(before), len(through)))
@@ -79,7 +79,7 @@ def alpaca_messages(
 def render_row(
     row: dict, layout: Layout, mapping: dict[str, str], tokenizer, template: PromptTemplate | None, where: str
 ) -> Rendered:
-    """Format ``row`` (of ``layout``; ``mapping`` = {field: column}) as training text with its answer spans."""
+    """Format ``row`` (of ``layout``; ``mapping`` = {field: column}) as training text with answer spans."""
     values = {field: row.get(column) for field, column in mapping.items()}
     eos = tokenizer.eos_token
     if layout.name == "text":

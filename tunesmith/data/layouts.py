@@ -81,5 +81,6 @@ def _no_layout_message(columns: list[str], source: str) -> str:
         f"tunesmith does not recognise the layout of {source} (columns: {', '.join(columns) or 'none'}). "
         f"{hint_text}Expected one of: instruction/output (+input, reasoning) [Alpaca]; conversations with "
         "from/value [ShareGPT]; messages with role/content [OpenAI]; prompt/completion; or text. "
-        "To use other column names, pass fields={'instruction': 'YourQuestionColumn', 'output': 'YourAnswerColumn'}."
+        "To use other column names, pass fields={'instruction': 'YourQuestionColumn', 'output': "
+        "'YourAnswerColumn'}."
     )

@@ -154,7 +154,7 @@ def _parse_csv(text: str, path: Path, delimiter: str) -> list[dict]:
 
 
 def load_dataset_file(source, *, encoding: str | None = None, split: str = "train"):
-    """Load ``source`` (a path, a ``datasets.Dataset``/``DatasetDict`` or a list of dicts) as a ``datasets.Dataset``."""
+    """Load ``source`` (a path, a ``Dataset``/``DatasetDict`` or a list of dicts) as a ``Dataset``."""
     import datasets
 
     if isinstance(source, datasets.Dataset):
@@ -173,7 +173,8 @@ def load_dataset_file(source, *, encoding: str | None = None, split: str = "trai
     kind = SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise TunesmithError(
-            f"tunesmith cannot read '{path.suffix}' files ({path}). Use one of: {', '.join(sorted(SUFFIXES))}."
+            f"tunesmith cannot read '{path.suffix}' files ({path}). Use one of: "
+            f"{', '.join(sorted(SUFFIXES))}."
         )
     if kind == "parquet":
         return datasets.Dataset.from_parquet(str(path))
@@ -192,8 +193,8 @@ def load_dataset_file(source, *, encoding: str | None = None, split: str = "trai
         raise TunesmithError(
             _shape_error(rows, path)
             or (
-                f"{path}: the rows do not share one shape ({err}). Make every row have the same fields with the "
-                "same types."
+                f"{path}: the rows do not share one shape ({err}). Make every row have the same fields with "
+                "the same types."
             )
         ) from None
 
@@ -208,8 +209,8 @@ def _shape_error(rows: list[dict], path: Path) -> str | None:
             seen = first.setdefault(key, type(value))
             if type(value) is not seen:
                 return (
-                    f"{path}, row {number}, field '{key}' is a {type(value).__name__} ({str(value)[:60]!r}), but "
-                    f"earlier rows hold a {seen.__name__} there. Give the field the same type in every row "
-                    "(quote numbers as text)."
+                    f"{path}, row {number}, field '{key}' is a {type(value).__name__} ({str(value)[:60]!r}), "
+                    f"but earlier rows hold a {seen.__name__} there. Give the field the same type in every "
+                    "row (quote numbers as text)."
                 )
     return None

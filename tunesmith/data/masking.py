@@ -15,7 +15,7 @@ from tunesmith.data.chat_templates import template_family
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 
-__all__ = ["train_on_responses_only", "response_markers", "answer_spans", "mask_dataset"]
+__all__ = ["train_on_responses_only", "response_markers", "answer_spans", "answer_labels", "mask_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,15 +34,16 @@ def response_markers(tokenizer) -> tuple[str | None, str]:
     family = template_family(template) if template else None
     if family is None:
         raise TunesmithError(
-            "train_on_responses_only cannot tell where answers start in this tokenizer's chat template. Pass the "
-            "markers, e.g. instruction_part='<|im_start|>user\\n', response_part='<|im_start|>assistant\\n'."
+            "train_on_responses_only cannot tell where answers start in this tokenizer's chat template. Pass "
+            "the markers, e.g. instruction_part='<|im_start|>user\\n', "
+            "response_part='<|im_start|>assistant\\n'."
         )
     row = CHAT_FAMILIES[family]
     return row.instruction_part, row.response_part
 
 
 def answer_spans(text: str, instruction_part: str | None, response_part: str) -> list[tuple[int, int]]:
-    """Character spans of the answers in ``text``: after each response marker, up to the next instruction marker."""
+    """Character spans of the answers in ``text``: from each response marker to the next instruction one."""
     spans, position = [], 0
     while True:
         found = text.find(response_part, position)
@@ -55,8 +56,17 @@ def answer_spans(text: str, instruction_part: str | None, response_part: str) ->
         position = end
 
 
+def answer_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Each token id where its character ``offsets`` overlap an answer span, else ``IGNORE_INDEX``."""
+    # A token that straddles the prompt/answer boundary (" Fine" after "A:") is learned as answer.
+    return [
+        token if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
+        for token, (start, end) in zip(ids, offsets, strict=True)
+    ]
+
+
 def _labels_for(text: str, ids: list[int], tokenizer, instruction_part, response_part) -> list[int] | None:
-    """Labels for ``ids`` (the tokens of ``text``, maybe truncated), or None if the tokens do not match the text."""
+    """Labels for ``ids`` (the tokens of ``text``, maybe truncated); None if the tokens do not match it."""
     bos = tokenizer.bos_token
     encoded = tokenizer(
         text, add_special_tokens=not (bos and text.startswith(bos)), return_offsets_mapping=True
@@ -65,10 +75,7 @@ def _labels_for(text: str, ids: list[int], tokenizer, instruction_part, response
     if full[: len(ids)] != list(ids):
         return None
     spans = answer_spans(text, instruction_part, response_part)
-    return [
-        tok if end > start and any(start < b and end > a for a, b in spans) else IGNORE_INDEX
-        for tok, (start, end) in zip(ids, encoded["offset_mapping"][: len(ids)], strict=True)
-    ]
+    return answer_labels(ids, encoded["offset_mapping"][: len(ids)], spans)
 
 
 def mask_dataset(
@@ -79,14 +86,15 @@ def mask_dataset(
     text_field: str = "text",
     name: str = "train",
 ):
-    """A copy of ``dataset`` whose ``labels`` keep only answer tokens (tokenizing ``text_field`` if needed)."""
+    """A copy of ``dataset`` whose ``labels`` keep only answer tokens (tokenizing ``text_field`` first)."""
     if response_part is None:
         instruction_part, response_part = response_markers(tokenizer)
     if text_field not in dataset.column_names:
         raise TunesmithError(
-            f"train_on_responses_only needs the text of each row, but the {name} data set has no '{text_field}' "
-            "column (packing=True drops it). Call train_on_responses_only on the text data set before building the "
-            "trainer, or use tunesmith.data.prepare_dataset(..., responses_only=True), which labels answers exactly."
+            f"train_on_responses_only needs the text of each row, but the {name} data set has no "
+            f"'{text_field}' column (packing=True drops it). Call train_on_responses_only on the text data "
+            "set before building the trainer, or use tunesmith.data.prepare_dataset(..., "
+            "responses_only=True), which labels answers exactly."
         )
     has_ids = "input_ids" in dataset.column_names
     bos = tokenizer.bos_token
@@ -101,17 +109,19 @@ def mask_dataset(
         labels = _labels_for(text, ids, tokenizer, instruction_part, response_part)
         if labels is None:
             raise TunesmithError(
-                f"{name} row {index + 1}: its tokens do not match its text, so answer tokens cannot be located. "
-                "Use tunesmith.data.prepare_dataset(..., responses_only=True) to tokenize and label in one step."
+                f"{name} row {index + 1}: its tokens do not match its text, so answer tokens cannot be "
+                "located. Use tunesmith.data.prepare_dataset(..., responses_only=True) to tokenize and label "
+                "in one step."
             )
         unmatched += all(x == IGNORE_INDEX for x in labels)
         all_labels.append(labels)
         all_ids.append(list(ids))
     if dataset.num_rows and unmatched == dataset.num_rows:
         raise TunesmithError(
-            f"train_on_responses_only masked every label of the {name} data: the response marker {response_part!r} "
-            f"occurs in none of its {dataset.num_rows} rows, so training would learn nothing. The marker must match "
-            "the template that formatted the text (check the chat template, or pass response_part= yourself)."
+            f"train_on_responses_only masked every label of the {name} data: the response marker "
+            f"{response_part!r} occurs in none of its {dataset.num_rows} rows, so training would learn "
+            "nothing. The marker must match the template that formatted the text (check the chat template, "
+            "or pass response_part= yourself)."
         )
     if unmatched:
         logger.warning(

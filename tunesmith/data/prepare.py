@@ -1,4 +1,5 @@
-"""From a file (or ``datasets`` object) to tokenized train/eval sets with statistics, validating everything first.
+"""From a file (or ``datasets`` object) to tokenized train/eval sets with statistics, validating everything
+first.
 
 ``prepare_dataset`` reads top to bottom: load -> recognise layout -> choose template -> validate rows ->
 duplicates -> format -> tokenize (label answers, truncate with a count) -> split off held-out rows.
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.chat_templates import OWN_TEMPLATE_NAMES, get_chat_template, template_family
 from tunesmith.data.formatting import render_row
-from tunesmith.data.layouts import detect_layout
+from tunesmith.data.layouts import Layout, detect_layout
 from tunesmith.data.loading import load_dataset_file
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
-from tunesmith.data.tokenizing import tokenize_rows
+from tunesmith.data.tokenizing import TokenizedRows, tokenize_rows
 from tunesmith.data.validation import (
     DUPLICATE_POLICIES,
     check_template_fields,
@@ -33,14 +34,14 @@ logger = logging.getLogger(__name__)
 
 # Used for instruction data when the tokenizer has no chat template (a base model).
 DEFAULT_PROMPT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+    "Below is an instruction that describes a task. Write a response that appropriately completes the "
+    "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n{output}"
 )
 
 
 @dataclass
 class PreparedData:
-    """Tokenized ``train`` (and optional ``eval``) ``datasets.Dataset`` with columns text, input_ids, labels."""
+    """Tokenized ``train`` (and optional ``eval``) ``datasets.Dataset``: columns text, input_ids, labels."""
 
     train: object
     eval: object | None
@@ -98,8 +99,8 @@ def _drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, lis
     repeats = find_duplicates(rows, mapping)
     if repeats and policy == "error":
         raise TunesmithError(
-            f"{source} has {len(repeats)} exact duplicate rows (first: row {repeats[0] + 1}). Remove them, or "
-            "set duplicates='drop' (or 'keep')."
+            f"{source} has {len(repeats)} exact duplicate rows (first: row {repeats[0] + 1}). Remove them, "
+            "or set duplicates='drop' (or 'keep')."
         )
     if repeats:
         logger.warning(
@@ -113,19 +114,33 @@ def _drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, lis
     return [r for _, r in kept], [n for n, _ in kept], len(repeats)
 
 
-def _tokenized(
-    rows, numbers, layout, mapping, tokenizer, template, max_seq_length, on_too_long, responses_only, source
-):
+@dataclass(frozen=True)
+class _Formatting:
+    """How rows become tokens; the same for the training rows and the held-out rows."""
+
+    layout: Layout
+    mapping: dict[str, str]
+    tokenizer: object
+    template: PromptTemplate | None
+    max_seq_length: int
+    on_too_long: str
+    responses_only: bool
+    source: str
+
+
+def _tokenized(rows: list, numbers: list[int], how: _Formatting) -> tuple[list[str], TokenizedRows]:
+    """(formatted texts of the kept rows, their tokens and labels) for ``rows`` (1-based ``numbers``)."""
+    layout, source = how.layout, how.source
     rendered = [
-        render_row(row, layout, mapping, tokenizer, template, f"{source}, row {n}")
+        render_row(row, layout, how.mapping, how.tokenizer, how.template, f"{source}, row {n}")
         for row, n in zip(rows, numbers, strict=True)
     ]
-    labelled = responses_only and layout.name != "text"
+    labelled = how.responses_only and layout.name != "text"
     tok = tokenize_rows(
         rendered,
-        tokenizer,
-        max_seq_length,
-        on_too_long=on_too_long,
+        how.tokenizer,
+        how.max_seq_length,
+        on_too_long=how.on_too_long,
         responses_only=labelled,
         source=source,
         row_numbers=numbers,
@@ -136,7 +151,8 @@ def _tokenized(
             + (
                 "every answer lies beyond max_seq_length; raise max_seq_length."
                 if tok.truncated
-                else "no answer text was found in the formatted rows; check the template and the answer field."
+                else "no answer text was found in the formatted rows; check the template and the answer "
+                "field."
             )
         )
     texts = [rendered[i].text for i in tok.kept]
@@ -161,8 +177,18 @@ def _split_held_out(rows, numbers, fraction, seed: int, name: str):
     return held_out, [rows[i] for i in kept], [numbers[i] for i in kept]
 
 
-def _stats(name, layout, template, tok, rows, eval_set, policy, n_duplicates, max_seq_length) -> DataStats:
+def _stats(
+    how: _Formatting,
+    tok: TokenizedRows,
+    *,
+    template: str,
+    rows: int,
+    eval_set,
+    policy: str,
+    n_duplicates: int,
+) -> DataStats:
     """The data statistics of one preparation (warning once about truncated rows)."""
+    name, max_seq_length = how.source, how.max_seq_length
     if tok.truncated:
         logger.warning(
             "%s: %d rows were longer than max_seq_length=%d and were truncated.",
@@ -172,7 +198,7 @@ def _stats(name, layout, template, tok, rows, eval_set, policy, n_duplicates, ma
         )
     return DataStats(
         source=name,
-        layout=layout,
+        layout=how.layout.name,
         template=template,
         rows=rows,
         eval_rows=len(eval_set) if eval_set is not None else 0,
@@ -243,16 +269,31 @@ def prepare_dataset(
     else:
         held_out, rows, numbers = _split_held_out(rows, numbers, eval_split, seed, name)
 
-    args = (layout, mapping, tokenizer, prompt_template, max_seq_length, on_too_long, responses_only, name)
-    texts, tok = _tokenized(rows, numbers, *args)
+    how = _Formatting(
+        layout=layout,
+        mapping=mapping,
+        tokenizer=tokenizer,
+        template=prompt_template,
+        max_seq_length=max_seq_length,
+        on_too_long=on_too_long,
+        responses_only=responses_only,
+        source=name,
+    )
+    texts, tok = _tokenized(rows, numbers, how)
     train = datasets.Dataset.from_dict({"text": texts, "input_ids": tok.input_ids, "labels": tok.labels})
     eval_set = held_out
     if isinstance(held_out, tuple):
-        eval_texts, eval_tok = _tokenized(*held_out, *args)
+        eval_texts, eval_tok = _tokenized(*held_out, how)
         eval_set = datasets.Dataset.from_dict(
             {"text": eval_texts, "input_ids": eval_tok.input_ids, "labels": eval_tok.labels}
         )
     stats = _stats(
-        name, layout.name, template_label, tok, len(train), eval_set, duplicates, n_duplicates, max_seq_length
+        how,
+        tok,
+        template=template_label,
+        rows=len(train),
+        eval_set=eval_set,
+        policy=duplicates,
+        n_duplicates=n_duplicates,
     )
     return PreparedData(train, eval_set, stats)

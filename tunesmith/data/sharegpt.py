@@ -1,4 +1,4 @@
-"""ShareGPT rows (``conversations``: ``from``/``value``) to OpenAI-style ``messages`` (``role``/``content``)."""
+"""ShareGPT rows (``conversations``: ``from``/``value``) to ``messages`` (``role``/``content``)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ ROLE_NAMES = {
 
 
 def sharegpt_to_messages(conversation, where: str = "row", roles: dict[str, str] | None = None) -> list[dict]:
-    """One ShareGPT conversation as a list of ``{"role", "content"}`` messages (``roles`` adds speaker names)."""
+    """One ShareGPT conversation as ``{"role", "content"}`` messages (``roles`` adds speaker names)."""
     roles = {**ROLE_NAMES, **(roles or {})}
     if not isinstance(conversation, list):
         raise TunesmithError(
@@ -36,7 +36,8 @@ def sharegpt_to_messages(conversation, where: str = "row", roles: dict[str, str]
         role = roles.get(str(speaker).lower())
         if role is None:
             raise TunesmithError(
-                f"{where}, turn {index}: unknown speaker from={speaker!r}. Use one of: {', '.join(sorted(roles))}."
+                f"{where}, turn {index}: unknown speaker from={speaker!r}. Use one of: "
+                f"{', '.join(sorted(roles))}."
             )
         if not isinstance(text, str):
             raise TunesmithError(f"{where}, turn {index}: 'value' must be text, not {type(text).__name__}.")
@@ -52,7 +53,8 @@ def standardize_sharegpt(dataset, aliases: dict[str, str] | None = None):
     roles = {k.lower(): v for k, v in (aliases or {}).items()}
     if "conversations" not in dataset.column_names:
         raise TunesmithError(
-            f"standardize_sharegpt needs a 'conversations' column; this data set has {', '.join(dataset.column_names)}."
+            "standardize_sharegpt needs a 'conversations' column; this data set has "
+            f"{', '.join(dataset.column_names)}."
         )
 
     def convert(row, index):

@@ -1,4 +1,4 @@
-"""Tokenize formatted rows into ``input_ids`` and ``labels`` (-100 outside the answer), never truncating silently."""
+"""Tokenize formatted rows into ``input_ids`` and ``labels`` (-100 outside the answer); never cut silently."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.formatting import Rendered
+from tunesmith.data.masking import answer_labels
 from tunesmith.errors import TunesmithError
 
 __all__ = ["TokenizedRows", "tokenize_rows", "TOO_LONG_POLICIES"]
@@ -23,17 +24,6 @@ class TokenizedRows:
     max_tokens: int = 0
     truncated: int = 0
     dropped_no_answer: int = 0
-
-
-def _label_tokens(ids: list[int], offsets: list[tuple[int, int]], spans, responses_only: bool) -> list[int]:
-    if not responses_only:
-        return list(ids)
-    labels = []
-    for token, (start, end) in zip(ids, offsets, strict=True):
-        # A token that straddles the prompt/answer boundary (" Fine" after "A:") is learned as answer.
-        inside = end > start and any(start < b and end > a for a, b in spans)
-        labels.append(token if inside else IGNORE_INDEX)
-    return labels
 
 
 def tokenize_rows(
@@ -57,8 +47,9 @@ def tokenize_rows(
         )
     if not getattr(tokenizer, "is_fast", False):
         raise TunesmithError(
-            f"The tokenizer ({type(tokenizer).__name__}) is a slow tokenizer without offsets; tunesmith needs a fast "
-            "one to find answer tokens. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+            f"The tokenizer ({type(tokenizer).__name__}) is a slow tokenizer without offsets; tunesmith "
+            "needs a fast one to find answer tokens. Load it with AutoTokenizer.from_pretrained(..., "
+            "use_fast=True)."
         )
     row_numbers = row_numbers or list(range(1, len(rendered) + 1))
     texts = [r.text for r in rendered]
@@ -68,7 +59,7 @@ def tokenize_rows(
     encoded = tokenizer(texts, add_special_tokens=add_special, return_offsets_mapping=True)
     out = TokenizedRows()
     for index, (ids, offsets) in enumerate(zip(encoded["input_ids"], encoded["offset_mapping"], strict=True)):
-        labels = _label_tokens(ids, offsets, rendered[index].spans, responses_only)
+        labels = answer_labels(ids, offsets, rendered[index].spans) if responses_only else list(ids)
         out.max_tokens = max(out.max_tokens, len(ids))
         if len(ids) > max_seq_length:
             if on_too_long == "error":

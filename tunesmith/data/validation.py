@@ -98,7 +98,8 @@ def check_template_fields(template: PromptTemplate, mapping: dict[str, str], col
                     if hint
                     else ""
                 )
-                + f". Its columns are: {', '.join(columns)}. Remove {{{placeholder}}} from the template or add the column."
+                + f". Its columns are: {', '.join(columns)}. Remove {{{placeholder}}} from the template or "
+                "add the column."
             )
 
 

@@ -6,13 +6,12 @@ import contextlib
 import errno
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
-__all__ = ["check_output_dir", "check_file_stem", "check_free_space", "disk_full_as_error", "partial_path"]
+__all__ = ["check_output_dir", "check_file_stem", "check_free_space", "disk_full_as_error"]
 
 
 def check_output_dir(save_directory: str | os.PathLike, overwrite: bool) -> Path:
@@ -24,8 +23,8 @@ def check_output_dir(save_directory: str | os.PathLike, overwrite: bool) -> Path
         )
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise TunesmithError(
-            f"The output folder {path} already exists and is not empty. Choose a new folder, empty it, or pass "
-            "overwrite=True (CLI: --overwrite) to replace what tunesmith writes there."
+            f"The output folder {path} already exists and is not empty. Choose a new folder, empty it, or "
+            "pass overwrite=True (CLI: --overwrite) to replace what tunesmith writes there."
         )
     return path
 
@@ -69,19 +68,3 @@ def disk_full_as_error(target: Path) -> Iterator[None]:
             f"The disk filled up while writing {target}; the partial output was removed. Free some space "
             "or choose another output folder, then export again."
         ) from err
-
-
-@contextlib.contextmanager
-def partial_path(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` for writers that open files by name (gguf, llama.cpp); renamed
-    to ``target`` on success, removed on error. (``_atomic.atomic_file`` is the handle-based twin.)"""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from pathlib import Path
 
+from tunesmith._atomic import atomic_path, scratch_dir
 from tunesmith.errors import TunesmithError
 from tunesmith.export._output import (
     check_file_stem,
     check_free_space,
     check_output_dir,
     disk_full_as_error,
-    partial_path,
 )
 from tunesmith.export.gguf_constants import QUANT_METHODS, QuantMethod, arch_info, quant_method
 from tunesmith.export.gguf_names import gguf_tensors
@@ -58,14 +57,14 @@ def _default_num_ctx(model, config) -> int:
 def _write_file(target: Path, method: QuantMethod, **write_args) -> None:
     """Write ``target`` atomically; K-quants go through a 16-bit file that is removed afterwards."""
     if not method.needs_llama_cpp:
-        with partial_path(target) as tmp:
+        with atomic_path(target) as tmp:
             write_gguf(tmp, method=method, **write_args)
         return
     intermediate = QUANT_METHODS[method.intermediate or "f16"]
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as scratch:
-        source = Path(scratch) / gguf_file_name("intermediate", intermediate)
+    with scratch_dir(target) as scratch:
+        source = scratch / gguf_file_name("intermediate", intermediate)
         write_gguf(source, method=intermediate, **write_args)
-        with partial_path(target) as tmp:
+        with atomic_path(target) as tmp:
             quantize_in_llama_cpp(source, tmp, int(method.file_type), method.label)
 
 
@@ -90,7 +89,8 @@ def save_pretrained_gguf(
     requires one (error when no prompt format is known), None writes one when the tokenizer has a chat
     template or ``prompt_template`` is given, False never. ``num_ctx`` defaults to the training sequence
     length (``model.max_seq_length``), else the model's context capped at 4096; a later export into the same
-    folder points the Modelfile at its own file. ``verify=True`` runs :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
+    folder points the Modelfile at its own file. ``verify=True`` runs
+    :func:`tunesmith.export.verify.verify_gguf` and raises if it fails.
     """
     from tunesmith.export.ollama import plan_modelfile, write_modelfile
 

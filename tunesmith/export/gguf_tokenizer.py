@@ -153,7 +153,8 @@ def _vocab(tokenizer_json: dict, n_vocab: int, spm: bool, special_ids: dict[str,
     if max(vocab.values(), default=-1) >= n_vocab:
         raise TunesmithError(
             f"The tokenizer has token ids up to {max(vocab.values())}, but the model's embedding has only "
-            f"{n_vocab} rows. Resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and train again."
+            f"{n_vocab} rows. Resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and "
+            "train again."
         )
     for text, token_id in vocab.items():
         tokens[token_id] = text
@@ -166,8 +167,9 @@ def _vocab(tokenizer_json: dict, n_vocab: int, spm: bool, special_ids: dict[str,
         token_id, text = added["id"], added["content"]
         if token_id >= n_vocab:
             raise TunesmithError(
-                f"The tokenizer's added token {text!r} has id {token_id}, beyond the model's {n_vocab} embedding "
-                "rows. Resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and train again."
+                f"The tokenizer's added token {text!r} has id {token_id}, beyond the model's {n_vocab} "
+                "embedding rows. Resize the embeddings (model.resize_token_embeddings(len(tokenizer))) and "
+                "train again."
             )
         special = added.get("special") or bool(_LOOKS_SPECIAL.match(text))
         tokens[token_id] = text if special else text.replace(SPM_SPACE, " ")

@@ -65,7 +65,7 @@ class LlamaCppCrashed(TunesmithError):
 
 @dataclass(frozen=True)
 class LlamaCppPrompt:
-    """What llama.cpp made of one prompt: its own tokenization, the logits at each given id, a greedy reply."""
+    """What llama.cpp made of one prompt: its tokenization, the logits at each given id, a greedy reply."""
 
     tokens: list[int]
     logits: np.ndarray  # (len(ids), vocab) float32
@@ -86,8 +86,8 @@ def require_llama_cpp(purpose: str) -> None:
     """Raise a clear error when llama-cpp-python is not installed; ``purpose`` says what needs it."""
     if llama_cpp_version() is None:
         raise TunesmithError(
-            f"{purpose} needs llama.cpp through the llama-cpp-python library, which is not installed. Install "
-            f"it with: {INSTALL_HINT} (it compiles llama.cpp once, a few minutes on a laptop)."
+            f"{purpose} needs llama.cpp through the llama-cpp-python library, which is not installed. "
+            f"Install it with: {INSTALL_HINT} (it compiles llama.cpp once, a few minutes on a laptop)."
         )
 
 
@@ -194,8 +194,8 @@ def quantize_in_llama_cpp(source: Path, target: Path, file_type: int, label: str
     shutil.rmtree(folder, ignore_errors=True)
     if result["code"] != 0:
         raise TunesmithError(
-            f"llama.cpp could not quantize {source.name} to {label} (error code {result['code']}). The 16-bit "
-            "export (quantization_method='f16') and q8_0 still work without it."
+            f"llama.cpp could not quantize {source.name} to {label} (error code {result['code']}). The "
+            "16-bit export (quantization_method='f16') and q8_0 still work without it."
         )
 
 

@@ -27,7 +27,8 @@ SAVE_METHODS = ("merged_16bit", "lora")
 
 
 def _dense(weight: torch.Tensor) -> torch.Tensor:
-    """A weight as a floating-point tensor: the parameter itself, or a dequantized copy of bitsandbytes 4-/8-bit storage."""
+    """A weight as a floating-point tensor: the parameter itself, or a dequantized copy of bitsandbytes
+    4-/8-bit storage."""
     kind = type(weight).__name__
     if kind == "Params4bit":
         from bitsandbytes.functional import dequantize_4bit
@@ -59,8 +60,8 @@ def _merged_weight(layer: torch.nn.Module) -> torch.Tensor:
             continue
         if layer.use_dora.get(adapter, False):
             raise TunesmithError(
-                f"The adapter '{adapter}' uses DoRA, which tunesmith cannot merge yet. Save the adapter alone "
-                "with save_method='lora', or train without use_dora."
+                f"The adapter '{adapter}' uses DoRA, which tunesmith cannot merge yet. Save the adapter "
+                "alone with save_method='lora', or train without use_dora."
             )
         out = out + layer.get_delta_weight(adapter).float()
     return out.to(weight.dtype)
@@ -146,8 +147,9 @@ def _write_config(model: torch.nn.Module, folder: Path, dtype: torch.dtype) -> N
 def _save_adapter(model: torch.nn.Module, folder: Path) -> None:
     if not hasattr(model, "peft_config"):
         raise TunesmithError(
-            f"save_method='lora' saves a LoRA adapter, but this {type(model).__name__} has none. Add one with "
-            "FastLanguageModel.get_peft_model(model, ...) and train it, or use save_method='merged_16bit'."
+            f"save_method='lora' saves a LoRA adapter, but this {type(model).__name__} has none. Add one "
+            "with FastLanguageModel.get_peft_model(model, ...) and train it, or use "
+            "save_method='merged_16bit'."
         )
     model.save_pretrained(folder, safe_serialization=True)
 

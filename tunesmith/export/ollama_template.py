@@ -6,10 +6,11 @@ The chat template is not parsed: it is *rendered* with probe messages and cut in
     when last] | assistant: before (or last-turn before) + CONTENT [+ after when not last]
 
 (or, Mistral style, the system text inside the first user turn), which is the shape of every template
-tunesmith trains with (ChatML, Llama 3/3.1, Qwen2.5/3, DeepSeek, Mistral, Alpaca, PromptTemplate formats). The pieces are checked by re-assembling several conversations in Python exactly
-as the Go template does and comparing them with the Jinja rendering; a template of another shape is
-refused rather than translated wrongly. Ollama passes ``.Messages`` (``.Role``, ``.Content``); like
-Ollama's own templates, a final assistant message is left open so the model continues it.
+tunesmith trains with (ChatML, Llama 3/3.1, Qwen2.5/3, DeepSeek, Mistral, Alpaca, PromptTemplate formats). The
+pieces are checked by re-assembling several conversations in Python exactly as the Go template does and
+comparing them with the Jinja rendering; a template of another shape is refused rather than translated
+wrongly. Ollama passes ``.Messages`` (``.Role``, ``.Content``); like Ollama's own templates, a final assistant
+message is left open so the model continues it.
 """
 
 from __future__ import annotations
@@ -97,12 +98,8 @@ def _cut(render: Renderer) -> ChatPieces:
         system_after = _strip_suffix(gap, user_before, "system end")
     elif has_system and user_before and user_before in head:  # folded into the first user turn
         cut = head.rindex(user_before)
-        head, system_prefix, system_after, system_in_user = (
-            head[:cut],
-            head[cut + len(user_before) :],
-            gap,
-            True,
-        )
+        system_prefix, system_after, system_in_user = head[cut + len(user_before) :], gap, True
+        head = head[:cut]
     elif has_system:
         raise ValueError("system message placement")
     no_system_head = _strip_suffix(_between(no_sys, None, _U1), user_before, "head")
@@ -235,7 +232,8 @@ def go_template(pieces: ChatPieces) -> str:
     last_before = (
         _lit(pieces.assistant_before)
         if pieces.last_assistant_before == pieces.assistant_before
-        else f"{{{{ if $last }}}}{_lit(pieces.last_assistant_before)}{{{{ else }}}}{_lit(pieces.assistant_before)}{{{{ end }}}}"
+        else f"{{{{ if $last }}}}{_lit(pieces.last_assistant_before)}"
+        f"{{{{ else }}}}{_lit(pieces.assistant_before)}{{{{ end }}}}"
     )
     head = (
         '{{- if not (and .Messages (eq (index .Messages 0).Role "system")) }}'

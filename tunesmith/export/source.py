@@ -19,8 +19,8 @@ def _adapter_base(folder: Path) -> str:
     base = config.get("base_model_name_or_path")
     if not base:
         raise TunesmithError(
-            f"The adapter folder {folder} does not say which base model it belongs to (adapter_config.json has "
-            "no base_model_name_or_path). Export from the training session instead: "
+            f"The adapter folder {folder} does not say which base model it belongs to (adapter_config.json "
+            "has no base_model_name_or_path). Export from the training session instead: "
             "model.save_pretrained_gguf(folder, tokenizer)."
         )
     return base

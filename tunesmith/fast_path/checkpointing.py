@@ -115,9 +115,8 @@ class SmartCheckpointing:
         self._anchor = torch.zeros((), requires_grad=True)  # makes backward run even for a frozen input
         self._stream = None
         self._last_slot: LayerSlot | None = None
-        self._keep_attention: dict[
-            tuple[int, int], bool
-        ] = {}  # per shape, decided once (pinned memory stays)
+        # Per shape, decided once (pinned memory stays).
+        self._keep_attention: dict[tuple[int, int], bool] = {}
         self._handle = decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     def _budget(self, device: torch.device) -> float:

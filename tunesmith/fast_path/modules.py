@@ -114,9 +114,8 @@ class FastAttention(nn.Module):
         if getattr(self.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
             return False
         window = getattr(self.config, "sliding_window", None)
-        if (
-            getattr(self.config, "use_sliding_window", False) and window
-        ):  # Qwen2 switches its window on explicitly
+        # Qwen2 switches its window on explicitly.
+        if getattr(self.config, "use_sliding_window", False) and window:
             return False
         if window and seq_len > window and getattr(self.config, "model_type", "") == "mistral":
             return False  # Mistral's window applies once the sequence is longer than it

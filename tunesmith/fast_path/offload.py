@@ -43,7 +43,7 @@ def available_host_bytes() -> int:
 
 
 class HostCopy:
-    """A tensor's copy in host memory, made on ``stream``; ``prefetch`` starts the way back, ``fetch`` ends it."""
+    """A tensor copied to host memory on ``stream``; ``prefetch`` starts the way back, ``fetch`` ends it."""
 
     def __init__(self, tensor: torch.Tensor, stream: torch.cuda.Stream | None):
         self.device, self.stream = tensor.device, stream
@@ -191,7 +191,7 @@ class LayerSlot:
 
 
 class OffloadedLayer(torch.autograd.Function):
-    """``apply(run, slot, anchor, hidden)``: a checkpointed layer whose input and attention wait in CPU memory."""
+    """``apply(run, slot, anchor, hidden)``: a checkpointed layer; its input and attention wait on the CPU."""
 
     @staticmethod
     def forward(ctx, run, slot, _anchor, hidden):

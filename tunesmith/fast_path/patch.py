@@ -3,9 +3,10 @@
 The fast path swaps modules of the model instance (``setattr`` on their parents), never the library:
 RMSNorms, each decoder layer's attention and MLP, and the output projection, whose loss becomes the
 fused chunked cross-entropy through transformers' own ``loss_function`` setter. It also installs smart
-checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). Llama-family and Qwen2 models get it; other architectures keep the plain path with a
-one-line notice. Apply it after ``get_peft_model`` (the wrappers read the LoRA layers at every step, so
-adapters added later are used too, but the model you call must be the one patched).
+checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). Llama-family
+and Qwen2 models get it; other architectures keep the plain path with a one-line notice. Apply it after
+``get_peft_model`` (the wrappers read the LoRA layers at every step, so adapters added later are used too, but
+the model you call must be the one patched).
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
 
     ``max_memory_gb`` caps the memory smart checkpointing plans for (default: most of the GPU);
     ``offload`` lets checkpointed activations go to pinned CPU memory when even full checkpointing
-    does not fit; with a cap as well, the frozen input embedding stays in CPU memory. Calling it twice is a no-op. ``unpatch(model)`` restores the original modules.
+    does not fit; with a cap as well, the frozen input embedding stays in CPU memory. Calling it twice is a
+    no-op. ``unpatch(model)`` restores the original modules.
     """
     if getattr(model, _STATE, None) is not None:
         return True

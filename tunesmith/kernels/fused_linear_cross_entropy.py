@@ -109,8 +109,8 @@ def fused_linear_cross_entropy_forward(
         h = hidden[start : start + chunk_tokens]
         logits = F.linear(h, weight, bias).contiguous()  # (chunk, V): the only logits that ever exist
         kernel[(h.shape[0],)](
-            logits, labels[start : start + chunk_tokens], losses[start:], scale, logits.stride(0), v, ignore_index,
-            BLOCK=block, WITH_GRAD=with_grad, num_warps=16 if block >= 8192 else 8,
+            logits, labels[start : start + chunk_tokens], losses[start:], scale, logits.stride(0), v,
+            ignore_index, BLOCK=block, WITH_GRAD=with_grad, num_warps=16 if block >= 8192 else 8,
         )  # fmt: skip
         if with_grad:
             grad_hidden[start : start + h.shape[0]] = logits @ weight

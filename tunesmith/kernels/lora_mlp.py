@@ -43,7 +43,7 @@ def _grads_ab(p: Projection, g: torch.Tensor, inp: torch.Tensor, inp_a: torch.Te
 
 
 class LoRAMLPFunction(torch.autograd.Function):
-    """``apply(x, scalings, Wg, Ag, Bg, Wu, Au, Bu, Wd, Ad, Bd)``; adapters may be None, biases are not supported."""
+    """``apply(x, scalings, Wg, Ag, Bg, Wu, Au, Bu, Wd, Ad, Bd)``; adapters may be None; no biases."""
 
     @staticmethod
     def forward(ctx, x, scalings, wg, ag, bg, wu, au, bu, wd, ad, bd):
@@ -59,9 +59,8 @@ class LoRAMLPFunction(torch.autograd.Function):
         u = _lora_out(x2, up, xa_u)
         h = swiglu_forward(g, u)
         ha_d = h @ ad.to(x.dtype).t() if ad is not None else None
-        out = F.linear(
-            h.view(*shape[:-1], -1), dense_weight(down.weight, x.dtype)
-        )  # not a view of a temporary
+        # Not a view of a temporary.
+        out = F.linear(h.view(*shape[:-1], -1), dense_weight(down.weight, x.dtype))
         if ha_d is not None:
             out.view(-1, out.shape[-1]).addmm_(ha_d, down.lora_b.to(x.dtype).t(), alpha=down.scaling)
         del h
@@ -83,8 +82,9 @@ class LoRAMLPFunction(torch.autograd.Function):
             dh.addmm_(z_d, down.lora_a.to(dy.dtype))
         if ctx.consumed:
             raise RuntimeError(
-                "tunesmith's fused LoRA MLP reuses its saved activations as gradient buffers, so its backward "
-                "runs once per forward; backward(retain_graph=True) followed by a second backward is not supported."
+                "tunesmith's fused LoRA MLP reuses its saved activations as gradient buffers, so its "
+                "backward runs once per forward; backward(retain_graph=True) followed by a second backward "
+                "is not supported."
             )
         ctx.consumed = True
         # In place over the saved g and u: the backward needs no N x I buffers of its own.

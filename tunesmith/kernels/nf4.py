@@ -63,7 +63,7 @@ def _offset_on(quant_state, device: torch.device) -> torch.Tensor:
 def nf4_dequantize_forward(
     packed: torch.Tensor, quant_state, out: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Launch the kernel for a bitsandbytes packed tensor and its ``QuantState``; returns ``shape``, ``dtype``."""
+    """Launch the kernel for a bitsandbytes packed tensor and its ``QuantState``: ``shape``, ``dtype``."""
     shape, dtype = tuple(quant_state.shape), quant_state.dtype
     n = math.prod(shape)
     if out is None:

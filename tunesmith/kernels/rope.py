@@ -75,7 +75,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 def rope_reference(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure PyTorch, as transformers' ``apply_rotary_pos_emb`` but on the (B, T, H, D) layout; not in place."""
+    """Pure PyTorch: transformers' ``apply_rotary_pos_emb`` but on the (B, T, H, D) layout; not in place."""
     cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
     return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 

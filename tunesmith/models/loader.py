@@ -149,8 +149,8 @@ def _load_model(folder, config, dtype, device, load_in_4bit, load_in_8bit, trust
         )
     except (OSError, RuntimeError, ValueError) as err:
         raise TunesmithError(
-            f"Loading the weights in {folder} failed ({type(err).__name__}: {err}). If a file is damaged, copy "
-            "or save the model again; if memory ran out, try load_in_4bit=True."
+            f"Loading the weights in {folder} failed ({type(err).__name__}: {err}). If a file is damaged, "
+            "copy or save the model again; if memory ran out, try load_in_4bit=True."
         ) from None
     # transformers fills absent or wrongly shaped weights with random values and only logs it; a model
     # that is partly random would train and answer as nonsense, so it is an error here.

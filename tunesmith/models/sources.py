@@ -82,7 +82,8 @@ def _checked_folder(folder: Path) -> Path:
     hint = (
         f" It holds GGUF file(s) ({', '.join(p.name for p in ggufs[:3])}): pass one of those paths instead."
         if ggufs
-        else " Pass a folder saved by save_pretrained (config.json, *.safetensors, tokenizer files) or a .gguf file."
+        else " Pass a folder saved by save_pretrained (config.json, *.safetensors, tokenizer files) or a "
+        ".gguf file."
     )
     raise TunesmithError(
         f"The folder {folder} has no config.json, so it is not a transformers model folder.{hint}"
@@ -106,9 +107,10 @@ def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Pa
         folder = Path(snapshot_download(repo_id, token=token, allow_patterns=patterns))
     except LocalEntryNotFoundError:
         raise TunesmithError(
-            f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1) and it is not in the local hub cache. Connect to the network and try "
-            f"again, pass a local folder or .gguf file, or use a built-in alias ({', '.join(ALIASES)}).{did_you_mean}"
+            f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be "
+            "reached (offline, or HF_HUB_OFFLINE=1) and it is not in the local hub cache. Connect to the "
+            "network and try again, pass a local folder or .gguf file, or use a built-in alias "
+            f"({', '.join(ALIASES)}).{did_you_mean}"
         ) from None
     except GatedRepoError:
         raise TunesmithError(
@@ -126,8 +128,8 @@ def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Pa
         ) from None
     if not (folder / "config.json").is_file():
         raise TunesmithError(
-            f"The hub model '{repo_id}' has no config.json (a GGUF-only repository?). Download its .gguf file "
-            "and pass that path instead."
+            f"The hub model '{repo_id}' has no config.json (a GGUF-only repository?). Download its .gguf "
+            "file and pass that path instead."
         )
     if not any(folder.glob("*.safetensors")):
         raise TunesmithError(

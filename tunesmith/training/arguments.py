@@ -3,8 +3,9 @@
 transformers' own ``TrainingArguments(bf16=True)`` raises on a machine without a GPU. Here ``fp16``/``bf16``
 say "use half precision if you can": on a GPU, bf16 where supported, else fp16; on a CPU, bf16 autocast
 where the CPU has native bf16, else fp32. ``optim="adamw_8bit"`` is bitsandbytes' 8-bit AdamW on a GPU;
-on a CPU it becomes torch's AdamW (bitsandbytes' CPU step is much slower and saves no memory that matters). ``SFTConfig`` is the same class (it is TRL's ``SFTConfig``
-underneath), so TRL's current argument names work too; the tutorial's ``max_seq_length`` maps to ``max_length``.
+on a CPU it becomes torch's AdamW (bitsandbytes' CPU step is much slower and saves no memory that matters).
+``SFTConfig`` is the same class (it is TRL's ``SFTConfig`` underneath), so TRL's current argument names work
+too; the tutorial's ``max_seq_length`` maps to ``max_length``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def _cpu_has_bf16() -> bool:
 class TrainingArguments(trl.SFTConfig):
     """``trl.SFTConfig`` with tunesmith's defaults, device/precision resolution and the tutorial's names.
 
-    Differences from TRL: activation (gradient) checkpointing defaults to off (``get_peft_model`` turns it on),
-    ``report_to`` defaults to "none" (nothing leaves the machine), ``fp16``/``bf16`` are requests resolved
-    against the hardware (see :attr:`precision`).
+    Differences from TRL: activation (gradient) checkpointing defaults to off (``get_peft_model`` turns it
+    on), ``report_to`` defaults to "none" (nothing leaves the machine), ``fp16``/``bf16`` are requests
+    resolved against the hardware (see :attr:`precision`).
     """
 
     gradient_checkpointing: bool | None = field(
@@ -109,7 +110,8 @@ SFTConfig = TrainingArguments
 
 
 def as_tunesmith_arguments(args, **overrides) -> TrainingArguments:
-    """Our :class:`TrainingArguments` from None, ours, TRL's ``SFTConfig`` or transformers' ``TrainingArguments``.
+    """Our :class:`TrainingArguments` from None, ours, TRL's ``SFTConfig`` or transformers'
+    ``TrainingArguments``.
 
     ``overrides`` (the tutorial's trainer-level arguments such as ``dataset_text_field``) win over ``args``;
     None values are ignored.

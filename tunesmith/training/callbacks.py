@@ -1,4 +1,4 @@
-"""Trainer callbacks: a progress bar (loss, learning rate, tokens/s, ETA) and a JSON-lines log of every logged step."""
+"""Callbacks: a progress bar (loss, learning rate, tokens/s, ETA) and a JSON-lines log of every log."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ PLOT_NAME = "loss.png"
 
 
 class ProgressBarCallback(TrainerCallback):
-    """A tqdm bar over optimizer steps; its postfix shows the latest loss, learning rate and tokens per second."""
+    """A tqdm bar over optimizer steps; its postfix shows the latest loss, learning rate and tokens/s."""
 
     def __init__(self) -> None:
         self.bar = None
@@ -86,7 +86,8 @@ class ProgressBarCallback(TrainerCallback):
 
 
 class JsonlLogCallback(TrainerCallback):
-    """Append every logged record (step, epoch, loss, lr, tokens, ...) as one JSON line to ``training_log.jsonl``.
+    """Append every logged record (step, epoch, loss, lr, tokens, ...) as one JSON line to
+    ``training_log.jsonl``.
 
     A fresh run starts a new log; a resumed run keeps the records up to the checkpoint's step and drops the
     later ones (which the interrupted run wrote after that checkpoint and which are now repeated).
@@ -98,7 +99,7 @@ class JsonlLogCallback(TrainerCallback):
         self._start = time.monotonic()
 
     def start(self, resume_step: int | None) -> None:
-        """Begin the log: empty for a fresh run, cut back to ``resume_step`` when resuming from a checkpoint."""
+        """Begin the log: empty for a fresh run, cut back to ``resume_step`` when resuming a checkpoint."""
         self.resumed_from = resume_step
         self.path.parent.mkdir(parents=True, exist_ok=True)
         kept = [r for r in read_log(self.path) if r.get("step", 0) <= resume_step] if resume_step else []

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from tunesmith._atomic import partial_glob, replace_dir, scratch_dir
 from tunesmith.errors import TunesmithError
 
 __all__ = ["AtomicCheckpointMixin", "remove_partial_checkpoints", "find_checkpoint"]
@@ -26,7 +26,7 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> int:
     folder = Path(output_dir)
     if not folder.is_dir():
         return 0
-    stale = [p for p in folder.glob(f".{PREFIX_CHECKPOINT_DIR}-*.partial") if p.is_dir()]
+    stale = [p for p in folder.glob(partial_glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if p.is_dir()]
     for path in stale:
         shutil.rmtree(path, ignore_errors=True)
     return len(stale)
@@ -41,8 +41,8 @@ def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
         if last is None:
             raise TunesmithError(
                 f"resume_from_checkpoint=True, but {output_dir} holds no checkpoint-N folder to resume from. "
-                "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets how often "
-                "checkpoints are written)."
+                "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets "
+                "how often checkpoints are written)."
             )
         return last
     if not os.path.isdir(resume_from_checkpoint):
@@ -52,16 +52,8 @@ def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
     return str(resume_from_checkpoint)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class AtomicCheckpointMixin:
-    """Mix into a ``transformers.Trainer`` subclass to make ``_save_checkpoint`` atomic (see the module docstring)."""
+    """Mix into a ``transformers.Trainer`` subclass to make ``_save_checkpoint`` atomic (module docstring)."""
 
     _staging_dir: Path | None = None
 
@@ -74,17 +66,13 @@ class AtomicCheckpointMixin:
         run_dir = Path(super()._get_output_dir(trial))
         run_dir.mkdir(parents=True, exist_ok=True)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=run_dir))
-        self._staging_dir = staging
-        try:
-            super()._save_checkpoint(model, trial)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        finally:
-            self._staging_dir = None
-        self._publish(staging / name, run_dir / name)
-        shutil.rmtree(staging, ignore_errors=True)
+        with scratch_dir(run_dir / name) as staging:
+            self._staging_dir = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                self._staging_dir = None
+            self._publish(staging / name, run_dir / name)
         if self.args.should_save:
             rotate_checkpoints(
                 output_dir=str(run_dir),
@@ -99,9 +87,4 @@ class AtomicCheckpointMixin:
             if best.exists() or best == final:
                 self.state.best_model_checkpoint = str(best)
                 self.state.save_to_json(str(saved / TRAINER_STATE_NAME))
-        if final.exists():
-            old = final.with_name(f".{final.name}.old.partial")
-            os.replace(final, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(saved, final)
-        _fsync_dir(final.parent)
+        replace_dir(saved, final)

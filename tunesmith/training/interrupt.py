@@ -48,7 +48,8 @@ def graceful_interrupt(callback: StopOnInterrupt) -> Iterator[StopOnInterrupt]:
             raise KeyboardInterrupt
         callback.requested = True
         print(
-            "\nCtrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to stop at once).",
+            "\nCtrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to stop at "
+            "once).",
             file=sys.stderr,
             flush=True,
         )

@@ -28,7 +28,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # "unsloth" names the best mode: on the GPU fast path, smart checkpointing that may also use pinned CPU
-# memory (offloaded layer inputs and, for long sequences, attention results); elsewhere ordinary checkpointing.
+# memory (offloaded layer inputs and, for long sequences, attention results); elsewhere ordinary
+# checkpointing.
 CHECKPOINTING_MODES = ("unsloth", True, False)
 
 
@@ -40,9 +41,9 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
     found = [name for name in wanted if name in present]
     if not found:
         raise TunesmithError(
-            f"tunesmith does not know which layers of this {type(model).__name__} to adapt, and none of the usual "
-            f"projection names ({', '.join(wanted)}) exist in it. Pass target_modules=[...] with names of its "
-            f"linear layers, for example {', '.join(sorted(present)[:6]) or '(none found)'}."
+            f"tunesmith does not know which layers of this {type(model).__name__} to adapt, and none of the "
+            f"usual projection names ({', '.join(wanted)}) exist in it. Pass target_modules=[...] with names "
+            f"of its linear layers, for example {', '.join(sorted(present)[:6]) or '(none found)'}."
         )
     return found
 
@@ -105,9 +106,11 @@ def enable_checkpointing(model: torch.nn.Module, mode) -> None:
     """Turn activation checkpointing on (``"unsloth"`` or True: non-reentrant) or off (False)."""
     if mode not in CHECKPOINTING_MODES:
         raise TunesmithError(
-            f'use_gradient_checkpointing={mode!r} is not understood; use "unsloth" (the best mode), True or False.'
+            f"use_gradient_checkpointing={mode!r} is not understood; "
+            'use "unsloth" (the best mode), True or False.'
         )
-    # transformers 5 renamed gradient checkpointing to activation checkpointing; older versions have the old name.
+    # transformers 5 renamed gradient checkpointing to activation checkpointing; older versions have the old
+    # name.
     new_api = hasattr(model, "activation_checkpointing_enable")
     if mode is False:
         disable = getattr(

@@ -36,7 +36,7 @@ def _moving_average(values, window: int) -> list[float]:
 def plot_loss_curve(
     records: list[dict], png_path: str | os.PathLike, title: str = "Training loss"
 ) -> Path | None:
-    """Draw loss against step from log records and write ``png_path`` atomically; None when nothing to draw."""
+    """Draw loss against step from log records and write ``png_path`` atomically; None if nothing to draw."""
     train = [(r["step"], r["loss"]) for r in records if "loss" in r and "step" in r]
     held_out = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r and "step" in r]
     if not train and not held_out:
