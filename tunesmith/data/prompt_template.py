@@ -66,7 +66,8 @@ class PromptTemplate:
         for required in ("instruction", "output"):
             if fields.count(required) != 1:
                 raise TunesmithError(
-                    f"The prompt template must contain {{{required}}} exactly once (found {fields.count(required)})."
+                    f"The prompt template must contain {{{required}}} exactly once "
+                    f"(found {fields.count(required)})."
                 )
         if fields[-1] != "output" or self.text.rstrip()[-len("{output}") :] != "{output}":
             raise TunesmithError(

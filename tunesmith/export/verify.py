@@ -41,7 +41,7 @@ _UNKNOWN_FILE_TYPE_TOP1 = 0.90  # a file type tunesmith does not write: the leni
 
 
 def _top1_threshold(file_type: str) -> float:
-    """The minimum top-1 agreement for a llama.cpp file type name (``MOSTLY_Q8_0``), from ``QUANT_METHODS``."""
+    """The minimum top-1 agreement for a llama.cpp file type name (``MOSTLY_Q8_0``), from QUANT_METHODS."""
     return next(
         (m.top1_threshold for m in QUANT_METHODS.values() if m.file_type.name == file_type),
         _UNKNOWN_FILE_TYPE_TOP1,
@@ -85,7 +85,7 @@ class VerifyReport:
 
     @property
     def top1_agreement_strict(self) -> float:
-        """Share of prompt positions where the top-1 next token is exactly the same (near-ties not forgiven)."""
+        """Share of positions where the top-1 next token is exactly the same (near-ties count as misses)."""
         total = sum(c.n_tokens for c in self.checks)
         return sum(c.top1_agree_strict for c in self.checks) / total if total else 0.0
 
@@ -144,8 +144,8 @@ def _file_facts(path: Path) -> tuple[str, int | None]:
         reader = gguf.GGUFReader(path)
     except (ValueError, OSError) as err:  # gguf raises ValueError for a bad magic or a cut-off file
         raise TunesmithError(
-            f"{path} is not a readable GGUF file ({err}). Pass a .gguf file written by tunesmith or llama.cpp; "
-            "if an export was interrupted, export again."
+            f"{path} is not a readable GGUF file ({err}). Pass a .gguf file written by tunesmith or "
+            "llama.cpp; if an export was interrupted, export again."
         ) from None
     file_type = reader.get_field(gguf.Keys.General.FILE_TYPE)
     eos = reader.get_field(gguf.Keys.Tokenizer.EOS_ID)
@@ -168,7 +168,7 @@ def _load_against(against):
 
 
 def _default_prompts(tokenizer) -> list[str]:
-    """Chat-formatted prompts when the tokenizer has a chat template (that is what Ollama sends), else plain."""
+    """Chat-formatted prompts when the tokenizer has a chat template (what Ollama sends), else plain ones."""
     prompts = list(DEFAULT_PROMPTS)
     if getattr(tokenizer, "chat_template", None):
         try:

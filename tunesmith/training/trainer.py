@@ -1,4 +1,5 @@
-"""``SFTTrainer``: TRL's SFTTrainer with the tutorial's arguments, tunesmith's data checks, progress, logs and plots.
+"""``SFTTrainer``: TRL's SFTTrainer with the tutorial's arguments, tunesmith's data checks, progress, logs
+and plots.
 
 Accepts both TRL's current style (``args=SFTConfig(...)``, ``processing_class=``) and the older style the
 tutorial uses (``tokenizer=``, ``dataset_text_field=``, ``max_seq_length=``, ``dataset_num_proc=``,
@@ -149,7 +150,7 @@ class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
 
     # -- training -----------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """Train (resuming if asked), with held-out loss before and after; writes the log and the loss plot."""
+        """Train (resuming if asked), held-out loss before and after; writes the log and the loss plot."""
         output_dir = Path(self.args.output_dir)
         if self.args.should_save:
             removed = remove_partial_checkpoints(output_dir)
@@ -227,7 +228,8 @@ class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
 
 
 def _apply_formatting(dataset, formatting_func, text_field: str):
-    """Run the user's ``formatting_func`` (a string, or a one-item list as older TRL wanted) into ``text_field``."""
+    """Run the user's ``formatting_func`` (a string, or a one-item list as older TRL wanted) into
+    ``text_field``."""
     if dataset is None:
         return None
 
