@@ -23,7 +23,8 @@ def check_data(config: RunConfig) -> str:
         if d.format != "auto" and layout.name != d.format:
             raise TunesmithError(
                 f"data.format is '{d.format}', but {path} looks like '{layout.name}' data (columns: "
-                f"{', '.join(data.column_names)}). Set data.format to '{layout.name}' or 'auto', or fix the file."
+                f"{', '.join(data.column_names)}). Set data.format to '{layout.name}' or 'auto', or fix "
+                "the file."
             )
         if d.prompt_template:
             check_template_fields(PromptTemplate(d.prompt_template), mapping, data.column_names, path)

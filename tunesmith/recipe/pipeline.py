@@ -61,7 +61,8 @@ def run(config: RunConfig) -> RunResult:
     ctx = RunContext(config=config, state=state, stage_count=len(STAGES), write_report=write_run_report)
     if state.resumed:
         print(
-            f"Resuming the unfinished run in {ctx.folder} (finished stages: {', '.join(state.completed) or 'none'})."
+            f"Resuming the unfinished run in {ctx.folder} "
+            f"(finished stages: {', '.join(state.completed) or 'none'})."
         )
     for stage in STAGES:
         ctx.run_stage(stage)
@@ -245,7 +246,8 @@ def verify(ctx: RunContext) -> VerifyResult | None:
     if not result.passed:
         ctx.state.results.verify = result  # the report shows what failed
         raise TunesmithError(
-            f"The GGUF file {gguf} does not behave like the trained model ({' '.join(report.summary().split())})."
+            f"The GGUF file {gguf} does not behave like the trained model "
+            f"({' '.join(report.summary().split())})."
         )
     return result
 
@@ -260,7 +262,8 @@ def report(ctx: RunContext) -> None:
     if data.modelfile and data.ollama_name:
         folder = ctx.folder / Path(data.modelfile).parent
         print(
-            f"    try it: cd {folder} && ollama create {data.ollama_name} -f Modelfile && ollama run {data.ollama_name}"
+            f"    try it: cd {folder} && ollama create {data.ollama_name} -f Modelfile "
+            f"&& ollama run {data.ollama_name}"
         )
 
 

@@ -14,6 +14,7 @@ import html
 import os
 import shlex
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from tunesmith._atomic import atomic_file
@@ -331,25 +332,10 @@ def _md_cell(cell: Cell) -> str:
 
 # -- HTML ----------------------------------------------------------------------------------------------
 
-_CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC",sans-serif;
-  margin:0;color:#1d2430;background:#f6f7f9}
-main{max-width:1100px;margin:0 auto;padding:24px 28px 60px}
-h1{font-size:26px;margin:8px 0 4px}h2{font-size:19px;margin:32px 0 10px;border-bottom:1px solid #dde1e6;padding-bottom:4px}
-nav a{margin-right:14px;color:#2456a6;text-decoration:none}nav a:hover{text-decoration:underline}
-.status{display:inline-block;padding:3px 10px;border-radius:12px;background:#e3f1e6;color:#145c28;font-weight:600}
-.status.bad{background:#fbe4e4;color:#8a1c1c}
-table{border-collapse:collapse;background:#fff;margin:6px 0}td,th{border:1px solid #dde1e6;padding:6px 10px;text-align:left;vertical-align:top}
-th{background:#eef1f5}
-.probe{background:#fff;border:1px solid #dde1e6;border-radius:8px;margin:12px 0;padding:12px 14px}
-.probe h3{margin:0 0 8px;font-size:16px}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:12px}
-.pair div{white-space:pre-wrap;background:#fafbfc;border:1px solid #e6e9ee;border-radius:6px;padding:8px 10px;font-size:14px}
-.pair .label{font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#5b6573;margin-bottom:4px;border:0;padding:0;background:none}
-pre{background:#1f2430;color:#e8ecf2;padding:12px 14px;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
-img.loss{max-width:100%;background:#fff;border:1px solid #dde1e6;border-radius:6px}
-.good{color:#145c28;font-weight:600}.bad{color:#8a1c1c;font-weight:600}
-"""
+
+def _css() -> str:
+    """The report's style sheet (``tunesmith/assets/report.css``), inlined so the page stands alone."""
+    return (resources.files("tunesmith") / "assets" / "report.css").read_text(encoding="utf-8")
 
 
 def render_html(data: ReportData, folder: Path) -> str:
@@ -369,7 +355,7 @@ def render_html(data: ReportData, folder: Path) -> str:
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{esc(data.title)}</title><style>{_CSS}</style></head>"
+        f"<title>{esc(data.title)}</title><style>{_css()}</style></head>"
         f"<body><main>{''.join(body)}</main></body></html>\n"
     )
 
