@@ -92,5 +92,5 @@ def test_csv_row_with_wrong_field_count_names_its_line(tmp_path):
 
 def test_rows_of_different_shapes_are_refused(tmp_path, write_jsonl):
     path = write_jsonl([{"instruction": "a", "output": "b"}, {"instruction": "a", "output": ["b"]}])
-    with pytest.raises(TunesmithError, match="row 2, field .output. is a list .*earlier rows hold a str"):
+    with pytest.raises(TunesmithError, match="row 2, field .output. is a list .*other rows hold a str"):
         load_dataset_file(path)

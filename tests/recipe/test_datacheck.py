@@ -19,7 +19,8 @@ def _config(tmp_path: Path, rows: list[dict], **data) -> object:
 
 def test_summary_counts_rows_and_duplicates(tmp_path: Path) -> None:
     rows = [{"instruction": "Q1", "output": "A1"}, {"instruction": "Q1", "output": "A1"}]
-    assert check_data(_config(tmp_path, rows)) == "rows.jsonl: 2 alpaca rows, 1 exact duplicates"
+    rows.append({"instruction": "Q2", "output": "A2"})
+    assert check_data(_config(tmp_path, rows)) == "rows.jsonl: 3 alpaca rows, 1 exact duplicates"
 
 
 def test_declared_format_must_match_the_file(tmp_path: Path) -> None:

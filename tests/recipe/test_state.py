@@ -55,6 +55,15 @@ def test_unfinished_run_of_another_config_is_refused(tmp_path: Path) -> None:
         open_output_folder(tmp_path / "run", "abc", overwrite=False)
 
 
+def test_a_run_that_failed_before_any_stage_restarts_with_another_config(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / STATE_FILE).write_text(
+        json.dumps({"fingerprint": "other", "status": "failed", "completed": []})
+    )
+    state = open_output_folder(tmp_path / "run", "abc", overwrite=False)
+    assert not state.resumed and state.fingerprint == "abc"
+
+
 def test_foreign_files_are_never_deleted(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "thesis.docx").write_text("precious")

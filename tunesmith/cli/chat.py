@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tunesmith.cli._args import device_name, non_blank, positive_int
+
 __all__ = ["add_parser", "run"]
 
 _QUIT = {"/exit", "/quit", "exit", "quit"}
@@ -29,10 +31,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         metavar="MODEL",
         help=f"model to load (default: {DEFAULT_MODEL})",
     )
-    parser.add_argument("--prompt", "-p", help="ask this once and exit")
+    parser.add_argument("--prompt", "-p", type=non_blank, help="ask this once and exit")
     parser.add_argument("--system", help="system message (when the chat template uses one)")
     parser.add_argument(
-        "--max-new-tokens", type=_positive_int, default=256, metavar="N", help="answer length limit"
+        "--max-new-tokens", type=positive_int, default=256, metavar="N", help="answer length limit"
     )
     parser.add_argument(
         "--temperature", type=float, default=0.0, help="0 = greedy (default); above 0 samples"
@@ -40,16 +42,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--4bit", dest="load_in_4bit", action="store_true", help="load the weights in 4-bit (NF4)"
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: GPU if present)")
+    parser.add_argument(
+        "--device", type=device_name, default=None, help="cpu, cuda or cuda:N (default: GPU if present)"
+    )
     parser.set_defaults(func=run)
     return parser
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

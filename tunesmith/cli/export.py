@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from tunesmith.cli._args import positive_int
+
 __all__ = ["add_parser", "run"]
 
 FORMATS = ("merged", "lora", "gguf")
@@ -45,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--no-modelfile", action="store_true", help="write the GGUF file without a Modelfile")
     parser.add_argument(
         "--num-ctx",
-        type=int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="Modelfile num_ctx (default: min(context, 4096))",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tunesmith.cli._args import positive_int
+
 __all__ = ["add_parser", "run"]
 
 
@@ -36,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="a prompt to compare on (repeatable)",
     )
     parser.add_argument(
-        "--max-new-tokens", type=int, default=32, metavar="N", help="greedy continuation length"
+        "--max-new-tokens", type=positive_int, default=32, metavar="N", help="greedy continuation length"
     )
     parser.add_argument(
         "--tie-margin",

@@ -50,39 +50,62 @@ def _guess_encoding(raw: bytes) -> tuple[str, str] | None:
     return None
 
 
-def read_text(path: str | os.PathLike, encoding: str | None = None) -> str:
-    """The text of ``path``: UTF-8 (with or without BOM) by default, or the given ``encoding``."""
+def read_text(
+    path: str | os.PathLike, encoding: str | None = None, *, option: str | None = "encoding="
+) -> str:
+    """The text of ``path``: UTF-8 (with or without BOM) by default, or the given ``encoding``.
+
+    ``option`` is how the caller's user names the encoding (``encoding=`` for the Python API, ``--set
+    data.encoding=`` for a run config); None where there is no such option (then only conversion helps).
+    """
     path = Path(path)
     raw = path.read_bytes()
     if encoding:
-        try:
-            return raw.decode(encoding)
-        except LookupError:
-            raise TunesmithError(
-                f"encoding='{encoding}' is not an encoding Python knows (reading {path})."
-            ) from None
-        except UnicodeDecodeError as err:
-            line = raw[: err.start].count(b"\n") + 1
-            raise TunesmithError(
-                f"{path} is not valid {encoding}: byte {err.start} (line {line}) "
-                "cannot be decoded. Check the file's encoding and pass the right encoding=."
-            ) from None
+        return _decode_as(raw, encoding, path, option or "encoding=")
     if raw.startswith(b"\xff\xfe") or raw.startswith(b"\xfe\xff"):
         return raw.decode("utf-16")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        guess = _guess_encoding(raw)
-        what = f"it looks like {guess[1]}" if guess else "its encoding is unknown"
-        fix = (
-            f"pass encoding='{guess[0]}' (e.g. load_dataset_file(path, encoding='{guess[0]}')), or "
-            f"convert it to UTF-8 with `iconv -f {guess[0]} -t utf-8`"
-        )
+        raise TunesmithError(_not_utf8(raw, err, path, option)) from None
+
+
+def _decode_as(raw: bytes, encoding: str, path: Path, option: str) -> str:
+    """``raw`` decoded as the encoding the user named."""
+    try:
+        return raw.decode(encoding)
+    except LookupError:
         raise TunesmithError(
-            f"{path} is not UTF-8: byte {err.start} (line {line}) is 0x{raw[err.start]:02x}; {what}. "
-            + (f"To read it, {fix}." if guess else "Convert it to UTF-8 or pass encoding='...'.")
+            f"{option}'{encoding}' is not an encoding Python knows (reading {path}). Use a name such as "
+            f"utf-8, gb18030, big5, shift_jis or cp1252 ({option}'gb18030')."
         ) from None
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise TunesmithError(
+            f"{path} is not valid {encoding}: byte {err.start} (line {line}) cannot be decoded. Check the "
+            f"file's encoding and pass the right one with {option}'...', or convert the file to UTF-8."
+        ) from None
+
+
+def _not_utf8(raw: bytes, err: UnicodeDecodeError, path: Path, option: str | None) -> str:
+    """The message for a file that is not UTF-8: its likely encoding and how to read it, or that it is
+    binary."""
+    line = raw[: err.start].count(b"\n") + 1
+    where = f"{path} is not UTF-8: byte {err.start} (line {line}) is 0x{raw[err.start]:02x}"
+    if b"\x00" in raw[:4096]:
+        return (
+            f"{where}, and it holds NUL bytes, so it is a binary file, not text. Pass a JSON, JSONL, CSV, "
+            "TSV or Parquet file (the name's extension must match its contents)."
+        )
+    guess = _guess_encoding(raw)
+    if guess is None:
+        return f"{where}; its encoding is unknown. Convert it to UTF-8" + (
+            f" or pass {option}'...' with its encoding." if option else "."
+        )
+    codec, label = guess
+    convert = f"convert it to UTF-8 with `iconv -f {codec} -t utf-8 {path} > utf8-{path.name}`"
+    fix = f"pass {option}'{codec}', or {convert}" if option else convert
+    return f"{where}; it looks like {label}. To read it, {fix}."
 
 
 def _parse_jsonl(text: str, path: Path) -> list[dict]:
@@ -153,8 +176,13 @@ def _parse_csv(text: str, path: Path, delimiter: str) -> list[dict]:
     return rows
 
 
-def load_dataset_file(source, *, encoding: str | None = None, split: str = "train"):
-    """Load ``source`` (a path, a ``Dataset``/``DatasetDict`` or a list of dicts) as a ``Dataset``."""
+def load_dataset_file(
+    source, *, encoding: str | None = None, split: str = "train", encoding_option: str = "encoding="
+):
+    """Load ``source`` (a path, a ``Dataset``/``DatasetDict`` or a list of dicts) as a ``Dataset``.
+
+    ``encoding_option`` names the encoding setting in errors (see ``read_text``).
+    """
     import datasets
 
     if isinstance(source, datasets.Dataset):
@@ -177,8 +205,8 @@ def load_dataset_file(source, *, encoding: str | None = None, split: str = "trai
             f"{', '.join(sorted(SUFFIXES))}."
         )
     if kind == "parquet":
-        return datasets.Dataset.from_parquet(str(path))
-    text = read_text(path, encoding)
+        return _read_parquet(path)
+    text = read_text(path, encoding, option=encoding_option)
     if kind == "jsonl":
         rows = _parse_jsonl(text, path)
     elif kind == "json":
@@ -199,18 +227,45 @@ def load_dataset_file(source, *, encoding: str | None = None, split: str = "trai
         ) from None
 
 
+def _read_parquet(path: Path):
+    """A Parquet file as a ``Dataset``; a file that is not Parquet gets a clear error."""
+    import datasets
+
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PAR1":
+        raise TunesmithError(
+            f"{path} is not a Parquet file (it does not start with the bytes PAR1). Pass a Parquet file, or "
+            "rename the file to the extension that matches its contents (.jsonl, .json, .csv)."
+        )
+    try:
+        return datasets.Dataset.from_parquet(str(path))
+    except Exception as err:  # pyarrow.ArrowInvalid and friends: a truncated or damaged file
+        raise TunesmithError(
+            f"{path} cannot be read as Parquet ({' '.join(str(err).split())[:200]}). It may be truncated; "
+            "write it again."
+        ) from None
+
+
 def _shape_error(rows: list[dict], path: Path) -> str | None:
-    """Name the first row and field whose type differs from the same field in earlier rows."""
-    first: dict[str, type] = {}
+    """Name the first row and field whose type differs from the type the field has in the other rows.
+
+    The expected type is text where any row holds text there (training fields are text), else the most
+    common type, so a wrong first row is blamed, not the rows after it.
+    """
+    types: dict[str, list[type]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if value is not None:
+                types.setdefault(key, []).append(type(value))
     for number, row in enumerate(rows, start=1):
         for key, value in row.items():
-            if value is None:
-                continue
-            seen = first.setdefault(key, type(value))
-            if type(value) is not seen:
+            seen = types[key] if value is not None else []
+            expected = str if str in seen else max(set(seen), key=seen.count, default=None)
+            if value is not None and type(value) is not expected:
                 return (
                     f"{path}, row {number}, field '{key}' is a {type(value).__name__} ({str(value)[:60]!r}), "
-                    f"but earlier rows hold a {seen.__name__} there. Give the field the same type in every "
+                    f"but other rows hold a {expected.__name__} there. Give the field the same type in every "
                     "row (quote numbers as text)."
                 )
     return None

@@ -28,7 +28,7 @@ from tunesmith.data.validation import (
 )
 from tunesmith.errors import TunesmithError
 
-__all__ = ["PreparedData", "prepare_dataset", "DEFAULT_PROMPT"]
+__all__ = ["PreparedData", "prepare_dataset", "drop_duplicates", "held_out_size", "DEFAULT_PROMPT"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ def _choose_template(template, tokenizer, layout_name: str):
     return template, "prompt template"
 
 
-def _drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, list[int], int]:
-    """(rows to use, their 1-based row numbers, number of duplicates found)."""
+def drop_duplicates(rows, mapping, policy: str, source: str) -> tuple[list, list[int], int]:
+    """(rows to use, their 1-based row numbers, number of duplicates found) under ``policy``."""
     if policy not in DUPLICATE_POLICIES:
         raise TunesmithError(
             f"duplicates={policy!r} is not understood; use one of {', '.join(DUPLICATE_POLICIES)}."
@@ -159,6 +159,21 @@ def _tokenized(rows: list, numbers: list[int], how: _Formatting) -> tuple[list[s
     return texts, tok
 
 
+def held_out_size(n_rows: int, fraction: float, source: str, n_duplicates: int = 0) -> int:
+    """How many of ``n_rows`` (duplicates already dropped) ``fraction`` holds out; an error when that
+    leaves no training row."""
+    n_eval = max(1, round(n_rows * fraction))
+    if n_eval >= n_rows:
+        dropped = f" after dropping {n_duplicates} exact duplicates" if n_duplicates else ""
+        raise TunesmithError(
+            f"{source} has {n_rows} row{'s' if n_rows != 1 else ''}{dropped}: too few to hold out "
+            f"{fraction:.0%} for evaluation and keep rows to train on. Add rows, or hold none out (config: "
+            "data.eval_split: 0, or --set data.eval_split=0; Python: eval_split=None), or give a separate "
+            "eval file."
+        )
+    return n_eval
+
+
 def _split_held_out(rows, numbers, fraction, seed: int, name: str):
     """(held-out (rows, numbers) or None, training rows, training row numbers) for a fraction in (0, 1)."""
     if fraction is None:
@@ -167,11 +182,7 @@ def _split_held_out(rows, numbers, fraction, seed: int, name: str):
         raise TunesmithError(f"eval_split={fraction!r}: give a fraction between 0 and 1, or a file.")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(rows) * fraction))
-    if n_eval >= len(rows):
-        raise TunesmithError(
-            f"{name} has {len(rows)} rows: too few to hold out {fraction:.0%} for evaluation."
-        )
+    n_eval = held_out_size(len(rows), fraction, name)
     held, kept = sorted(order[:n_eval]), sorted(order[n_eval:])
     held_out = ([rows[i] for i in held], [numbers[i] for i in held])
     return held_out, [rows[i] for i in kept], [numbers[i] for i in kept]
@@ -251,7 +262,7 @@ def prepare_dataset(
         check_template_fields(prompt_template, mapping, data.column_names, name)
     rows = data.to_list()
     validate_rows(rows, layout, mapping, name)
-    rows, numbers, n_duplicates = _drop_duplicates(rows, mapping, duplicates, name)
+    rows, numbers, n_duplicates = drop_duplicates(rows, mapping, duplicates, name)
 
     if isinstance(eval_split, (str, os.PathLike, list)) or hasattr(eval_split, "column_names"):
         held_out = prepare_dataset(

@@ -6,27 +6,71 @@ import contextlib
 import errno
 import os
 import shutil
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tunesmith._atomic import live_partials, remove_stale_partials
 from tunesmith.errors import TunesmithError
 
-__all__ = ["check_output_dir", "check_file_stem", "check_free_space", "disk_full_as_error"]
+__all__ = ["check_output_dir", "check_writable", "check_file_stem", "check_free_space", "disk_full_as_error"]
 
 
 def check_output_dir(save_directory: str | os.PathLike, overwrite: bool) -> Path:
-    """The output folder as a Path; refuses a file, or a folder with files in it unless ``overwrite``."""
+    """The output folder as a Path; refuses a file, a folder that cannot be written, a folder another
+    export is writing into, or a folder with files in it unless ``overwrite``. Partial files that a killed
+    export left behind are removed first."""
     path = Path(save_directory).expanduser()
     if path.exists() and not path.is_dir():
         raise TunesmithError(
             f"The output path {path} is a file, not a folder. Pass a folder name (it is created if missing)."
         )
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    check_writable(path)
+    for stale in remove_stale_partials(path):
+        print(f"Removed {stale}, left behind by an interrupted export.", file=sys.stderr)
+    busy = live_partials(path)
+    if busy:
         raise TunesmithError(
-            f"The output folder {path} already exists and is not empty. Choose a new folder, empty it, or "
-            "pass overwrite=True (CLI: --overwrite) to replace what tunesmith writes there."
+            f"The output folder {path} is being written by another process ({busy[0].name} is its "
+            "unfinished file). Wait for it to finish, or choose another folder."
+        )
+    entries = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+    if entries and not overwrite:
+        raise TunesmithError(
+            f"The output folder {path} already exists and is not empty (it holds {_names(entries)}). "
+            "Choose a new folder, empty it, or pass overwrite=True (CLI: --overwrite) to replace what "
+            "tunesmith writes there."
         )
     return path
+
+
+def _names(entries: list[str]) -> str:
+    shown = ", ".join(entries[:3])
+    return shown + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Refuse before any long work when ``folder`` cannot be created or written: a path through a file, a
+    read-only or immutable folder, a system folder such as /proc. Tried with a probe file, removed at once."""
+    folder = Path(folder).expanduser().absolute()
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise TunesmithError(
+            f"The output folder {folder} cannot be created: {probe} is a file, not a folder. Choose an "
+            "output path that does not pass through a file."
+        )
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as err:
+        raise TunesmithError(
+            f"The output folder {folder} cannot be written: {probe} does not accept new files "
+            f"({err.strerror or err}). Choose a folder you can write to (for example under your home "
+            "folder), or fix its permissions."
+        ) from None
 
 
 def check_file_stem(name: str) -> str:
@@ -44,6 +88,7 @@ def check_file_stem(name: str) -> str:
 
 def check_free_space(folder: Path, needed_bytes: int) -> None:
     """Refuse before writing when the disk holding ``folder`` has less than ``needed_bytes`` free."""
+    check_writable(folder)  # a folder that cannot be written (/proc: 0 bytes free) is not a full disk
     probe = folder
     while not probe.exists():
         probe = probe.parent

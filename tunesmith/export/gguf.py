@@ -95,6 +95,11 @@ def save_pretrained_gguf(
     from tunesmith.export.ollama import plan_modelfile, write_modelfile
 
     method = quant_method(quantization_method)
+    if num_ctx is not None and (isinstance(num_ctx, bool) or not isinstance(num_ctx, int) or num_ctx < 1):
+        raise TunesmithError(
+            f"num_ctx={num_ctx!r} is not a context length: give a whole number of tokens of at least 1 "
+            "(e.g. num_ctx=4096), or leave it out for min(context, 4096)."
+        )
     config = base_model_of(model).config
     arch = arch_info(getattr(config, "model_type", ""))
     folder = check_output_dir(save_directory, overwrite)

@@ -142,14 +142,16 @@ def _file_facts(path: Path) -> tuple[str, int | None]:
 
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, OSError) as err:  # gguf raises ValueError for a bad magic or a cut-off file
+        file_type = reader.get_field(gguf.Keys.General.FILE_TYPE)
+        eos = reader.get_field(gguf.Keys.Tokenizer.EOS_ID)
+        name = "MOSTLY_F16" if file_type is None else gguf.LlamaFileType(int(file_type.contents())).name
+    # the reader parses untrusted bytes with numpy: a fake or cut-off header fails in many ways
+    # (ValueError, IndexError, KeyError, OSError, struct.error), all meaning "not a readable GGUF"
+    except Exception as err:
         raise TunesmithError(
-            f"{path} is not a readable GGUF file ({err}). Pass a .gguf file written by tunesmith or "
-            "llama.cpp; if an export was interrupted, export again."
+            f"{path} is not a readable GGUF file ({type(err).__name__}: {' '.join(str(err).split())[:160]}). "
+            "Pass a .gguf file written by tunesmith or llama.cpp; if an export was interrupted, export again."
         ) from None
-    file_type = reader.get_field(gguf.Keys.General.FILE_TYPE)
-    eos = reader.get_field(gguf.Keys.Tokenizer.EOS_ID)
-    name = "MOSTLY_F16" if file_type is None else gguf.LlamaFileType(int(file_type.contents())).name
     return name, None if eos is None else int(eos.contents())
 
 

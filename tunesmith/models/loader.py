@@ -14,7 +14,7 @@ from pathlib import Path
 from tunesmith.errors import TunesmithError
 from tunesmith.models.device import resolve_device, resolve_dtype
 from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked, require_bitsandbytes
-from tunesmith.models.registry import FAMILIES
+from tunesmith.models.registry import require_family
 from tunesmith.models.sources import materialize
 
 __all__ = ["load", "materialize"]
@@ -83,13 +83,7 @@ def _checked_config(folder: Path, trust_remote_code: bool):
             f"{folder / 'config.json'} could not be read as a model config ({type(err).__name__}: {err}). "
             "Save the model again with save_pretrained, or pass the original .gguf file."
         ) from None
-    model_type = getattr(config, "model_type", None)
-    if model_type not in FAMILIES:
-        supported = "; ".join(f"{f.model_type} ({f.display_name})" for f in FAMILIES.values())
-        raise TunesmithError(
-            f"The model in {folder} is of type '{model_type}', which tunesmith does not support yet. "
-            f"Supported model types: {supported}. Pick a model of one of these families."
-        )
+    require_family(getattr(config, "model_type", None), folder)
     return config
 
 

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "supported_model_types", "head_dim_of"]
+from tunesmith.errors import TunesmithError
+
+__all__ = [
+    "Family",
+    "FAMILIES",
+    "ALIASES",
+    "Alias",
+    "family_of",
+    "require_family",
+    "supported_model_types",
+    "head_dim_of",
+]
 
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -60,6 +71,18 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def family_of(model_type: str) -> Family | None:
     """The family row for a transformers ``model_type``, or None when tunesmith does not support it."""
     return FAMILIES.get(model_type)
+
+
+def require_family(model_type: str | None, where: str | object) -> Family:
+    """The family row for ``model_type``; a clear error naming ``where`` (the model) when unsupported."""
+    family = FAMILIES.get(model_type or "")
+    if family is None:
+        supported = "; ".join(f"{f.model_type} ({f.display_name})" for f in FAMILIES.values())
+        raise TunesmithError(
+            f"The model in {where} is of type '{model_type}', which tunesmith does not support yet. "
+            f"Supported model types: {supported}. Pick a model of one of these families."
+        )
+    return family
 
 
 def supported_model_types() -> list[str]:

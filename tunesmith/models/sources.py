@@ -10,9 +10,9 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.gguf_cache import convert_gguf
-from tunesmith.models.registry import ALIASES, Alias
+from tunesmith.models.registry import ALIASES, Alias, require_family
 
-__all__ = ["materialize", "alias_gguf_path", "HUB_FILE_PATTERNS"]
+__all__ = ["materialize", "check_source", "alias_gguf_path", "HUB_FILE_PATTERNS"]
 
 # What a hub download fetches: configs, safetensors weights and tokenizer files; never pickles.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"]
@@ -55,6 +55,42 @@ def materialize(
             f"built-in alias ({', '.join(ALIASES)})."
         )
     return _from_hub(name, token=token, trust_remote_code=trust_remote_code)
+
+
+def check_source(model_name: str) -> None:
+    """Check what can be checked of ``model_name`` without loading or converting anything.
+
+    An alias must be installed; a local folder needs a ``config.json`` of a supported family; a local
+    file must be a GGUF file; a path that does not exist is an error. Hub ids are checked when loaded.
+    """
+    import json
+
+    if model_name.lower() in ALIASES:
+        alias_gguf_path(ALIASES[model_name.lower()])
+        return
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        config_file = _checked_folder(path) / "config.json"
+        try:
+            model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError) as err:
+            raise TunesmithError(
+                f"{config_file} could not be read as a model config ({type(err).__name__}: {err}). Save "
+                "the model again with save_pretrained, or pass the original .gguf file."
+            ) from None
+        require_family(model_type, path)
+    elif path.is_file():
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        if magic != b"GGUF" and path.suffix.lower() == ".gguf":
+            raise TunesmithError(
+                f"{path} is named .gguf but does not start with the GGUF magic bytes, so it is not a GGUF "
+                "file (or a damaged one). Export it again, or pass the model folder instead."
+            )
+        if magic != b"GGUF":
+            _from_file(path)  # the not-a-model-file error
+    elif _looks_like_path(model_name):
+        materialize(model_name)  # the does-not-exist error
 
 
 def _looks_like_path(name: str) -> bool:

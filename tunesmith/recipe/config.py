@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,6 +74,17 @@ class ModelConfig(_Section):
         False, description="run code shipped with the model (off unless you trust it)"
     )
 
+    @field_validator("name")
+    @classmethod
+    def _source_usable(cls, value: str) -> str:
+        from tunesmith.models.sources import check_source
+
+        try:
+            check_source(value)
+        except TunesmithError as err:
+            raise ValueError(str(err).rstrip(".")) from None
+        return value
+
     @model_validator(mode="after")
     def _one_quantization(self) -> ModelConfig:
         if self.load_in_4bit and self.load_in_8bit:
@@ -110,8 +124,23 @@ class DataConfig(_Section):
         base = Path((info.context or {}).get("base_dir", "."))
         path = (base / Path(value).expanduser()).resolve()
         if not path.is_file():
-            raise ValueError(f"no such file: {path} (relative paths start at the config file's folder)")
+            raise ValueError(
+                f"no such file: {path} (relative paths in a config file start at its folder, on the "
+                "command line at the current folder)"
+            )
         return str(path)
+
+    @field_validator("chat_template")
+    @classmethod
+    def _chat_template_known(cls, value: str | None) -> str | None:
+        from tunesmith.data.chat_templates import OWN_TEMPLATE_NAMES, chat_family
+
+        if value is not None and value.lower() not in OWN_TEMPLATE_NAMES:
+            try:
+                chat_family(value)
+            except TunesmithError as err:
+                raise ValueError(str(err).rstrip(".")) from None
+        return value
 
     @field_validator("prompt_template")
     @classmethod
@@ -166,6 +195,24 @@ class TrainingConfig(_Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps (resume after Ctrl-C)")
     packing: bool = False
+
+    @field_validator("optim", "lr_scheduler_type")
+    @classmethod
+    def _trainer_knows(cls, value: str, info: ValidationInfo) -> str:
+        # the names transformers' TrainingArguments accepts, from its own enums
+        if info.field_name == "optim":
+            from transformers.training_args import OptimizerNames as names
+        else:
+            from transformers.trainer_utils import SchedulerType as names
+        valid = [member.value for member in names]
+        if value not in valid:
+            hint = closest_name(value, valid)
+            raise ValueError(
+                f"transformers has no such {'optimizer' if info.field_name == 'optim' else 'scheduler'}"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f"; known: {', '.join(valid)}"
+            )
+        return value
 
 
 class GenerationConfig(_Section):
@@ -231,22 +278,31 @@ def default_config_path() -> Path:
 
 def _read_file(path: Path) -> dict[str, Any]:
     """The file's mapping (YAML or TOML by extension)."""
+    from tunesmith.data.loading import read_text
+
+    if path.is_dir():
+        raise TunesmithError(
+            f"The config path {path} is a folder, not a config file. Pass the YAML or TOML file itself, for "
+            f"example {path / 'run.yaml'}."
+        )
     if not path.is_file():
         raise TunesmithError(
             f"The config file {path} does not exist. Pass the path of a YAML file, for example "
             "examples/medical-en.yaml, or run `tunesmith run` without a file for the built-in default."
         )
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text(path, option=None)
+    toml = path.suffix.lower() == ".toml"
     try:
-        if path.suffix.lower() == ".toml":
+        if toml:
             import tomllib
 
             data = tomllib.loads(text)
         else:
             data = yaml.safe_load(text)
-    except Exception as err:  # yaml.YAMLError / tomllib.TOMLDecodeError carry the line number
+            _refuse_comment_values(text, path)
+    except (yaml.YAMLError, ValueError) as err:  # tomllib.TOMLDecodeError is a ValueError; both name the line
         raise TunesmithError(
-            f"The config file {path} is not valid {'TOML' if path.suffix.lower() == '.toml' else 'YAML'}: "
+            f"The config file {path} is not valid {'TOML' if toml else 'YAML'}: "
             f"{' '.join(str(err).split())}. Fix the syntax at the place named."
         ) from None
     if data is None:
@@ -259,8 +315,80 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
+def _refuse_comment_values(text: str, path: Path) -> None:
+    """Refuse ``field: ### text``: YAML reads a value that starts with ``#`` as a comment (an empty field).
+
+    A comment on the line of an empty string field is taken as a mistaken value when it starts right
+    after the colon's space with two or more ``#`` or holds a ``{placeholder}``; other comments warn.
+    """
+    for dotted, key_node in _empty_values(yaml.compose(text)):
+        line = text.splitlines()[key_node.end_mark.line]
+        comment = line[key_node.end_mark.column :].lstrip(":").strip()
+        if not comment.startswith("#") or not _is_string_field(dotted.split(".")):
+            continue
+        where = f"In {path}, line {key_node.end_mark.line + 1}, the field '{dotted}'"
+        advice = f'quote the value: {dotted.split(".")[-1]}: "{comment}"'
+        if comment.startswith("##") or re.search(r"\{\w+\}", comment):
+            raise TunesmithError(
+                f"{where} is empty, because YAML reads the text after '#' ({_short(comment)}) as a comment. "
+                f"To set it, {advice}."
+            )
+        print(
+            f"warning: {where} is empty; YAML reads {_short(comment)} as a comment. If that is the value, "
+            f"{advice}.",
+            file=sys.stderr,
+        )
+
+
+def _empty_values(node, prefix: str = ""):
+    """(dotted field path, key node) of every mapping entry whose value is left empty."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            dotted = f"{prefix}.{key.value}" if prefix else str(key.value)
+            if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null") and value.value == "":
+                yield dotted, key
+            yield from _empty_values(value, dotted)
+
+
+def _field_at(parts: list[str]):
+    """The pydantic field at a dotted path of ``RunConfig``, or None when there is no such field."""
+    model: type[BaseModel] = RunConfig
+    field = None
+    for part in parts:
+        if model is None or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return field
+
+
+def _is_string_field(parts: list[str]) -> bool:
+    """Whether the field at ``parts`` holds text (a string, maybe optional; not a list or a literal)."""
+    field = _field_at(parts)
+    if field is None:
+        return False
+    ann = field.annotation
+    members = typing.get_args(ann) if typing.get_origin(ann) in (typing.Union, types.UnionType) else (ann,)
+    return any(
+        m is str or (typing.get_origin(m) is typing.Annotated and typing.get_args(m)[0] is str)
+        for m in members
+    )
+
+
+# Paths typed on the command line start at the current folder (paths in a file at the file's folder).
+_PATH_FIELDS = {"data.file", "data.eval_file"}
+# Fields that exclude each other: setting one on the command line clears the other one the file set.
+_EITHER = {"data.prompt_template": "data.chat_template", "data.chat_template": "data.prompt_template"}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` assignments (value read as YAML, so ``10`` is an int and ``[a, b]`` a list)."""
+    """Apply ``a.b=value`` assignments.
+
+    A text field takes the value as typed (``\\n`` and ``\\t`` become a line break and a tab; an
+    empty value, ``null`` or ``~`` clears an optional field); other fields read it as YAML, so ``10`` is an
+    int and ``[a, b]`` a list.
+    """
     data = _deep_copy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
@@ -270,9 +398,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 f"The override --set {item!r} is not of the form SECTION.FIELD=VALUE "
                 "(for example --set training.max_steps=10)."
             )
-        value = _override_value(raw)
-        node = data
         parts = key.split(".")
+        value = _text_value(raw) if _is_string_field(parts) else _override_value(raw)
+        if key in _PATH_FIELDS and isinstance(value, str):
+            value = str(Path(value).expanduser().absolute())
+        node = data
         for part in parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
@@ -280,7 +410,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
                 node[part] = child
             node = child
         node[parts[-1]] = value
+        other = _EITHER.get(key)
+        if value is not None and other and not any(o.partition("=")[0].strip() == other for o in overrides):
+            node.pop(other.rpartition(".")[2], None)
     return data
+
+
+def _text_value(raw: str) -> str | None:
+    """A ``--set`` value for a text field: the text typed, with ``\\n``/``\\t`` escapes read."""
+    if raw.strip() in ("", "null", "~"):
+        return None
+    text = raw.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        try:
+            return str(yaml.safe_load(text))  # quoted on purpose: YAML's own escapes
+        except yaml.YAMLError:
+            pass
+    escapes = {"\\n": "\n", "\\t": "\t", "\\\\": "\\"}
+    return re.sub(r"\\[nt\\]", lambda m: escapes[m.group(0)], raw)
 
 
 def _override_value(raw: str) -> Any:
@@ -322,7 +469,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     if output is None or (isinstance(output, dict) and "folder" not in output):
         data["output"] = {**(output or {}), "folder": f"runs/{file.stem}"}
     source = str(file) + (f" (with --set {' '.join(overrides)})" if overrides else "")
-    return parse_config(data, source=source, base_dir=file.resolve().parent)
+    # the built-in default's relative paths are the user's, so they start at the current folder
+    base_dir = file.resolve().parent if path is not None else Path.cwd()
+    return parse_config(data, source=source, base_dir=base_dir)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
 from tunesmith.errors import TunesmithError
+from tunesmith.models.registry import ALIASES
+from tunesmith.models.sources import alias_gguf_path
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
@@ -31,7 +33,7 @@ from tunesmith.recipe.results import (
     TrainResult,
     VerifyResult,
 )
-from tunesmith.recipe.state import config_fingerprint, open_output_folder
+from tunesmith.recipe.state import check_output_folder, config_fingerprint, open_output_folder
 from tunesmith.recipe.summary import report_data, write_run_report
 
 __all__ = ["run", "dry_run", "RunResult", "RunContext", "STAGES", "prompt_format", "dataset_arguments"]
@@ -74,10 +76,28 @@ def run(config: RunConfig) -> RunResult:
 
 
 def dry_run(config: RunConfig) -> None:
-    """Check the config and the data (no model is loaded, nothing is written); raise on a problem."""
+    """Check the config, the data and the output folder (no model is loaded, nothing is written but a
+    probe file, removed at once); raise on a problem."""
     summary = check_data(config)
+    check_output_folder(Path(config.output.folder))
+    check_output_space(config)
     print(f"Config OK. Data OK: {summary}.")
     print(f"A run would write to {Path(config.output.folder).resolve()}.")
+
+
+def check_output_space(config: RunConfig) -> None:
+    """Refuse a run whose output disk cannot hold a copy of the weights per export format plus the
+    checkpoints (at least 200 MB)."""
+    from tunesmith.export._output import check_free_space
+
+    name = Path(config.model.name).expanduser()
+    if config.model.name.lower() in ALIASES:
+        weights = alias_gguf_path(ALIASES[config.model.name.lower()]).stat().st_size
+    elif name.is_file():
+        weights = name.stat().st_size
+    else:  # a folder (its safetensors) or a hub id (not known before the download: 0)
+        weights = sum(p.stat().st_size for p in name.glob("*.safetensors")) if name.is_dir() else 0
+    check_free_space(Path(config.output.folder), max(200_000_000, weights * (len(config.export.formats) + 1)))
 
 
 def prompt_format(config: RunConfig) -> PromptTemplate | str | None:
@@ -113,6 +133,7 @@ def check_environment(ctx: RunContext) -> CheckResult:
         _require_llama_cpp()
         _warn_if_llama_cpp_fails(env.get("llama.cpp verification", ""))
     summary = check_data(ctx.config)
+    check_output_space(ctx.config)
     print(f"    {env.get('device', '?')}; torch {env.get('torch', '?')}; data: {summary}")
     return CheckResult(environment=env)
 

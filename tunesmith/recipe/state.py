@@ -10,15 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith._atomic import atomic_file
+from tunesmith._atomic import atomic_file, remove_stale_partials
 from tunesmith.errors import TunesmithError
 from tunesmith.recipe.results import RunResults
 
-__all__ = ["RunState", "STATE_FILE", "open_output_folder", "config_fingerprint"]
+__all__ = ["RunState", "STATE_FILE", "open_output_folder", "check_output_folder", "config_fingerprint"]
 
 STATE_FILE = "run-state.json"
 
@@ -96,15 +97,17 @@ def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunSt
     - a finished run, or a run of another config: refuse, unless ``overwrite`` (then start afresh);
     - files that are not a tunesmith run: always refuse (tunesmith never deletes what it did not write).
     """
-    if folder.exists() and not folder.is_dir():
-        raise TunesmithError(f"The output folder {folder} is a file. Set output.folder to a folder path.")
+    check_output_folder(folder)
     previous = RunState.read(folder) if folder.is_dir() else None
     if folder.is_dir() and any(folder.iterdir()) and previous is None:
+        entries = sorted(p.name for p in folder.iterdir())
         raise TunesmithError(
             f"The output folder {folder} already holds files that are not from a tunesmith run "
-            f"(there is no {STATE_FILE}). tunesmith does not delete them: choose another folder with "
-            "--set output.folder=PATH."
+            f"({', '.join(entries[:3])}{' ...' if len(entries) > 3 else ''}; there is no {STATE_FILE}). "
+            "tunesmith does not delete them: choose another folder with --set output.folder=PATH."
         )
+    if previous is not None and previous.status != "finished" and not previous.completed:
+        previous = None  # it failed before any stage finished: nothing to keep, so a fix starts afresh
     if previous is not None and overwrite:
         shutil.rmtree(folder)
         previous = None
@@ -115,6 +118,18 @@ def open_output_folder(folder: Path, fingerprint: str, overwrite: bool) -> RunSt
     state = previous or RunState(folder=folder, fingerprint=fingerprint)
     state.save()
     return state
+
+
+def check_output_folder(folder: Path) -> None:
+    """Refuse an output folder that is a file or cannot be written; remove partial files that a killed
+    run left behind (the run's dry run and the run itself call this)."""
+    from tunesmith.export._output import check_writable
+
+    if folder.exists() and not folder.is_dir():
+        raise TunesmithError(f"The output folder {folder} is a file. Set output.folder to a folder path.")
+    check_writable(folder)
+    for stale in remove_stale_partials(folder):
+        print(f"Removed {stale}, left behind by an interrupted run.", file=sys.stderr)
 
 
 def _check_resumable(folder: Path, previous: RunState, fingerprint: str) -> None:
