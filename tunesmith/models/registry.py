@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "supported_model_types", "head_dim_of"]
+__all__ = ["Family", "FAMILIES", "ALIASES", "Alias", "family_of", "head_dim_of"]
 
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -60,11 +60,6 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 def family_of(model_type: str) -> Family | None:
     """The family row for a transformers ``model_type``, or None when tunesmith does not support it."""
     return FAMILIES.get(model_type)
-
-
-def supported_model_types() -> list[str]:
-    """The transformers ``model_type`` names tunesmith loads and trains."""
-    return sorted(FAMILIES)
 
 
 def head_dim_of(config) -> int:
