@@ -31,11 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        if "run" in COMMANDS:
-            args = parser.parse_args([*argv, "run"])
-        else:
-            parser.print_help()
-            return 0
+        # A bare `tunesmith` is `tunesmith run`: the built-in example config.
+        args = parser.parse_args([*argv, "run"])
     from tunesmith.errors import TunesmithError
 
     try:

@@ -51,9 +51,7 @@ def estimate_bytes(tensors: list[GGUFTensor], method: QuantMethod, meta: Tokeniz
     return data + vocab + (1 << 20)
 
 
-def _add_hparams(
-    writer: gguf.GGUFWriter, config, arch: ArchInfo, n_vocab: int, context_length: int | None
-) -> None:
+def _add_hparams(writer: gguf.GGUFWriter, config, n_vocab: int, context_length: int | None) -> None:
     n_head = config.num_attention_heads
     head_dim = head_dim_of(config)
     writer.add_context_length(int(context_length or config.max_position_embeddings))
@@ -112,7 +110,7 @@ def write_gguf(
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(model_name)
-        _add_hparams(writer, config, arch, len(tokenizer_meta.tokens), context_length)
+        _add_hparams(writer, config, len(tokenizer_meta.tokens), context_length)
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_tokenizer(writer, tokenizer_meta)

@@ -13,13 +13,16 @@ from tunesmith.errors import TunesmithError
 
 __all__ = ["load_for_export"]
 
+# peft.utils.CONFIG_NAME, spelled here so that telling an adapter folder apart does not import peft.
+ADAPTER_CONFIG = "adapter_config.json"
+
 
 def _adapter_base(folder: Path) -> str:
-    config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path")
     if not base:
         raise TunesmithError(
-            f"The adapter folder {folder} does not say which base model it belongs to (adapter_config.json "
+            f"The adapter folder {folder} does not say which base model it belongs to ({ADAPTER_CONFIG} "
             "has no base_model_name_or_path). Export from the training session instead: "
             "model.save_pretrained_gguf(folder, tokenizer)."
         )
@@ -31,7 +34,7 @@ def load_for_export(model_name: str | os.PathLike, dtype: torch.dtype = torch.fl
     from tunesmith.models.loader import load
 
     folder = Path(model_name)
-    if not (folder / "adapter_config.json").is_file():
+    if not (folder / ADAPTER_CONFIG).is_file():
         return load(os.fspath(model_name), dtype=dtype)
     from peft import PeftModel
 

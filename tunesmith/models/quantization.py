@@ -16,12 +16,14 @@ _BNB_HINT = "pip install 'bitsandbytes>=0.46'"
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def require_bitsandbytes() -> None:
-    """Raise a clear error when bitsandbytes is not installed."""
+def require_bitsandbytes(
+    purpose: str = "load_in_4bit/load_in_8bit", instead: str = "load without 4-bit/8-bit"
+) -> None:
+    """Raise a clear error when bitsandbytes is not installed; ``purpose`` needs it, ``instead`` does not."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise TunesmithError(
-            f"load_in_4bit/load_in_8bit need the bitsandbytes package, which is not installed. Install it "
-            f"with: {_BNB_HINT} (or load without 4-bit/8-bit)."
+            f"{purpose} needs the bitsandbytes package, which is not installed. Install it with: {_BNB_HINT} "
+            f"(or {instead})."
         )
 
 

@@ -17,7 +17,6 @@ __all__ = [
     "Alias",
     "family_of",
     "require_family",
-    "supported_model_types",
     "head_dim_of",
 ]
 
@@ -83,11 +82,6 @@ def require_family(model_type: str | None, where: str | object) -> Family:
             f"Supported model types: {supported}. Pick a model of one of these families."
         )
     return family
-
-
-def supported_model_types() -> list[str]:
-    """The transformers ``model_type`` names tunesmith loads and trains."""
-    return sorted(FAMILIES)
 
 
 def head_dim_of(config) -> int:

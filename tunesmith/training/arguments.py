@@ -11,7 +11,6 @@ too; the tutorial's ``max_seq_length`` maps to ``max_length``.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 from dataclasses import dataclass, field
 
@@ -19,6 +18,7 @@ import torch
 import trl
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.quantization import require_bitsandbytes
 
 __all__ = ["TrainingArguments", "SFTConfig", "as_tunesmith_arguments", "EIGHT_BIT_OPTIMIZERS"]
 
@@ -94,11 +94,8 @@ class TrainingArguments(trl.SFTConfig):
             logger.info("optim=%r on CPU: using %r (same AdamW, faster on CPU).", optim, _CPU_ADAMW[optim])
             self.optim = _CPU_ADAMW[optim]
             return
-        if optim in EIGHT_BIT_OPTIMIZERS and importlib.util.find_spec("bitsandbytes") is None:
-            raise TunesmithError(
-                f"optim='{optim}' needs bitsandbytes, which is not installed. Install it with "
-                "`pip install bitsandbytes`, or use optim='adamw_torch'."
-            )
+        if optim in EIGHT_BIT_OPTIMIZERS:
+            require_bitsandbytes(f"optim='{optim}'", instead="use optim='adamw_torch'")
 
     @property
     def precision(self) -> str:
