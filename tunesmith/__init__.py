@@ -3,8 +3,14 @@
 Public names are imported lazily so that ``import tunesmith`` and the CLI start fast.
 """
 
-from tunesmith._lazy import lazy_exports
-from tunesmith._version import __version__
+import os
+
+# No usage telemetry from the libraries underneath (TRL pings the hub when a trainer is created). Set
+# before any of them is imported through tunesmith; a user's own setting wins.
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from tunesmith._lazy import lazy_exports  # noqa: E402
+from tunesmith._version import __version__  # noqa: E402
 
 _PUBLIC = {
     "FastLanguageModel": "tunesmith.api.fast_language_model",

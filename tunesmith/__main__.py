@@ -2,7 +2,7 @@
 
 import sys
 
-from tunesmith.cli.main import main
+from tunesmith.cli.main import console_main
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:] or ["check"]))
+    console_main(sys.argv[1:] or ["check"])

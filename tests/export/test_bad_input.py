@@ -68,7 +68,7 @@ def test_disk_full_while_writing_gguf_leaves_no_partial_file(model, tokenizer, t
 
     monkeypatch.setattr(gguf_writer, "_write_tensor", write_then_fill_up)
     out = tmp_path / "out"
-    with pytest.raises(TunesmithError, match="disk filled up.*partial output was removed"):
+    with pytest.raises(TunesmithError, match="stopped part-way: the disk is full.*Nothing half-written"):
         save_pretrained_gguf(model, out, tokenizer, "q8_0")
     assert len(written) == 3 and _left_behind(out) == []
 
@@ -79,7 +79,7 @@ def test_disk_full_during_k_quant_leaves_neither_file(model, tokenizer, tmp_path
 
     monkeypatch.setattr(gguf_writer, "_write_tensor", fill_up)
     out = tmp_path / "out"
-    with pytest.raises(TunesmithError, match="disk filled up"):
+    with pytest.raises(TunesmithError, match="stopped part-way: the disk is full"):
         save_pretrained_gguf(model, out, tokenizer, "q4_k_m")
     assert _left_behind(out) == []  # neither the 16-bit intermediate nor the target
 
@@ -95,7 +95,7 @@ def test_disk_full_while_merging_leaves_no_folder(model, tokenizer, tmp_path, mo
         return real(tensor)
 
     monkeypatch.setattr(safetensors_writer, "_tensor_bytes", bytes_then_fill_up)
-    with pytest.raises(TunesmithError, match="disk filled up"):
+    with pytest.raises(TunesmithError, match="stopped part-way: the disk is full"):
         save_pretrained_merged(model, tmp_path / "merged", tokenizer)
     assert _left_behind(tmp_path) == []
 

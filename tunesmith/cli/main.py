@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 # Each name is a module tunesmith.cli.<name> with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = ["check", "chat", "run", "export", "verify"]
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         # A bare `tunesmith` is `tunesmith run`: the built-in example config.
         args = parser.parse_args([*argv, "run"])
-    from tunesmith.errors import TunesmithError
+    from tunesmith.errors import TunesmithError, out_of_space
 
     try:
         return int(args.func(args) or 0)
@@ -42,12 +45,33 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # a full disk can stop any write; other errors are bugs to see in full
+        full = out_of_space(err, getattr(err, "filename", None) or "a file")
+        if full is None or debug:
+            raise
+        print(f"error: {full}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if debug:
             raise
         print("interrupted.", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def console_main(argv: list[str] | None = None) -> None:
+    """The console script: :func:`main`, and after Ctrl-C an exit without the interpreter's shutdown.
+
+    Ctrl-C promises to stop at once, and by the time :func:`main` returns, the state file, the loss curve
+    and the report are written. The interpreter's own shutdown would then still spend 3-5 s (measured on
+    2 cores, more on a loaded machine) collecting the loaded model's objects, so it is skipped.
+    """
+    code = main(argv)
+    if code == EXIT_INTERRUPTED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

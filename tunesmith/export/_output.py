@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import shutil
 import sys
@@ -12,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith._atomic import live_partials, remove_stale_partials
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, out_of_space
 
 __all__ = ["check_output_dir", "check_writable", "check_file_stem", "check_free_space", "disk_full_as_error"]
 
@@ -102,14 +101,12 @@ def check_free_space(folder: Path, needed_bytes: int) -> None:
 
 @contextlib.contextmanager
 def disk_full_as_error(target: Path) -> Iterator[None]:
-    """Turn "no space left on device" while writing ``target`` into a clear error (partial files are
+    """Turn a write into ``target`` that fails for lack of room into a clear error (partial files are
     removed by the atomic writers before this runs)."""
     try:
         yield
-    except OSError as err:
-        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+    except Exception as err:  # OSError, or a Rust writer's error that carries "(os error N)"
+        full = out_of_space(err, target)
+        if full is None:
             raise
-        raise TunesmithError(
-            f"The disk filled up while writing {target}; the partial output was removed. Free some space "
-            "or choose another output folder, then export again."
-        ) from err
+        raise full from err

@@ -3,9 +3,11 @@ in transformers layout (``config.json`` + safetensors + tokenizer files)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError, closest_name
@@ -57,11 +59,12 @@ def materialize(
     return _from_hub(name, token=token, trust_remote_code=trust_remote_code)
 
 
-def check_source(model_name: str) -> None:
+def check_source(model_name: str, *, hub: bool = False, token: str | None = None) -> None:
     """Check what can be checked of ``model_name`` without loading or converting anything.
 
     An alias must be installed; a local folder needs a ``config.json`` of a supported family; a local
-    file must be a GGUF file; a path that does not exist is an error. Hub ids are checked when loaded.
+    file must be a GGUF file; a path that does not exist is an error. A hub id is checked only with
+    ``hub=True`` (the dry run): its ``config.json`` alone is fetched, or read from the hub cache offline.
     """
     import json
 
@@ -91,6 +94,8 @@ def check_source(model_name: str) -> None:
             _from_file(path)  # the not-a-model-file error
     elif _looks_like_path(model_name):
         materialize(model_name)  # the does-not-exist error
+    elif hub:
+        _check_hub_config(model_name, token)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -129,7 +134,57 @@ def _checked_folder(folder: Path) -> Path:
 def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Path:
     """Download (or reuse from the hub cache) the safetensors snapshot of ``repo_id``."""
     from huggingface_hub import snapshot_download
+
+    patterns = [*HUB_FILE_PATTERNS, "*.py"] if trust_remote_code else HUB_FILE_PATTERNS
+    with _hub_errors(repo_id, "Downloading"):
+        folder = Path(snapshot_download(repo_id, token=token, allow_patterns=patterns))
+    if not (folder / "config.json").is_file():
+        raise _no_config_json(repo_id)
+    if not any(folder.glob("*.safetensors")):
+        raise TunesmithError(
+            f"The hub model '{repo_id}' has no safetensors weights; tunesmith does not load pickle (.bin) "
+            "files. Pick a repository that ships *.safetensors."
+        )
+    return folder
+
+
+def _check_hub_config(repo_id: str, token: str | None) -> None:
+    """Fetch only ``config.json`` of ``repo_id`` (or take it from the hub cache) and check its family."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    try:
+        with _hub_errors(repo_id, "Reading the config of"):
+            config_file = Path(hf_hub_download(repo_id, "config.json", token=token))
+    except TunesmithError as err:
+        cause = err.__cause__  # the hub answered, and the repository has no such file
+        if isinstance(cause, EntryNotFoundError) and not isinstance(cause, LocalEntryNotFoundError):
+            raise _no_config_json(repo_id) from None
+        raise
+    try:
+        model_type = json.loads(config_file.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as err:
+        raise TunesmithError(
+            f"The config.json of the hub model '{repo_id}' could not be read ({type(err).__name__}: "
+            f"{err}). Pick another repository, or download the model and pass its folder."
+        ) from None
+    require_family(model_type, f"the hub repository '{repo_id}'")
+
+
+def _no_config_json(repo_id: str) -> TunesmithError:
+    return TunesmithError(
+        f"The hub model '{repo_id}' has no config.json (a GGUF-only repository?). Download its .gguf "
+        "file and pass that path instead."
+    )
+
+
+@contextlib.contextmanager
+def _hub_errors(repo_id: str, doing: str) -> Iterator[None]:
+    """Turn the hub client's errors for ``repo_id`` into one clear paragraph each (the cause is kept)."""
     from huggingface_hub.errors import (
+        EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
         LocalEntryNotFoundError,
@@ -139,37 +194,27 @@ def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Pa
     alias = closest_name(repo_id.lower(), ALIASES)
     did_you_mean = f" Did you mean the built-in model '{alias}'?" if alias else ""
     try:
-        patterns = [*HUB_FILE_PATTERNS, "*.py"] if trust_remote_code else HUB_FILE_PATTERNS
-        folder = Path(snapshot_download(repo_id, token=token, allow_patterns=patterns))
-    except LocalEntryNotFoundError:
+        yield
+    except LocalEntryNotFoundError as err:
         raise TunesmithError(
             f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be "
             "reached (offline, or HF_HUB_OFFLINE=1) and it is not in the local hub cache. Connect to the "
             "network and try again, pass a local folder or .gguf file, or use a built-in alias "
             f"({', '.join(ALIASES)}).{did_you_mean}"
-        ) from None
-    except GatedRepoError:
+        ) from err
+    except GatedRepoError as err:
         raise TunesmithError(
             f"The hub model '{repo_id}' is gated: accept its license on the hub, then pass token=... "
             "(or set HF_TOKEN) with an access token of that account."
-        ) from None
-    except RepositoryNotFoundError:
+        ) from err
+    except RepositoryNotFoundError as err:
         raise TunesmithError(
             f"The hub has no model '{repo_id}' (or it is private and no token was given). Check the id "
             f"(org/name), or pass token=... for a private model.{did_you_mean}"
-        ) from None
-    except HfHubHTTPError as err:
+        ) from err
+    except EntryNotFoundError as err:
+        raise TunesmithError(f"{doing} '{repo_id}' failed: a file is missing there ({err}).") from err
+    except (HfHubHTTPError, OSError) as err:
         raise TunesmithError(
-            f"Downloading '{repo_id}' from the hub failed: {err}. Try again later."
-        ) from None
-    if not (folder / "config.json").is_file():
-        raise TunesmithError(
-            f"The hub model '{repo_id}' has no config.json (a GGUF-only repository?). Download its .gguf "
-            "file and pass that path instead."
-        )
-    if not any(folder.glob("*.safetensors")):
-        raise TunesmithError(
-            f"The hub model '{repo_id}' has no safetensors weights; tunesmith does not load pickle (.bin) "
-            "files. Pick a repository that ships *.safetensors."
-        )
-    return folder
+            f"{doing} '{repo_id}' from the hub failed: {err}. Check the network and try again later."
+        ) from err

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, out_of_space
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.state import RunState
 
@@ -85,9 +85,13 @@ class RunContext:
             raise TunesmithError(f"Stage {where} failed: {err} {self._kept()}") from err
         except KeyboardInterrupt:
             self.stop("interrupted", f"interrupted during stage {where}")
+            print(self._stopped_at_once(where), file=sys.stderr, flush=True)
             raise
         except Exception as err:
             self.stop("failed", f"failed at stage {where}")
+            full = out_of_space(err, self.folder)
+            if full is not None:
+                raise TunesmithError(f"Stage {where} failed: {full} {self._kept()}") from err
             raise TunesmithError(
                 f"Stage {where} failed with an unexpected {type(err).__name__}: {err}. {self._kept()} "
                 "Run again with --debug for the traceback."
@@ -104,6 +108,24 @@ class RunContext:
             self.write_report(self, text)
         except Exception as err:  # a partial report must never hide why the run stopped
             print(f"    (could not write the partial report: {err})", file=sys.stderr)
+
+    def last_checkpoint(self) -> Path | None:
+        """The newest complete training checkpoint of this run, where a re-run resumes training."""
+        from tunesmith.training.checkpoint import latest_checkpoint
+
+        return latest_checkpoint(self.folder / TRAINING_DIR)
+
+    def _stopped_at_once(self, where: str) -> str:
+        checkpoint = self.last_checkpoint()
+        resume = (
+            f"training continues from {checkpoint.relative_to(self.folder)}"
+            if checkpoint is not None
+            else "training, if it had started, starts again from its first step (no checkpoint was saved yet)"
+        )
+        return (
+            f"Stopped at once during stage {where}. The run's state and report.md are in {self.folder}. "
+            f"Run the same command again to resume: finished stages are not repeated, and {resume}."
+        )
 
     def _kept(self) -> str:
         return (

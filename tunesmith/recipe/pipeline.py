@@ -19,7 +19,7 @@ from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
 from tunesmith.errors import TunesmithError
 from tunesmith.models.registry import ALIASES
-from tunesmith.models.sources import alias_gguf_path
+from tunesmith.models.sources import alias_gguf_path, check_source
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
@@ -79,6 +79,7 @@ def dry_run(config: RunConfig) -> None:
     """Check the config, the data and the output folder (no model is loaded, nothing is written but a
     probe file, removed at once); raise on a problem."""
     summary = check_data(config)
+    check_source(config.model.name, hub=True)  # a hub id: its config.json names a supported family
     check_output_folder(Path(config.output.folder))
     check_output_space(config)
     print(f"Config OK. Data OK: {summary}.")
@@ -187,7 +188,7 @@ def train(ctx: RunContext) -> TrainResult:
 
     stopper = StopOnInterrupt()
     ctx.trainer.add_callback(stopper)
-    checkpoint = _last_checkpoint(ctx)
+    checkpoint = ctx.last_checkpoint()
     if checkpoint is not None:
         print(f"    resuming from {checkpoint.relative_to(ctx.folder)}")
     with graceful_interrupt(stopper):
@@ -393,14 +394,6 @@ def _eval_loss(ctx: RunContext) -> float | None:
     if ctx.prepared.eval is None or len(ctx.prepared.eval) == 0:
         return None
     return float(ctx.trainer.evaluate()["eval_loss"])
-
-
-def _last_checkpoint(ctx: RunContext) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = ctx.folder / TRAINING_DIR
-    found = get_last_checkpoint(str(folder)) if folder.is_dir() else None
-    return Path(found) if found else None
 
 
 def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:

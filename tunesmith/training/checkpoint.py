@@ -32,19 +32,25 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> int:
     return len(stale)
 
 
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` folder in ``output_dir`` (None when there is none)."""
+    found = get_last_checkpoint(str(output_dir)) if os.path.isdir(output_dir) else None
+    return Path(found) if found else None
+
+
 def find_checkpoint(resume_from_checkpoint, output_dir: str) -> str | None:
     """The checkpoint folder to resume from (``True``: the latest in ``output_dir``), or a clear error."""
     if resume_from_checkpoint in (None, False):
         return None
     if resume_from_checkpoint is True:
-        last = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        last = latest_checkpoint(output_dir)
         if last is None:
             raise TunesmithError(
                 f"resume_from_checkpoint=True, but {output_dir} holds no checkpoint-N folder to resume from. "
                 "Train without resume_from_checkpoint, or point it at a checkpoint folder (save_steps sets "
                 "how often checkpoints are written)."
             )
-        return last
+        return str(last)
     if not os.path.isdir(resume_from_checkpoint):
         raise TunesmithError(
             f"resume_from_checkpoint={resume_from_checkpoint!r} is not a folder. Check the path."

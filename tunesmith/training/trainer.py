@@ -29,6 +29,7 @@ from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
 from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
 from tunesmith.training.lora import keep_4bit_trainable
+from tunesmith.training.no_telemetry import NoTelemetryMixin
 from tunesmith.training.plot import plot_loss_curve, read_log
 
 __all__ = ["SFTTrainer"]
@@ -40,7 +41,7 @@ _MULTIPROCESS_MIN_ROWS = 5000
 _UNLIMITED = 10**9
 
 
-class SFTTrainer(AtomicCheckpointMixin, trl.SFTTrainer):
+class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
     """TRL's ``SFTTrainer`` that also takes the tutorial's arguments (see the module docstring)."""
 
     def __init__(
