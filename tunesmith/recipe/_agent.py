@@ -12,6 +12,7 @@ It dies with its parent (a killed ``tunesmith run`` leaves no agent), and the ra
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -53,9 +54,17 @@ def main(argv: list[str]) -> int:
     try:
         elastic_launch(config=config, entrypoint=entrypoint)(*arguments)
     except ChildFailedError as err:
+        # The cause first: the ranks the agent stopped afterwards died of its SIGTERM (timestamps are whole
+        # seconds, so they often tie with the cause).
+        def cause_first(item):
+            rank, failure = item
+            stopped = failure.exitcode == -signal.SIGTERM
+            return (stopped, failure.timestamp, rank)
+
+        ordered = sorted(err.failures.items(), key=cause_first)
         failed = [
             {"rank": rank, "exitcode": f.exitcode, "signal": f.signal_name() if f.exitcode < 0 else None}
-            for rank, f in sorted(err.failures.items())
+            for rank, f in ordered
         ]
         failures_path.write_text(json.dumps(failed), encoding="utf-8")
         return 1
