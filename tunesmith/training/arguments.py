@@ -75,7 +75,7 @@ class TrainingArguments(trl.SFTConfig):
         default=None,
         metadata={
             "help": "Rows per optimizer step over all processes; sets gradient_accumulation_steps to "
-            "global / (per_device_train_batch_size x processes), so it stays fixed when the GPU count changes."
+            "global / (per_device_train_batch_size x processes): fixed when the GPU count changes."
         },
     )
 
@@ -104,7 +104,8 @@ class TrainingArguments(trl.SFTConfig):
             return
         if self.use_cpu:
             raise TunesmithError(
-                "fsdp=True (sharded training) needs GPUs: accelerate shards with FSDP only on GPU-type devices "
+                "fsdp=True (sharded training) needs GPUs: accelerate shards with FSDP only on GPU-type "
+                "devices "
                 "and would train a CPU run unsharded. On CPU, train without fsdp (several processes still "
                 "train data-parallel with DDP)."
             )
