@@ -1,10 +1,11 @@
 """``tunesmith run CONFIG --gpus N``: one process per GPU, started by torch's own launcher.
 
 The command checks ``--gpus`` against the cards it sees, then starts :mod:`tunesmith.recipe._agent`
-(torchrun's elastic agent) as a child process, which runs ``tunesmith run`` once per rank. ``--device cpu``
-runs the same path on CPU processes (gloo) with no GPU visible to the ranks, as the tests do. Each rank that fails
-with an error writes it to a shared temporary folder; a rank that dies is reported by the agent; either way
-the launcher raises one :class:`TunesmithError` and the agent has already stopped the other ranks.
+(torchrun's elastic agent) as a child process, which runs ``tunesmith run`` once per rank.
+``--device cpu`` runs the same path on CPU processes (gloo) with no GPU visible to the ranks, as the
+tests do. Each rank that fails with an error writes it to a shared temporary folder; a rank that dies is
+reported by the agent; either way the launcher raises one :class:`TunesmithError` and the agent has
+already stopped the other ranks.
 """
 
 from __future__ import annotations
