@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tunesmith._distributed import rank, world_size
+from tunesmith._distributed import rank
 from tunesmith.errors import TunesmithError
 
 __all__ = ["launch", "check_gpus", "write_rank_error", "ERROR_DIR_ENV", "DEVICES"]
@@ -90,7 +90,7 @@ def _stop(agent: subprocess.Popen) -> None:
 def write_rank_error(err: BaseException) -> bool:
     """In a rank started by ``tunesmith run --gpus``, leave ``err`` for the launcher; False elsewhere."""
     folder = os.environ.get(ERROR_DIR_ENV)
-    if not folder or world_size() < 1:
+    if not folder:
         return False
     (Path(folder) / f"rank-{rank()}.txt").write_text(str(err), encoding="utf-8")
     return True

@@ -22,7 +22,7 @@ __all__ = ["process_group", "open_state"]
 
 @contextlib.contextmanager
 def process_group(timeout_s: float) -> Iterator[None]:
-    """Start the process group for the run (no-op in one process) and tear it down at the end."""
+    """Start the process group for the run (no-op in one process) and tear it down when the run ends."""
     from tunesmith.training.distributed import end_process_group, exit_with_parent, start_process_group
 
     if not is_distributed():
@@ -31,14 +31,14 @@ def process_group(timeout_s: float) -> Iterator[None]:
     if os.environ.get(ERROR_DIR_ENV):  # started by `tunesmith run --gpus`: end with the launcher
         exit_with_parent()
     start_process_group(timeout_s)
-    try:
-        if is_main_process():
+    if is_main_process():
+        yield
+    else:
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
             yield
-        else:
-            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-                yield
-    finally:
-        end_process_group()
+    # Torn down after a finished run only: a failing rank exits (the launcher then stops the others), since
+    # ending a group while another rank waits inside a collective can block.
+    end_process_group()
 
 
 def open_state(folder: Path, fingerprint: str, overwrite: bool) -> RunState:
