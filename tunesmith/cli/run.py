@@ -39,13 +39,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--overwrite", action="store_true", help="replace a previous run in the output folder"
     )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        metavar="N",
+        help="train on N GPUs of this machine, one process each (DDP; torchrun is started for you)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=["cuda", "cpu"],
+        default="cuda",
+        help="with --gpus: 'cpu' runs the N processes on the CPU (gloo), as the tests do",
+    )
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, then print it, check it, or run it."""
+    from tunesmith.errors import TunesmithError
     from tunesmith.recipe.config import dump_config, load_config
+    from tunesmith.recipe.launch import write_rank_error
 
     overrides = list(args.overrides)
     if args.overwrite:
@@ -59,5 +73,33 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         pipeline.dry_run(config)
         return 0
-    result = pipeline.run(config)
+    if args.gpus is not None:
+        return _launch(args, config)
+    if args.device != "cuda":
+        raise TunesmithError(
+            f"--device {args.device} chooses where the --gpus N processes run; add --gpus N."
+        )
+    try:
+        result = pipeline.run(config)
+    except TunesmithError as err:
+        if write_rank_error(err):  # a rank of `--gpus N`: the launcher reports it, once
+            return 2
+        raise
     return 0 if result.finished else 130  # 130: stopped by Ctrl-C, as shells report it
+
+
+def _launch(args: argparse.Namespace, config) -> int:
+    """Start one process per GPU running this same command (without --gpus/--device)."""
+    from pathlib import Path
+
+    from tunesmith.recipe.launch import check_gpus, launch
+    from tunesmith.training.arguments import accumulation_for
+
+    check_gpus(args.gpus, args.device)
+    t = config.training
+    if t.global_batch_size is not None:
+        accumulation_for(t.global_batch_size, t.per_device_train_batch_size, args.gpus)
+    rank_arguments = [*([args.config] if args.config else []), *(f"--set={o}" for o in args.overrides)]
+    if args.overwrite:
+        rank_arguments.append("--overwrite")
+    return launch(rank_arguments, args.gpus, args.device, Path(config.output.folder))

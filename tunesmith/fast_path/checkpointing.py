@@ -3,7 +3,8 @@
 Recomputing a layer in backward costs about a third more arithmetic for that layer; keeping its
 activations costs memory. Before each training forward, a hook on the decoder counts the tokens,
 estimates what one layer keeps for backward, and checkpoints the fewest layers that fit the budget
-(``max_memory_gb``, or most of the card). When even checkpointing every layer does not fit and
+(``max_memory_gb``, or most of the card, and never more than the card has free: under DDP each rank plans
+from its own card). When even checkpointing every layer does not fit and
 ``offload`` is on, each checkpointed layer's input goes to pinned CPU memory and comes back, one layer
 ahead, for the recompute; from ``KEEP_ATTENTION_MIN_TOKENS`` tokens per sequence the attention result
 goes too, so the recompute skips attention (``offload.py``). It works through transformers' own
@@ -120,9 +121,14 @@ class SmartCheckpointing:
         self._handle = decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
     def _budget(self, device: torch.device) -> float:
+        """Bytes this process may fill with activations on its own card (each rank plans for its own)."""
         total = torch.cuda.get_device_properties(device).total_memory
         cap = total * 0.92 if self.max_memory_gb is None else min(total, self.max_memory_gb * 2**30)
-        return cap - torch.cuda.memory_allocated(device) - RESERVE_BYTES
+        allocated = torch.cuda.memory_allocated(device)
+        # What other processes hold on this card (another rank, a server) is not there to plan with.
+        free, _ = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - allocated
+        return min(cap - allocated, free + cached) - RESERVE_BYTES
 
     def _before_forward(self, module, args, kwargs):
         x = kwargs.get("input_ids")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from tunesmith._distributed import is_distributed, local_rank
 from tunesmith.errors import TunesmithError
 
 __all__ = ["resolve_device", "resolve_dtype", "is_bfloat16_supported", "cpu_has_bf16"]
@@ -38,9 +39,20 @@ def resolve_device(device_map=None) -> torch.device:
     ``device_map`` may be None or ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``,
     ``"cuda:N"``, a ``torch.device``, an int GPU index, or a transformers device-map dict (its first
     device is returned). A device that is asked for but absent raises :class:`TunesmithError`.
+
+    In a multi-process run (torchrun, ``accelerate launch``) each process trains on its own GPU, so None,
+    ``"auto"`` and ``"cuda"`` mean the GPU of this process's ``LOCAL_RANK``.
     """
-    if device_map is None or device_map == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device_map is None or device_map == "auto" or device_map == "cuda":
+        if not torch.cuda.is_available():
+            if device_map == "cuda":
+                _require_present(torch.device("cuda"))
+            return torch.device("cpu")
+        if is_distributed():
+            device = torch.device("cuda", local_rank())
+            _require_present(device)
+            return device
+        return torch.device("cuda")
     if isinstance(device_map, dict):
         if not device_map:
             raise TunesmithError("device_map is an empty dict. Pass None/'auto', 'cpu', 'cuda' or 'cuda:N'.")

@@ -185,6 +185,12 @@ class TrainingConfig(_Section):
 
     per_device_train_batch_size: int = Field(2, ge=1)
     gradient_accumulation_steps: int = Field(4, ge=1)
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="rows per optimizer step over all GPUs (--gpus N); sets gradient_accumulation_steps to "
+        "global / (per_device_train_batch_size x N), so N can change and the training stays the same",
+    )
     warmup_steps: int = Field(5, ge=0)
     max_steps: int = Field(75, ge=1, description="optimizer steps")
     learning_rate: float = Field(2e-4, gt=0.0)
@@ -195,6 +201,12 @@ class TrainingConfig(_Section):
     logging_steps: int = Field(1, ge=1)
     save_steps: int = Field(10, ge=1, description="checkpoint every N steps (resume after Ctrl-C)")
     packing: bool = False
+    bf16: bool | None = Field(
+        None, description="empty: bf16 (else fp16) where the hardware has it; false: train in full fp32"
+    )
+    ddp_timeout: int = Field(
+        1800, ge=10, description="with --gpus N: seconds a process waits for the others before giving up"
+    )
 
     @field_validator("optim", "lr_scheduler_type")
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith._distributed import is_main_process
 from tunesmith.errors import TunesmithError, out_of_space
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.state import RunState
@@ -30,13 +31,15 @@ class Stage:
     its headed line (text, or made from the config), and the function that does it.
 
     ``once`` stages (their result is all that matters, e.g. probe answers) are skipped when an earlier
-    attempt finished them; the others rebuild live objects (model, trainer) every time.
+    attempt finished them; the others rebuild live objects (model, trainer) every time. ``main_only``
+    stages run on rank 0 alone in a multi-process run (they write files or ask llama.cpp; no collective).
     """
 
     key: str
     title: str | Callable[[RunConfig], str]
     body: Callable[[RunContext], Any]
     once: bool = False
+    main_only: bool = False
 
     def heading(self, config: RunConfig) -> str:
         """The stage's title for this config."""
@@ -73,6 +76,8 @@ class RunContext:
         title = stage.heading(self.config)
         where = f"{self.stage_number}/{self.stage_count} ({title})"
         head = f"[{self.stage_number}/{self.stage_count}] {title}"
+        if stage.main_only and not is_main_process():
+            return
         if stage.once and self.state.done(stage.key):
             print(f"{head} ... done in the earlier attempt", flush=True)
             return
@@ -104,6 +109,8 @@ class RunContext:
         """End the run early: save ``status`` in the state file and write a partial report saying ``text``."""
         self.state.status = status
         self.state.save()
+        if not is_main_process():
+            return
         try:
             self.write_report(self, text)
         except Exception as err:  # a partial report must never hide why the run stopped

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith._distributed import is_main_process
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
 from tunesmith.errors import TunesmithError
@@ -23,6 +24,7 @@ from tunesmith.models.sources import alias_gguf_path, check_source
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
+from tunesmith.recipe.ranks import open_state, process_group
 from tunesmith.recipe.report import ExportFile, ProbeAnswer, report_paths
 from tunesmith.recipe.results import (
     CheckResult,
@@ -33,7 +35,7 @@ from tunesmith.recipe.results import (
     TrainResult,
     VerifyResult,
 )
-from tunesmith.recipe.state import check_output_folder, config_fingerprint, open_output_folder
+from tunesmith.recipe.state import check_output_folder, config_fingerprint
 from tunesmith.recipe.summary import report_data, write_run_report
 
 __all__ = ["run", "dry_run", "RunResult", "RunContext", "STAGES", "prompt_format", "dataset_arguments"]
@@ -56,10 +58,17 @@ class RunResult:
 
 
 def run(config: RunConfig) -> RunResult:
-    """Fine-tune, compare, export, verify and report, as ``config`` says (see the module docstring)."""
-    state = open_output_folder(
-        Path(config.output.folder), config_fingerprint(_json(config)), config.output.overwrite
-    )
+    """Fine-tune, compare, export, verify and report, as ``config`` says (see the module docstring).
+
+    Under several processes (``tunesmith run --gpus N``, torchrun) every rank calls this; see
+    :mod:`tunesmith.recipe.ranks` for who does what.
+    """
+    with process_group(config.training.ddp_timeout):
+        return _run(config)
+
+
+def _run(config: RunConfig) -> RunResult:
+    state = open_state(Path(config.output.folder), config_fingerprint(_json(config)), config.output.overwrite)
     ctx = RunContext(config=config, state=state, stage_count=len(STAGES), write_report=write_run_report)
     if state.resumed:
         print(
@@ -70,6 +79,8 @@ def run(config: RunConfig) -> RunResult:
         ctx.run_stage(stage)
         if ctx.interrupted:  # Ctrl-C during training: a checkpoint is saved
             return _interrupted(ctx)
+    if not is_main_process():  # rank 0 finishes the run and reports it
+        return RunResult(folder=ctx.folder, finished=True, status="trained")
     if _verification_could_not_run(ctx):
         return _unverified(ctx)
     return _result(ctx, finished=True, status="finished")
@@ -202,7 +213,9 @@ def eval_after(ctx: RunContext) -> EvalResult:
     from tunesmith.training.callbacks import LOG_NAME
     from tunesmith.training.plot import plot_loss_curve, read_log
 
-    loss = _eval_loss(ctx)
+    loss = _eval_loss(ctx)  # every rank: the held-out rows are split over them
+    if not is_main_process():
+        return EvalResult(eval_loss_after=loss)
     before = ctx.state.results.lora.eval_loss_before if ctx.state.results.lora else None
     print(f"    held-out loss: {_fmt(before)} before -> {_fmt(loss)} after")
     records = [r for r in read_log(ctx.folder / TRAINING_DIR / LOG_NAME) if "eval_loss" not in r]
@@ -290,17 +303,21 @@ def report(ctx: RunContext) -> None:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("check", "Checking the environment and the data file", check_environment),
+    Stage("check", "Checking the environment and the data file", check_environment, main_only=True),
     Stage("load", lambda c: f"Loading the base model {c.model.name}", load_base_model),
-    Stage("probes_before", "Asking the probe questions before training", probe_before, once=True),
+    Stage(
+        "probes_before", "Asking the probe questions before training", probe_before, once=True, main_only=True
+    ),
     Stage("data", "Loading and formatting the data", prepare_data),
     Stage("lora", "Adding LoRA adapters and measuring the held-out loss", add_lora),
     Stage("train", lambda c: f"Training for {c.training.max_steps} steps", train),
     Stage("eval_after", "Measuring the held-out loss after training", eval_after, once=True),
-    Stage("probes_after", "Asking the probe questions after training", probe_after, once=True),
-    Stage("export", lambda c: "Exporting " + ", ".join(c.export.formats), export, once=True),
-    Stage("verify", "Verifying the GGUF in llama.cpp", verify, once=True),
-    Stage("report", "Writing the report", report),
+    Stage(
+        "probes_after", "Asking the probe questions after training", probe_after, once=True, main_only=True
+    ),
+    Stage("export", lambda c: "Exporting " + ", ".join(c.export.formats), export, once=True, main_only=True),
+    Stage("verify", "Verifying the GGUF in llama.cpp", verify, once=True, main_only=True),
+    Stage("report", "Writing the report", report, main_only=True),
 )
 """The run's stages in order; the headed lines count them (``[3/11] ...``)."""
 

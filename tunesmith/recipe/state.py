@@ -41,6 +41,7 @@ class RunState:
     completed: list[str] = field(default_factory=list)
     results: RunResults = field(default_factory=RunResults)
     resumed: bool = False
+    writer: bool = True  # False on the ranks of a multi-process run other than rank 0: they read only
 
     def done(self, stage: str) -> bool:
         """Whether ``stage`` finished in this or an earlier attempt."""
@@ -59,7 +60,9 @@ class RunState:
         self.save()
 
     def save(self) -> None:
-        """Write the state file atomically."""
+        """Write the state file atomically (rank 0 alone in a multi-process run)."""
+        if not self.writer:
+            return
         payload = {
             "fingerprint": self.fingerprint,
             "status": self.status,

@@ -6,6 +6,10 @@ where the CPU has native bf16, else fp32. ``optim="adamw_8bit"`` is bitsandbytes
 on a CPU it becomes torch's AdamW (bitsandbytes' CPU step is much slower and saves no memory that matters).
 ``SFTConfig`` is the same class (it is TRL's ``SFTConfig`` underneath), so TRL's current argument names work
 too; the tutorial's ``max_seq_length`` maps to ``max_length``.
+
+Several processes (torchrun, ``accelerate launch``): the global batch is per device x accumulation x
+processes; ``global_batch_size`` keeps it fixed when the number of processes changes (the accumulation is
+derived). ``fsdp=True`` shards the model with FSDP2 through accelerate (GPUs only; QLoRA runs on DDP).
 """
 
 from __future__ import annotations
@@ -17,10 +21,17 @@ from dataclasses import dataclass, field
 import torch
 import trl
 
+from tunesmith._distributed import world_size
 from tunesmith.errors import TunesmithError
 from tunesmith.models.quantization import require_bitsandbytes
 
-__all__ = ["TrainingArguments", "SFTConfig", "as_tunesmith_arguments", "EIGHT_BIT_OPTIMIZERS"]
+__all__ = [
+    "TrainingArguments",
+    "SFTConfig",
+    "as_tunesmith_arguments",
+    "accumulation_for",
+    "EIGHT_BIT_OPTIMIZERS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +71,13 @@ class TrainingArguments(trl.SFTConfig):
     held_out_eval: bool = field(
         default=True, metadata={"help": "With an eval set, measure held-out loss before and after training."}
     )
+    global_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Rows per optimizer step over all processes; sets gradient_accumulation_steps to "
+            "global / (per_device_train_batch_size x processes): fixed when the GPU count changes."
+        },
+    )
 
     def __post_init__(self):
         if self.max_seq_length is not None:
@@ -69,7 +87,37 @@ class TrainingArguments(trl.SFTConfig):
             raise TunesmithError(f"on_too_long={self.on_too_long!r}: use 'truncate' or 'error'.")
         self._resolve_precision()
         self._check_optimizer()
+        self._derive_accumulation()
+        self._check_fsdp()
         super().__post_init__()
+
+    def _derive_accumulation(self) -> None:
+        """Set the accumulation that makes ``global_batch_size`` out of this run's processes."""
+        if self.global_batch_size is not None:
+            self.gradient_accumulation_steps = accumulation_for(
+                self.global_batch_size, self.per_device_train_batch_size, world_size()
+            )
+
+    def _check_fsdp(self) -> None:
+        """FSDP2 through accelerate: refuse where accelerate would quietly train without sharding."""
+        if not self.fsdp:
+            return
+        if self.use_cpu:
+            raise TunesmithError(
+                "fsdp=True (sharded training) needs GPUs: accelerate shards with FSDP only on GPU-type "
+                "devices "
+                "and would train a CPU run unsharded. On CPU, train without fsdp (several processes still "
+                "train data-parallel with DDP)."
+            )
+        if isinstance(self.fsdp_config, str):  # a JSON file: transformers reads it as it is
+            return
+        defaults = {"version": 2, "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT"}
+        self.fsdp_config = {**defaults, **(self.fsdp_config or {})}  # FULL: the adapter gathers to rank 0
+
+    @property
+    def global_batch(self) -> int:
+        """Rows per optimizer step over all processes: per device x accumulation x processes."""
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size()
 
     def _resolve_precision(self) -> None:
         """Turn fp16/bf16 requests into what this machine can do (see the module docstring)."""
@@ -104,6 +152,19 @@ class TrainingArguments(trl.SFTConfig):
 
 
 SFTConfig = TrainingArguments
+
+
+def accumulation_for(global_batch_size: int, per_device: int, processes: int) -> int:
+    """The gradient accumulation that gives ``global_batch_size`` rows per step, or a clear error."""
+    per_step = per_device * processes
+    if global_batch_size < 1 or global_batch_size % per_step:
+        raise TunesmithError(
+            f"global_batch_size={global_batch_size} cannot be split over {processes} process(es) with "
+            f"per_device_train_batch_size={per_device}: it must be a positive multiple of {per_device} x "
+            f"{processes} = {per_step}. Change global_batch_size, per_device_train_batch_size or the number "
+            "of GPUs."
+        )
+    return global_batch_size // per_step
 
 
 def as_tunesmith_arguments(args, **overrides) -> TrainingArguments:

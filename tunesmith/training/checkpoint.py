@@ -4,10 +4,14 @@ transformers' Trainer writes ``checkpoint-N`` in place (weights, optimizer, sche
 state), so a crash mid-save leaves a folder that ``resume_from_checkpoint=True`` would pick up. Here the
 whole save goes to ``.checkpoint-N.<random>.partial`` and is renamed to ``checkpoint-N`` only when complete;
 ``get_last_checkpoint`` never matches the hidden name, and leftovers are removed when training starts.
+With several processes, rank 0 makes the one temporary folder and tells the others its name; every process
+writes its part there (rank 0 the weights, optimizer and trainer state, each rank its random-number state),
+and rank 0 renames it once all have finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -70,15 +74,44 @@ class AtomicCheckpointMixin:
 
     def _save_checkpoint(self, model, trial):
         run_dir = Path(super()._get_output_dir(trial))
-        run_dir.mkdir(parents=True, exist_ok=True)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.accelerator.num_processes > 1:
+            self._save_checkpoint_together(model, trial, run_dir, name)
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
         with scratch_dir(run_dir / name) as staging:
-            self._staging_dir = staging
-            try:
-                super()._save_checkpoint(model, trial)
-            finally:
-                self._staging_dir = None
+            self._save_into(staging, model, trial)
             self._publish(staging / name, run_dir / name)
+        self._rotate(run_dir)
+
+    def _save_checkpoint_together(self, model, trial, run_dir: Path, name: str) -> None:
+        """Every process writes into the one folder rank 0 made; rank 0 renames it when all are done."""
+        from accelerate.utils import broadcast_object_list
+
+        main = self.accelerator.is_main_process
+        with contextlib.ExitStack() as stack:
+            if main:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                staged = [str(stack.enter_context(scratch_dir(run_dir / name)))]
+            else:
+                staged = [None]
+            staging = Path(broadcast_object_list(staged, from_process=0)[0])
+            self._save_into(staging, model, trial)
+            self.accelerator.wait_for_everyone()
+            if main:
+                self._publish(staging / name, run_dir / name)
+        if main:
+            self._rotate(run_dir)
+        self.accelerator.wait_for_everyone()  # nobody reads checkpoint-N before it is in place
+
+    def _save_into(self, staging: Path, model, trial) -> None:
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+
+    def _rotate(self, run_dir: Path) -> None:
         if self.args.should_save:
             rotate_checkpoints(
                 output_dir=str(run_dir),

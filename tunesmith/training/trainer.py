@@ -21,6 +21,7 @@ import trl
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from tunesmith._distributed import world_size
 from tunesmith.data.prepare import prepare_dataset
 from tunesmith.data.stats import DataStats
 from tunesmith.data.text_template import COLUMN_PLACEHOLDERS, adopt_text_template
@@ -28,6 +29,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
 from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
+from tunesmith.training.distributed import fault_injection
 from tunesmith.training.lora import keep_4bit_trainable
 from tunesmith.training.no_telemetry import NoTelemetryMixin
 from tunesmith.training.plot import plot_loss_curve, read_log
@@ -80,6 +82,7 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
             dataset_num_proc=dataset_num_proc,
             packing=packing,
         )
+        _refuse_sharded_4bit(model, args)
         keep_4bit_trainable(model)
         self.data_stats: DataStats | None = None
         train_dataset, eval_dataset = self._prepare_data(
@@ -95,6 +98,7 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
             args.dataset_num_proc = None
         self._jsonl = JsonlLogCallback(args.output_dir)
         callbacks = [*(kwargs.pop("callbacks", None) or []), ProgressBarCallback(), self._jsonl]
+        callbacks += fault_injection()
         super().__init__(
             model=model,
             args=args,
@@ -158,8 +162,13 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
             if removed:
                 logger.warning("Removed %d half-written checkpoint folder(s) in %s.", removed, output_dir)
         checkpoint = find_checkpoint(resume_from_checkpoint, str(output_dir))
-        self._jsonl.start(_checkpoint_step(checkpoint))
+        if self.args.should_save:  # rank 0 alone writes the log
+            self._jsonl.start(_checkpoint_step(checkpoint))
+            _say_global_batch(self.args)
+        else:
+            self._jsonl.resumed_from = _checkpoint_step(checkpoint)
         self._measure_before(checkpoint)
+        self._wrap_after_evaluation()
         try:
             output = super().train(
                 resume_from_checkpoint=checkpoint,
@@ -177,6 +186,20 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
         self.summary = self._summarize(output)
         self._release_model()
         return output
+
+    def _wrap_after_evaluation(self) -> None:
+        """Let training wrap the model in DDP although it was evaluated first (held-out loss before).
+
+        accelerate (1.15) marks a model it prepared for evaluation as prepared, and its guard against wrapping
+        twice then skips the DDP wrap when training starts: each rank would train alone on its own rows.
+        Forgetting the mark (on our own model object) lets ``prepare`` wrap it as on a fresh start.
+        """
+        if (
+            self.accelerator.num_processes > 1
+            and not self.is_fsdp_enabled
+            and self.model_wrapped is self.model
+        ):
+            vars(self.model).pop("_is_accelerate_prepared", None)
 
     def _release_model(self) -> None:
         """Hand the user's model back as it was: training wraps its forward in (bf16) autocast, which
@@ -221,11 +244,37 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
             "eval_loss_before": self.held_out_loss["before"],
             "eval_loss_after": self.held_out_loss["after"],
             "precision": self.args.precision,
+            "global_batch": self.args.global_batch,
+            "processes": world_size(),
             "device": str(self.args.device),
             "log_path": str(self._jsonl.path),
             "plot_path": str(Path(self.args.output_dir) / PLOT_NAME),
             "data": self.data_stats.to_dict() if self.data_stats else None,
         }
+
+
+def _refuse_sharded_4bit(model, args) -> None:
+    """QLoRA under FSDP2 would need bitsandbytes' 4-bit storage sharded as the compute dtype; tunesmith's
+    4-bit weights are stored as uint8 for the fused kernels, so sharded QLoRA is refused (DDP runs it)."""
+    if args.fsdp and getattr(model, "is_loaded_in_4bit", False):
+        raise TunesmithError(
+            "fsdp=True with a 4-bit (QLoRA) model: sharded training covers bf16 LoRA only, and QLoRA runs "
+            "data-parallel (DDP). Drop fsdp to train this 4-bit model on every GPU with DDP, or load the "
+            "model without load_in_4bit to shard it with FSDP2."
+        )
+
+
+def _say_global_batch(args) -> None:
+    """One line on the main process: how many rows each optimizer step sees, and from where."""
+    mode = "FSDP2" if args.fsdp else "DDP" if world_size() > 1 else "one process"
+    logger.warning(
+        "global batch %d = %d per device x %d accumulation x %d process(es) (%s)",
+        args.global_batch,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        world_size(),
+        mode,
+    )
 
 
 def _apply_formatting(dataset, formatting_func, text_field: str):
