@@ -49,7 +49,7 @@ def main() -> None:
     rank = os.environ.get("RANK", "0")
     save_file(lora, str(output / f"rank-{rank}.safetensors"))
     (output / f"rank-{rank}.json").write_text(
-        json.dumps({"sharded": sharded, "fsdp": trainer.is_fsdp_enabled})
+        json.dumps({"sharded": sharded, "fsdp": trainer.is_fsdp_enabled, "held_out": trainer.held_out_loss})
     )
     trainer.save_model(str(output / "adapter"))
 

@@ -46,6 +46,7 @@ def test_every_rank_trains_the_same_adapter(tiny_llama_folder, tmp_path, mode):
     info = json.loads((tmp_path / "out" / "rank-0.json").read_text())
     assert info["fsdp"] == (mode == "fsdp")
     assert (info["sharded"] > 0) == (mode == "fsdp"), info
+    assert all(isinstance(info["held_out"][k], float) for k in ("before", "after")), info
     saved = tmp_path / "out" / "adapter"
     assert (saved / "adapter_model.safetensors").is_file() and (saved / "adapter_config.json").is_file()
     from peft import PeftModel

@@ -181,6 +181,8 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
             self._release_model()
             raise
         if self.eval_dataset is not None and self.args.held_out_eval:
+            if self.held_out_loss["before"] is None:  # FSDP2: measured by the Trainer at step 0
+                self.held_out_loss["before"] = _first_eval_loss(self.state.log_history)
             self.held_out_loss["after"] = self.evaluate().get("eval_loss")
         self.plot_loss()
         self.summary = self._summarize(output)
@@ -210,6 +212,12 @@ class SFTTrainer(NoTelemetryMixin, AtomicCheckpointMixin, trl.SFTTrainer):
         if self.eval_dataset is None or not self.args.held_out_eval:
             return
         if checkpoint is None:
+            if self.is_fsdp_enabled:
+                # FSDP2 shards the model and its optimizer in one prepare call, so an evaluation before
+                # training cannot prepare the model alone: the Trainer's own evaluation at step 0 runs
+                # once both are prepared.
+                self.args.eval_on_start = True
+                return
             self.held_out_loss["before"] = self.evaluate().get("eval_loss")
             return
         for record in read_log(self._jsonl.path):  # measured by the run that wrote the checkpoint
@@ -302,3 +310,8 @@ def _checkpoint_step(checkpoint: str | None) -> int | None:
         return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _first_eval_loss(history: list[dict]) -> float | None:
+    """The held-out loss the Trainer logged first (at step 0 with ``eval_on_start``), or None."""
+    return next((h["eval_loss"] for h in history if "eval_loss" in h), None)
