@@ -28,7 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "verified GGUF with its Ollama Modelfile. Needs the ui extra: pip install -e '.[ui]'."
         ),
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: this machine only)"
+    )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     parser.add_argument(
         "--folder", default=DEFAULT_FOLDER, help=f"where runs and uploads are kept (default {DEFAULT_FOLDER})"

@@ -51,7 +51,9 @@ def load(
     return model, tokenizer
 
 
-def load_tokenizer(model_name: str | os.PathLike, *, token: str | None = None, trust_remote_code: bool = False):
+def load_tokenizer(
+    model_name: str | os.PathLike, *, token: str | None = None, trust_remote_code: bool = False
+):
     """The tokenizer ``load`` would return for ``model_name``, without loading the weights."""
     folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
     return _load_tokenizer(folder, trust_remote_code)

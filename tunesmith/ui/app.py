@@ -30,7 +30,8 @@ CSS = """
 .ts-eos {background: #ffe08a; padding: 0 .15em; border-radius: 3px;}
 .ts-bar {height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden;}
 .ts-fill {height: 100%; background: #2f7de1; transition: width .5s;}
-.ts-compare td, .ts-compare th {vertical-align: top; padding: .4em; border: 1px solid #ddd; white-space: pre-wrap;}
+.ts-compare td, .ts-compare th {vertical-align: top; padding: .4em; border: 1px solid #ddd;
+  white-space: pre-wrap;}
 .ts-compare {border-collapse: collapse; width: 100%;}
 .ts-pass {color: #137333;} .ts-fail {color: #a50e0e;}
 """
@@ -98,7 +99,9 @@ def build_app(state: UiState):
                                    elem_id="ts-model")  # fmt: skip
                 tr(tr(model, "label", "model_name"), "info", "model_help")
                 with gr.Row():
-                    four_bit = gr.Checkbox(False, label=text(en, "load_in_4bit"), info=text(en, "load_in_4bit_help"))
+                    four_bit = gr.Checkbox(
+                        False, label=text(en, "load_in_4bit"), info=text(en, "load_in_4bit_help")
+                    )
                     tr(tr(four_bit, "label", "load_in_4bit"), "info", "load_in_4bit_help")
                     max_seq = gr.Number(
                         Choices.max_seq_length, precision=0, minimum=16, label=text(en, "max_seq_length"),
@@ -106,7 +109,9 @@ def build_app(state: UiState):
                     )  # fmt: skip
                     tr(tr(max_seq, "label", "max_seq_length"), "info", "max_seq_length_help")
                 tr(gr.Markdown(f"### {text(en, 'environment')}"), "value#h3", "environment")
-                env = gr.Dataframe(headers=["check", "result", "fix"], interactive=False, elem_id="ts-env", wrap=True)
+                env = gr.Dataframe(
+                    headers=["check", "result", "fix"], interactive=False, elem_id="ts-env", wrap=True
+                )
                 env_again = tr(gr.Button(text(en, "env_check"), size="sm"), "value", "env_check")
             with tr(gr.Tab(text(en, "tab_data"), id="data", elem_id="ts-tab-data"), "label", "tab_data"):
                 source = gr.Radio(
@@ -122,9 +127,13 @@ def build_app(state: UiState):
                 eval_split = gr.Slider(0.0, 0.5, Choices.eval_split, step=0.01, label=text(en, "eval_split"),
                                        info=text(en, "eval_split_help"))  # fmt: skip
                 tr(tr(eval_split, "label", "eval_split"), "info", "eval_split_help")
-                check_data = tr(gr.Button(text(en, "data_preview"), elem_id="ts-check-data"), "value", "data_preview")
+                check_data = tr(
+                    gr.Button(text(en, "data_preview"), elem_id="ts-check-data"), "value", "data_preview"
+                )
                 data_view = gr.HTML(views.data_view(None, en), elem_id="ts-data-preview")
-            with tr(gr.Tab(text(en, "tab_prompt"), id="prompt", elem_id="ts-tab-prompt"), "label", "tab_prompt"):
+            with tr(
+                gr.Tab(text(en, "tab_prompt"), id="prompt", elem_id="ts-tab-prompt"), "label", "tab_prompt"
+            ):
                 kind = gr.Radio(
                     [(text(en, "use_chat_template"), "chat"), (text(en, "use_prompt_template"), "prompt")],
                     value="chat", label=text(en, "prompt_kind"), elem_id="ts-prompt-kind",
@@ -157,13 +166,16 @@ def build_app(state: UiState):
                         numbers[name] = _number(gr, getattr(Choices, name), key, 0, tr)
                 with gr.Row():
                     probes = gr.Textbox(
-                        "\n".join(Choices().probes), lines=3, label=text(en, "probes"), info=text(en, "probes_help"),
+                        "\n".join(Choices().probes), lines=3, label=text(en, "probes"),
+                        info=text(en, "probes_help"),
                         elem_id="ts-probes", scale=3,
                     )  # fmt: skip
                     tr(tr(probes, "label", "probes"), "info", "probes_help")
                     max_new = _number(gr, Choices.max_new_tokens, "max_new_tokens", 0, tr)
                 with gr.Row():
-                    start = tr(gr.Button(text(en, "start"), variant="primary", elem_id="ts-start"), "value", "start")
+                    start = tr(
+                        gr.Button(text(en, "start"), variant="primary", elem_id="ts-start"), "value", "start"
+                    )
                     stop = tr(gr.Button(text(en, "stop"), variant="stop", elem_id="ts-stop"), "value", "stop")
                     resume = tr(gr.Button(text(en, "resume"), elem_id="ts-resume"), "value", "resume")
                 progress = gr.HTML(views.progress_view(None, en), elem_id="ts-progress")
@@ -172,9 +184,15 @@ def build_app(state: UiState):
                     height=300,
                 )  # fmt: skip
                 tr(curve, "label", "loss_curve")
-                log = gr.Textbox("", lines=8, max_lines=8, label=text(en, "log"), elem_id="ts-log", autoscroll=True)
+                log = gr.Textbox(
+                    "", lines=12, max_lines=12, label=text(en, "log"), elem_id="ts-log", autoscroll=True
+                )
                 tr(log, "label", "log")
-            with tr(gr.Tab(text(en, "tab_compare"), id="compare", elem_id="ts-tab-compare"), "label", "tab_compare"):
+            with tr(
+                gr.Tab(text(en, "tab_compare"), id="compare", elem_id="ts-tab-compare"),
+                "label",
+                "tab_compare",
+            ):
                 compare = gr.HTML(views.compare_view(None, en), elem_id="ts-compare")
                 tr(gr.Markdown(f"### {text(en, 'chat')}"), "value#h3", "chat")
                 chatbot = gr.Chatbot(elem_id="ts-chatbot", height=300)
@@ -182,7 +200,9 @@ def build_app(state: UiState):
                     question = gr.Textbox(label=text(en, "chat_input"), elem_id="ts-chat-input", scale=4)
                     tr(question, "label", "chat_input")
                     send = tr(gr.Button(text(en, "send"), elem_id="ts-send", scale=1), "value", "send")
-            with tr(gr.Tab(text(en, "tab_export"), id="export", elem_id="ts-tab-export"), "label", "tab_export"):
+            with tr(
+                gr.Tab(text(en, "tab_export"), id="export", elem_id="ts-tab-export"), "label", "tab_export"
+            ):
                 tr(gr.Markdown(text(en, "export_note")), "value", "export_note")
                 with gr.Row():
                     from tunesmith.export.gguf_constants import QUANT_METHODS
@@ -190,7 +210,9 @@ def build_app(state: UiState):
                     quant = gr.Dropdown(list(QUANT_METHODS), value=Choices.quant, label=text(en, "quant"),
                                         info=text(en, "quant_help"), elem_id="ts-quant")  # fmt: skip
                     tr(tr(quant, "label", "quant"), "info", "quant_help")
-                    modelfile = tr(gr.Checkbox(Choices.modelfile, label=text(en, "modelfile")), "label", "modelfile")
+                    modelfile = tr(
+                        gr.Checkbox(Choices.modelfile, label=text(en, "modelfile")), "label", "modelfile"
+                    )
                     verify = tr(gr.Checkbox(Choices.verify, label=text(en, "verify")), "label", "verify")
                 tr(gr.Markdown(f"### {text(en, 'verification')}"), "value#h3", "verification")
                 verification = gr.HTML(views.verification_view(None, None, en), elem_id="ts-verification")
@@ -201,7 +223,7 @@ def build_app(state: UiState):
                 commands = gr.Markdown(text(en, "no_export"), elem_id="ts-commands")
         timer = gr.Timer(1.0)
 
-        # -- the form as Choices ------------------------------------------------------------------------------
+        # -- the form as Choices ---------------------------------------------------------------------------
         form = {
             "model": model, "load_in_4bit": four_bit, "max_seq_length": max_seq, "eval_split": eval_split,
             "use_prompt_template": kind, "chat_template": chat_template, "prompt_template": prompt_template,
@@ -215,7 +237,7 @@ def build_app(state: UiState):
             lang_code, data_file, *rest = values
             return lang_code, _choices({**dict(zip(names, rest, strict=True)), "data_file": data_file})
 
-        # -- data -----------------------------------------------------------------------------------------------
+        # -- data ----------------------------------------------------------------------------------
         def keep(lang_code, src, folder):
             """Copy a data file into this session's draft run folder; (message, data path, draft folder)."""
             lang_code = language_of(lang_code)
@@ -272,7 +294,7 @@ def build_app(state: UiState):
         for component in (eval_split, max_seq):
             component.change(show_data, inputs, [data_view, prompt_view])
 
-        # -- training ---------------------------------------------------------------------------------------
+        # -- training ------------------------------------------------------------------------------
         def start_run(folder, *values):
             lang_code, choices = choices_of(values)
             try:
@@ -342,34 +364,46 @@ def build_app(state: UiState):
             prog = read_progress(out, config.training.max_steps, log_tail(folder / LOG_NAME, 200))
             report = run_report(out, config)
             verify_result = _verify_result(out)
-            files = [str(inside(p, state.workspace.allowed_roots(), lang_code)) for p in views.export_files(report, out)]
-            files = [p for p in files if Path(p).is_file()] if prog.status in ("finished", "unverified") else []
+            files = [
+                str(inside(p, state.workspace.allowed_roots(), lang_code))
+                for p in views.export_files(report, out)
+            ]
+            files = (
+                [p for p in files if Path(p).is_file()] if prog.status in ("finished", "unverified") else []
+            )
             values = {
                 "progress": views.progress_view(prog, lang_code),
-                "curve": views.curve_points(prog, lang_code),
-                "log": log_tail(folder / LOG_NAME),
+                "curve": views.curve_points(prog),
+                "log": log_tail(folder / LOG_NAME, 12),
                 "compare": views.compare_view(report, lang_code),
                 "verification": views.verification_view(report, verify_result, lang_code),
                 "downloads": files,
-                "commands": views.commands_view(report, out, lang_code) if files else text(lang_code, "no_export"),
+                "commands": views.commands_view(report, out, lang_code)
+                if files
+                else text(lang_code, "no_export"),
             }
-            changed = {k: v for k, v in values.items() if last.get(k) != v}
+            changed = {k: v for k, v in values.items() if last.get(k) != v and (k != "curve" or v)}
             last.update(values)
             result = []
             for key, value in values.items():
                 if key not in changed:
                     result.append(gr.skip())
-                elif key == "curve":
-                    result.append(pd.DataFrame(value, columns=["step", "loss", "series"]))
+                elif key == "curve":  # typed columns: an empty or object column would be drawn as categories
+                    frame = pd.DataFrame(value, columns=["step", "loss", "series"])
+                    result.append(frame.astype({"step": "int64", "loss": "float64", "series": "str"}))
                 else:
                     result.append(value or None if key == "downloads" else value)
             running = state.job.running
             buttons = gr.update(interactive=running)
             return [*result, buttons, last]
 
-        timer.tick(refresh, [lang, shown], [progress, curve, log, compare, verification, downloads, commands, stop, shown])
+        timer.tick(
+            refresh,
+            [lang, shown],
+            [progress, curve, log, compare, verification, downloads, commands, stop, shown],
+        )
 
-        # -- chat -----------------------------------------------------------------------------------------------
+        # -- chat ----------------------------------------------------------------------------------
         def ask(lang_code, text_in, history, tokens):
             lang_code = language_of(lang_code)
             if not (text_in or "").strip():
@@ -380,16 +414,22 @@ def build_app(state: UiState):
                 if report is None or report.status not in ("finished", "unverified"):
                     raise TunesmithError(text(lang_code, "chat_not_ready"))
                 adapter = Path(folder) / OUTPUT_DIR / "lora"
-                reply = state.chat.answer(adapter, history_messages(history, text_in), max_new_tokens=int(tokens))
+                reply = state.chat.answer(
+                    adapter, history_messages(history, text_in), max_new_tokens=int(tokens)
+                )
             except Exception as err:  # every failure is one paragraph on the page
                 return gr.skip(), text_in, views.error_message(err, lang_code)
-            history = [*(history or []), {"role": "user", "content": text_in}, {"role": "assistant", "content": reply}]
+            history = [
+                *(history or []),
+                {"role": "user", "content": text_in},
+                {"role": "assistant", "content": reply},
+            ]
             return history, "", ""
 
         for event in (send.click, question.submit):
             event(ask, [lang, question, chatbot, max_new], [chatbot, question, msg])
 
-        # -- environment and language -------------------------------------------------------------------------
+        # -- environment and language --------------------------------------------------------------
         def environment(again: bool = False):
             from tunesmith.recipe.environment import check_environment
 
@@ -433,7 +473,7 @@ def _upload_path(uploaded) -> str:
     """The local path of a ``gr.File`` value (a path string, or an object with ``.name``/``path``)."""
     if isinstance(uploaded, (str, os.PathLike)):
         return os.fspath(uploaded)
-    return getattr(uploaded, "path", None) or getattr(uploaded, "name")
+    return getattr(uploaded, "path", None) or uploaded.name
 
 
 def _verify_result(output_folder: Path):

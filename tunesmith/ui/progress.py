@@ -20,6 +20,7 @@ from tunesmith.training.plot import read_log
 
 __all__ = ["Progress", "read_progress", "log_tail", "training_rate", "run_report"]
 
+_BAR = re.compile(r"^(.*?):\s+\d+%\|")  # a tqdm line: "desc:  57%|..."; group 1 is its description
 _HEADED = re.compile(r"^\[(\d+)/(\d+)\] (.*?)(?: \.\.\.)?(?: done in the earlier attempt)?$")
 
 
@@ -50,24 +51,26 @@ class Progress:
 def training_rate(records: list[dict]) -> tuple[float | None, float | None]:
     """(seconds per step, tokens/s) of the latest training attempt's log records (None: not known yet).
 
-    ``elapsed_s`` restarts when a run resumes, so only the records since the last restart are used.
+    Only the per-step training records count (not the end-of-training and held-out ones), and only those
+    since the last restart: ``elapsed_s`` starts again when a run resumes.
     """
-    rows = [r for r in records if "elapsed_s" in r and "step" in r]
+    rows = [r for r in records if "elapsed_s" in r and "step" in r and "loss" in r]
     if not rows:
         return None, None
-    start = max((i for i in range(1, len(rows)) if rows[i]["elapsed_s"] < rows[i - 1]["elapsed_s"]), default=0)
+    start = max(
+        (i for i in range(1, len(rows)) if rows[i]["elapsed_s"] < rows[i - 1]["elapsed_s"]), default=0
+    )
     first_step = rows[start - 1]["step"] if start else 0
     last = rows[-1]
     steps = last["step"] - first_step
     per_step = last["elapsed_s"] / steps if steps > 0 and last["elapsed_s"] > 0 else None
+    attempt = [r for r in rows[start:] if "num_tokens" in r]
     tokens = None
-    attempt = rows[start:]
-    if len(attempt) >= 2 and "num_tokens" in attempt[-1] and "num_tokens" in attempt[0]:
+    if len(attempt) >= 2 and attempt[-1]["elapsed_s"] > attempt[0]["elapsed_s"]:
         seconds = attempt[-1]["elapsed_s"] - attempt[0]["elapsed_s"]
-        if seconds > 0:
-            tokens = (attempt[-1]["num_tokens"] - attempt[0]["num_tokens"]) / seconds
-    elif "num_tokens" in last and not start and last["elapsed_s"] > 0:
-        tokens = last["num_tokens"] / last["elapsed_s"]
+        tokens = (attempt[-1]["num_tokens"] - attempt[0]["num_tokens"]) / seconds
+    elif attempt and not start and attempt[-1]["elapsed_s"] > 0:
+        tokens = attempt[-1]["num_tokens"] / attempt[-1]["elapsed_s"]
     return per_step, tokens
 
 
@@ -78,7 +81,9 @@ def _held_out(state: RunState | None, steps_done: int, max_steps: int) -> list[t
     if res.lora and res.lora.eval_loss_before is not None:
         points.append((0, res.lora.eval_loss_before))
     if res.eval_after and res.eval_after.eval_loss_after is not None:
-        points.append((res.train.steps if res.train else max(steps_done, max_steps), res.eval_after.eval_loss_after))
+        points.append(
+            (res.train.steps if res.train else max(steps_done, max_steps), res.eval_after.eval_loss_after)
+        )
     return points
 
 
@@ -119,12 +124,21 @@ def read_progress(output_folder: Path, max_steps: int, log_text: str = "") -> Pr
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
-    """The last ``lines`` lines of a run's printed output, progress bars collapsed to their latest state."""
+    """The last ``lines`` lines of a run's printed output; a progress bar shows only its latest state."""
     if not path.is_file():
         return ""
     raw = path.read_text(encoding="utf-8", errors="replace")
-    shown = [line.rsplit("\r", 1)[-1] for line in raw.replace("\r\n", "\n").split("\n")]
-    return "\n".join([line for line in shown if line.strip()][-lines:])
+    shown: list[str] = []
+    for line in raw.replace("\r\n", "\n").split("\n"):
+        line = line.rsplit("\r", 1)[-1]  # a bar redrawn in place with carriage returns
+        if not line.strip():
+            continue
+        bar = _BAR.match(line)
+        if bar and shown and (_BAR.match(shown[-1]) or [None, None])[1] == bar[1]:
+            shown[-1] = line  # a bar redrawn on new lines: keep its latest state
+        else:
+            shown.append(line)
+    return "\n".join(shown[-lines:])
 
 
 def run_report(output_folder: Path, config: RunConfig) -> ReportData | None:

@@ -9,7 +9,16 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
-__all__ = ["launch", "serve", "prepare_environment", "LOCAL_HOSTS", "DEFAULT_PORT", "DEFAULT_FOLDER", "DEFAULT_MAX_UPLOAD_MB", "host_warning"]
+__all__ = [
+    "launch",
+    "serve",
+    "prepare_environment",
+    "LOCAL_HOSTS",
+    "DEFAULT_PORT",
+    "DEFAULT_FOLDER",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "host_warning",
+]
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_PORT = 7860
@@ -22,8 +31,8 @@ def host_warning(host: str) -> str | None:
     if host in LOCAL_HOSTS:
         return None
     return (
-        f"warning: tunesmith ui listens on {host}, not only on this machine (127.0.0.1): anyone who can reach "
-        "this address can use the app, upload files and start training. There is no login. Use --host "
+        f"warning: tunesmith ui listens on {host}, not only on this machine (127.0.0.1): anyone who can "
+        "reach this address can use the app, upload files and start training. There is no login. Use --host "
         "127.0.0.1 unless you mean it."
     )
 
@@ -50,7 +59,9 @@ def prepare_environment(folder: str | os.PathLike) -> Path:
     return root
 
 
-def serve(state, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False):
+def serve(
+    state, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False
+):
     """Serve the app over ``state`` (a ``UiState``) at ``http://host:port``; ``block=False`` returns the
     running ``gr.Blocks`` at once (close it with ``.close()``)."""
     _require_gradio()

@@ -152,7 +152,7 @@ class TrainingJob:
             return True
 
     def wait(self, timeout: float | None = None) -> int | None:
-        """Wait for the child to end (at most ``timeout`` seconds); its exit status, or None if still going."""
+        """Wait for the child to end (at most ``timeout`` seconds); its exit status (None: still going)."""
         if self.process is None:
             return None
         try:

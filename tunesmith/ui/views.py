@@ -21,6 +21,7 @@ __all__ = [
     "prompt_view",
     "progress_view",
     "curve_points",
+    "series_name",
     "compare_view",
     "verification_view",
     "commands_view",
@@ -33,7 +34,9 @@ def message(body: str, kind: str = "info") -> str:
     """One paragraph for the page's message box (``kind``: info or error)."""
     if not body:
         return ""
-    return f'<div class="ts-msg ts-{kind}" role="{"alert" if kind == "error" else "status"}">{_esc(body)}</div>'
+    return (
+        f'<div class="ts-msg ts-{kind}" role="{"alert" if kind == "error" else "status"}">{_esc(body)}</div>'
+    )
 
 
 def error_message(err: BaseException, lang: str) -> str:
@@ -60,7 +63,10 @@ def _counts(preview: DataPreview, lang: str) -> str:
     rows = [
         (text(lang, "train_rows"), s.rows),
         (text(lang, "eval_rows"), s.eval_rows),
-        (text(lang, "duplicates" if s.duplicates_dropped or not s.duplicates else "duplicates_kept"), s.duplicates),
+        (
+            text(lang, "duplicates" if s.duplicates_dropped or not s.duplicates else "duplicates_kept"),
+            s.duplicates,
+        ),
         (text(lang, "truncated"), f"{s.truncated} (max_seq_length {s.max_seq_length})"),
         (text(lang, "tokens"), f"{s.tokens:,}"),
     ]
@@ -82,7 +88,8 @@ def _errors(preview: DataPreview, lang: str) -> str:
     items = "".join(f"<li>{_esc(e)}</li>" for e in preview.errors)
     listed = len(preview.errors) >= ERRORS_LISTED
     more = f"<p>{_esc(text(lang, 'more_errors', n=ERRORS_LISTED))}</p>" if listed else ""
-    return f'<div class="ts-errors" role="alert"><h4>{_esc(text(lang, "row_errors"))}</h4><ul>{items}</ul>{more}</div>'
+    head = f"<h4>{_esc(text(lang, 'row_errors'))}</h4>"
+    return f'<div class="ts-errors" role="alert">{head}<ul>{items}</ul>{more}</div>'
 
 
 def data_view(preview: DataPreview | None, lang: str) -> str:
@@ -97,7 +104,8 @@ def data_view(preview: DataPreview | None, lang: str) -> str:
         f"<b>{_esc(text(lang, 'prompt_format'))}:</b> <code>{_esc(s.template)}</code></p>"
     )
     rows = "".join(_formatted(r, preview.eos) for r in preview.rows)
-    return f"{head}<h4>{_esc(text(lang, 'counts'))}</h4>{_counts(preview, lang)}<h4>{_esc(text(lang, 'first_rows'))}</h4>{rows}"
+    counts = f"<h4>{_esc(text(lang, 'counts'))}</h4>{_counts(preview, lang)}"
+    return f"{head}{counts}<h4>{_esc(text(lang, 'first_rows'))}</h4>{rows}"
 
 
 def prompt_view(preview: DataPreview | None, lang: str) -> str:
@@ -120,7 +128,12 @@ def duration(seconds: float | None) -> str:
 
 
 def _status_word(status: str | None, lang: str) -> str:
-    words = {"finished": "finished", "running": "running", "interrupted": "interrupted", "failed": "failed_status"}
+    words = {
+        "finished": "finished",
+        "running": "running",
+        "interrupted": "interrupted",
+        "failed": "failed_status",
+    }
     return text(lang, words[status]) if status in words else (status or "")
 
 
@@ -136,8 +149,13 @@ def progress_view(progress: Progress | None, lang: str) -> str:
         facts.append(text(lang, "tok_s", tps=f"{progress.tokens_per_s:,.0f}"))
     stage = ""
     if progress.stage:
-        stage = f"{_esc(text(lang, 'stage'))}: [{progress.stage_number}/{progress.stage_count}] {_esc(progress.stage)}"
-    status = f"{_esc(text(lang, 'status'))}: {_esc(_status_word(progress.status, lang))}" if progress.status else ""
+        where = f"[{progress.stage_number}/{progress.stage_count}]"
+        stage = f"{_esc(text(lang, 'stage'))}: {where} {_esc(progress.stage)}"
+    status = (
+        f"{_esc(text(lang, 'status'))}: {_esc(_status_word(progress.status, lang))}"
+        if progress.status
+        else ""
+    )
     return (
         f'<div class="ts-progress" data-step="{progress.step}" data-max-steps="{progress.max_steps}" '
         f'data-status="{_esc(progress.status or "")}">'
@@ -148,11 +166,21 @@ def progress_view(progress: Progress | None, lang: str) -> str:
     )
 
 
-def curve_points(progress: Progress | None, lang: str) -> list[dict]:
-    """The loss curve as rows {step, loss, series} (training loss per step, held-out loss where measured)."""
-    if progress is None:
+def series_name(key: str) -> str:
+    """A loss curve's legend name, in both languages: the plot keeps the series it first drew, so the
+    names must not change with the language switch."""
+    return f"{text('en', key)} / {text('zh', key)}"
+
+
+def curve_points(progress: Progress | None) -> list[dict]:
+    """The loss curve as rows {step, loss, series} (training loss per step, held-out loss where measured).
+
+    Empty until training has logged a step: the plot draws only the series present in its first data,
+    so it must start with the training loss (the held-out loss before training comes earlier).
+    """
+    if progress is None or not progress.train:
         return []
-    train, held = text(lang, "series_train"), text(lang, "series_held_out")
+    train, held = series_name("series_train"), series_name("series_held_out")
     rows = [{"step": s, "loss": v, "series": train} for s, v in progress.train]
     return rows + [{"step": s, "loss": v, "series": held} for s, v in progress.held_out]
 
@@ -186,7 +214,9 @@ def verification_view(report: ReportData | None, result, lang: str) -> str:
     ]
     cells = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows)
     kind = "pass" if result.passed else "fail"
-    return f'<p class="ts-verdict ts-{kind}"><b>{_esc(verdict)}</b></p><table class="ts-verify">{cells}</table>'
+    return (
+        f'<p class="ts-verdict ts-{kind}"><b>{_esc(verdict)}</b></p><table class="ts-verify">{cells}</table>'
+    )
 
 
 def commands_view(report: ReportData | None, output_folder, lang: str) -> str:
