@@ -181,7 +181,7 @@ def build_app(state: UiState):
                 progress = gr.HTML(views.progress_view(None, en), elem_id="ts-progress")
                 curve = gr.LinePlot(
                     x="step", y="loss", color="series", label=text(en, "loss_curve"), elem_id="ts-curve",
-                    height=300,
+                    height=380,
                 )  # fmt: skip
                 tr(curve, "label", "loss_curve")
                 log = gr.Textbox(
@@ -304,6 +304,7 @@ def build_app(state: UiState):
                     raise TunesmithError(text(lang_code, "no_data"))
                 run_folder = Path(folder) if folder and not (Path(folder) / CONFIG_NAME).exists() else None
                 run_folder = run_folder or state.workspace.new_run_folder()
+                inside(choices.data_file, state.workspace.allowed_roots(), lang_code)
                 choices.data_file = str(state.workspace.keep_data(choices.data_file, run_folder, lang_code))
                 config = build_config(choices, run_folder)
                 checked = preview_data(config)
