@@ -1,8 +1,8 @@
 """``tunesmith ui`` end to end in a real headless Chromium (Debian's, driven by Playwright; nothing is
 downloaded): open the page, refuse a too-large upload, list the rows of a malformed file and refuse to
-start, preview a small JSONL as the model sees it, train the embedded model for 2 steps (live curve,
-progress to the end, a second Start refused), compare before/after answers, chat, and download a GGUF
-that loads in llama.cpp. One app server and one training run for the whole file.
+start, preview a small JSONL as the model sees it, train the embedded model for 3 steps (live curve,
+progress to the end, a second Start refused, Stop then Resume), compare before/after answers, chat, and
+download a GGUF that loads in llama.cpp. One app server and one training run for the whole file.
 
 Screenshots of each screen go to docs/ui/ (``TUNESMITH_UI_SCREENSHOTS`` names another folder).
 """
@@ -32,9 +32,8 @@ FLAGS = [
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("TUNESMITH_UI_SCREENSHOTS", REPO / "docs" / "ui"))
 QUESTION = "What is anemia?"
-TRAINING_S = (
-    480  # one 2-step run of the embedded model, with export and verification, on a busy 2-core CI box
-)
+# one 3-step run of the embedded model with export and verification, on a busy 2-core CI machine
+TRAINING_S = 480
 
 
 def _free_port() -> int:
@@ -181,12 +180,17 @@ def test_an_uploaded_jsonl_is_previewed_as_the_model_sees_it(page, tmp_path) -> 
     expect(page.locator("#ts-prompt-preview")).to_contain_text("<|im_start|>user")
 
 
+def _progress(page) -> dict:
+    return page.evaluate("() => ({...document.querySelector('#ts-progress .ts-progress')?.dataset})")
+
+
 @pytest.fixture(scope="module")
 def trained(page, app):
-    """Start a 2-step run from the page, press Start again while it runs, wait for it to finish."""
+    """Start a 3-step run from the page, press Start again while it runs, Stop it after a step, Resume it,
+    and wait for it to finish."""
     _, state = app
     _tab(page, "4 Train")
-    for box, value in (("max-steps", "2"), ("grad-accum", "1"), ("warmup-steps", "0"), ("save-steps", "1"),
+    for box, value in (("max-steps", "3"), ("grad-accum", "1"), ("warmup-steps", "0"), ("save-steps", "1"),
                        ("max-new-tokens", "16")):  # fmt: skip
         page.fill(f"#ts-{box} input", value)
     page.fill("#ts-probes textarea", QUESTION)
@@ -195,8 +199,20 @@ def trained(page, app):
     page.click("#ts-start")
     expect(page.locator("#ts-message")).to_contain_text("already going")
     second_start = _message(page)
+    page.wait_for_function(
+        "() => Number(document.querySelector('#ts-progress .ts-progress')?.dataset.step) >= 1",
+        timeout=TRAINING_S * 1000,
+    )
+    page.click("#ts-stop")
+    expect(page.locator("#ts-message")).to_contain_text("a checkpoint is kept")
+    page.wait_for_selector("#ts-progress [data-status=interrupted]", timeout=120_000)
+    stopped = _progress(page)
+    checkpoints = sorted(p.name for p in state.current_run.glob("output/training/checkpoint-*"))
+    page.click("#ts-resume")
+    expect(page.locator("#ts-message")).to_contain_text("Resuming the run")
     page.wait_for_selector("#ts-progress [data-status=finished]", timeout=TRAINING_S * 1000)
-    return {"second_start": second_start, "state": state}
+    log = (state.current_run / "ui-run.log").read_text()
+    return {"second_start": second_start, "stopped": stopped, "checkpoints": checkpoints, "log": log}
 
 
 def test_a_second_start_while_training_shows_a_clear_message(trained) -> None:
@@ -204,10 +220,17 @@ def test_a_second_start_while_training_shows_a_clear_message(trained) -> None:
     assert "only one run at a time" in trained["second_start"]
 
 
+def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(trained) -> None:
+    step = int(trained["stopped"]["step"])
+    assert 1 <= step < 3, trained["stopped"]
+    assert f"checkpoint-{step}" in trained["checkpoints"]
+    assert f"resuming from training/checkpoint-{step}" in trained["log"]
+
+
 def test_training_draws_the_loss_curve_and_the_progress_reaches_the_end(page, trained) -> None:
     progress = page.inner_text("#ts-progress")
-    assert "100%" in progress and "step 2 of 2" in progress
-    assert page.get_attribute("#ts-progress [data-status]", "data-step") == "2"
+    assert "100%" in progress and "step 3 of 3" in progress
+    assert _progress(page)["step"] == "3"
     # two lines (training loss at steps 1-2, held-out loss before and after), each drawn through its points
     lines = page.wait_for_function(
         """() => [...document.querySelectorAll('#ts-curve svg .mark-line path')]

@@ -34,6 +34,7 @@ LOG_NAME = "ui-run.log"
 OUTPUT_DIR = "output"
 DATA_DIR = "data"
 _MB = 1024 * 1024
+_STOP_WAIT_S = 60.0  # a stopped run writes its checkpoint, state and report, then ends
 
 
 def inside(path: str | os.PathLike, roots: list[Path], lang: str = "en") -> Path:
@@ -80,11 +81,15 @@ class Workspace:
             )
 
     def keep_data(self, source: str | os.PathLike, run_folder: Path, lang: str = "en") -> Path:
-        """Copy a data file (an upload or the built-in example) into ``run_folder/data/``; its new path."""
+        """Copy a data file (an upload or the built-in example) into ``run_folder/data/``, in place of any
+        file chosen there before; its new path."""
         self.check_upload(source, lang)
         target = run_folder / DATA_DIR / Path(source).name
         if Path(source).resolve() != target.resolve():
             target.parent.mkdir(parents=True, exist_ok=True)
+            for earlier in target.parent.iterdir():
+                if earlier.is_file() and earlier.name != target.name:
+                    earlier.unlink()  # a run trains on one file: the folder keeps only that one
             shutil.copyfile(source, target)
         return target
 
@@ -109,6 +114,7 @@ class TrainingJob:
         self._lock = threading.Lock()
         self.process: subprocess.Popen | None = None
         self.folder: Path | None = None  # the run folder of the latest run started
+        self.stopping = False  # Stop was pressed: the run is saving its checkpoint and ending
 
     @property
     def running(self) -> bool:
@@ -122,9 +128,11 @@ class TrainingJob:
 
     def start(self, run_folder: Path, lang: str = "en") -> None:
         """Run ``python -m tunesmith run run_folder/run.yaml``; refuse while another run is going."""
+        self.settle()
         with self._lock:
             if self.running:
                 raise TunesmithError(text(lang, "already_running", folder=self.folder))
+            self.stopping = False
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             log = (run_folder / LOG_NAME).open("a", encoding="utf-8")
             try:
@@ -143,12 +151,19 @@ class TrainingJob:
                 log.close()  # the child holds its own handle
             self.folder = run_folder
 
+    def settle(self) -> None:
+        """After Stop, wait (up to a minute) for the stopped run to write its checkpoint and end, so
+        Resume right after Stop continues it instead of finding it still running."""
+        if self.stopping:
+            self.wait(_STOP_WAIT_S)
+
     def stop(self) -> bool:
         """Send SIGINT, exactly what Ctrl-C sends; False when no run is going."""
         with self._lock:
             if not self.running:
                 return False
             self.process.send_signal(signal.SIGINT)
+            self.stopping = True
             return True
 
     def wait(self, timeout: float | None = None) -> int | None:
