@@ -209,7 +209,7 @@ def trained(page, app):
     stopped = _progress(page)
     checkpoints = sorted(p.name for p in state.current_run.glob("output/training/checkpoint-*"))
     page.click("#ts-resume")
-    expect(page.locator("#ts-message")).to_contain_text("Resuming the run")
+    expect(page.locator("#ts-message")).to_contain_text("Resuming the run", timeout=90_000)  # after it ends
     page.wait_for_selector("#ts-progress [data-status=finished]", timeout=TRAINING_S * 1000)
     log = (state.current_run / "ui-run.log").read_text()
     return {"second_start": second_start, "stopped": stopped, "checkpoints": checkpoints, "log": log}
@@ -238,7 +238,7 @@ def test_training_draws_the_loss_curve_and_the_progress_reaches_the_end(page, tr
     )
     assert lines.json_value(), page.inner_html("#ts-curve")[:3000]
     axis = page.inner_text("#ts-curve")
-    assert "step" in axis and "loss" in axis
+    assert "step" in axis and "loss" in axis and "training loss" in axis and "held-out loss" in axis
     _shot(page, "4-train")
 
 

@@ -165,6 +165,10 @@ def test_a_resumed_log_counts_only_the_new_attempt(tmp_path) -> None:
     progress = read_progress(out, 6, "")
     assert progress.eta_s == pytest.approx(4.0)  # 2 s per step since the restart, 2 steps to go
     assert progress.tokens_per_s == pytest.approx(250.0)
+    # one step after the restart, TRL counting its tokens afresh (as it does on resume)
+    _log(out, [{"step": 2, "loss": 2.5, "num_tokens": 700.0, "elapsed_s": 10.0},
+               {"step": 3, "loss": 2.4, "num_tokens": 360.0, "elapsed_s": 8.0}])  # fmt: skip
+    assert read_progress(out, 3, "").tokens_per_s == pytest.approx(45.0)
     assert views.curve_points(read_progress(tmp_path / "none", 6, "")) == []  # no training step yet: no curve
 
 

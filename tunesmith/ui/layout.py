@@ -131,8 +131,10 @@ class Page:
                 self.stop = self._button("stop", variant="stop", elem_id="ts-stop")
                 self.resume = self._button("resume", elem_id="ts-resume")
             self.progress = gr.HTML(views.progress_view(None, _EN), elem_id="ts-progress")
-            self.curve = self._make(gr.LinePlot, x="step", y="loss", color="series", label="loss_curve",
-                                    elem_id="ts-curve", height=380)  # fmt: skip
+            self._heading("loss_curve")
+            # no label: the block's label would push the legend out of the plot's box
+            self.curve = gr.LinePlot(x="step", y="loss", color="series", show_label=False, elem_id="ts-curve",
+                                     height=340)  # fmt: skip
             self.log = self._make(gr.Textbox, "", lines=12, max_lines=12, label="log", elem_id="ts-log")
 
     def _compare(self) -> None:

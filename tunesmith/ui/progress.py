@@ -68,8 +68,9 @@ def training_rate(records: list[dict]) -> tuple[float | None, float | None]:
     tokens = None
     if len(attempt) >= 2 and attempt[-1]["elapsed_s"] > attempt[0]["elapsed_s"]:
         seconds = attempt[-1]["elapsed_s"] - attempt[0]["elapsed_s"]
-        tokens = (attempt[-1]["num_tokens"] - attempt[0]["num_tokens"]) / seconds
-    elif attempt and not start and attempt[-1]["elapsed_s"] > 0:
+        tokens = max(0.0, attempt[-1]["num_tokens"] - attempt[0]["num_tokens"]) / seconds or None
+    elif attempt and attempt[-1]["elapsed_s"] > 0:
+        # one step so far: TRL's num_tokens counts from the attempt's start, as elapsed_s does
         tokens = attempt[-1]["num_tokens"] / attempt[-1]["elapsed_s"]
     return per_step, tokens
 
