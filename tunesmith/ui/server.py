@@ -37,15 +37,16 @@ def host_warning(host: str) -> str | None:
     )
 
 
-def _require_gradio():
-    try:
-        import gradio
-    except ImportError:
+def _require_gradio() -> None:
+    """Refuse with the install command when Gradio is missing (found without importing it: the
+    environment must be set before its import)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gradio") is None:
         raise TunesmithError(
             "The web app needs Gradio, which is an optional part of tunesmith. Install it with: "
             'pip install "tunesmith[ui]" (in a clone: pip install -e ".[ui]").'
-        ) from None
-    return gradio
+        )
 
 
 def prepare_environment(folder: str | os.PathLike) -> Path:
@@ -72,20 +73,30 @@ def serve(
         print(warning, file=sys.stderr, flush=True)
     demo = build_app(state)
     demo.queue(default_concurrency_limit=4)
+    try:
+        _launch(demo, state, host, port, block, quiet, CSS)
+    except OSError as err:  # Gradio's "Cannot find empty port", or the address is not this machine's
+        raise TunesmithError(
+            f"The web app cannot listen on {host}:{port} ({' '.join(str(err).split())}). Another program may "
+            "be using that port: choose another one with --port, or stop the other program."
+        ) from None
+    return demo
+
+
+def _launch(demo, state, host: str, port: int, block: bool, quiet: bool, css: str) -> None:
     demo.launch(
         server_name=host,
         server_port=port,
         max_file_size=int(state.workspace.max_upload_mb * 1024 * 1024),
         prevent_thread_lock=not block,
         quiet=quiet,
-        css=CSS,
+        css=css,
         footer_links=[],
         show_error=False,
         mcp_server=False,
         pwa=False,
         ssr_mode=False,
     )
-    return demo
 
 
 def launch(
@@ -97,8 +108,8 @@ def launch(
     block: bool = True,
 ):
     """``tunesmith ui``: the app over the runs in ``folder``, at ``http://host:port``."""
-    root = prepare_environment(folder)  # before Gradio is imported
     _require_gradio()
+    root = prepare_environment(folder)  # before Gradio is imported
     from tunesmith.ui.app import UiState
     from tunesmith.ui.session import Workspace
 
