@@ -11,7 +11,7 @@ import sys
 EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
 
 # Each name is a module tunesmith.cli.<name> with `add_parser(subparsers)` and `run(args) -> int`.
-COMMANDS = ["check", "chat", "run", "export", "verify"]
+COMMANDS = ["check", "chat", "run", "export", "verify", "ui"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,7 +11,7 @@ from tunesmith.data.layouts import Layout
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError, closest_name
 
-__all__ = ["validate_rows", "check_template_fields", "find_duplicates", "DUPLICATE_POLICIES"]
+__all__ = ["validate_rows", "row_errors", "check_template_fields", "find_duplicates", "DUPLICATE_POLICIES"]
 
 DUPLICATE_POLICIES = ("drop", "keep", "error")
 
@@ -61,29 +61,49 @@ def _check_messages(messages, source: str, index: int, column: str) -> None:
         raise TunesmithError(f"{where}: the last assistant message is empty. Fill it in or remove the row.")
 
 
+def _check_row(row: dict, index: int, layout: Layout, mapping: dict[str, str], source: str) -> None:
+    """Raise a TunesmithError when row ``index`` (0-based) has a missing field, a wrong type or no answer."""
+    for field, column in mapping.items():
+        if field in ("conversations", "messages"):
+            value = row.get(column)
+            if field == "conversations":
+                from tunesmith.data.sharegpt import sharegpt_to_messages
+
+                value = sharegpt_to_messages(value, _where(source, index))
+            _check_messages(value, source, index, column)
+        else:
+            _check_text(
+                row.get(column),
+                source,
+                index,
+                field,
+                column,
+                required=field in layout.required,
+                answer=field == layout.answer,
+            )
+
+
 def validate_rows(rows: list[dict], layout: Layout, mapping: dict[str, str], source: str) -> None:
     """Raise a TunesmithError at the first row with a missing field, a wrong type or an empty answer."""
     if not rows:
         raise TunesmithError(f"{source} is empty: there are no rows to train on.")
     for index, row in enumerate(rows):
-        for field, column in mapping.items():
-            if field in ("conversations", "messages"):
-                value = row.get(column)
-                if field == "conversations":
-                    from tunesmith.data.sharegpt import sharegpt_to_messages
+        _check_row(row, index, layout, mapping, source)
 
-                    value = sharegpt_to_messages(value, _where(source, index))
-                _check_messages(value, source, index, column)
-            else:
-                _check_text(
-                    row.get(column),
-                    source,
-                    index,
-                    field,
-                    column,
-                    required=field in layout.required,
-                    answer=field == layout.answer,
-                )
+
+def row_errors(
+    rows: list[dict], layout: Layout, mapping: dict[str, str], source: str, limit: int = 20
+) -> list[str]:
+    """The error paragraph of each bad row (at most ``limit``), in row order; empty when every row is fine."""
+    found = []
+    for index, row in enumerate(rows):
+        try:
+            _check_row(row, index, layout, mapping, source)
+        except TunesmithError as err:
+            found.append(str(err))
+            if len(found) >= limit:
+                break
+    return found
 
 
 def check_template_fields(template: PromptTemplate, mapping: dict[str, str], columns, source: str) -> None:

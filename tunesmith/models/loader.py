@@ -17,7 +17,7 @@ from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked
 from tunesmith.models.registry import require_family
 from tunesmith.models.sources import materialize
 
-__all__ = ["load", "materialize"]
+__all__ = ["load", "load_tokenizer", "materialize"]
 
 
 def load(
@@ -49,6 +49,14 @@ def load(
     model = _load_model(folder, config, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code)
     _finish(model, tokenizer, max_seq_length, full_finetuning)
     return model, tokenizer
+
+
+def load_tokenizer(
+    model_name: str | os.PathLike, *, token: str | None = None, trust_remote_code: bool = False
+):
+    """The tokenizer ``load`` would return for ``model_name``, without loading the weights."""
+    folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
+    return _load_tokenizer(folder, trust_remote_code)
 
 
 def _check_arguments(max_seq_length, load_in_4bit: bool, load_in_8bit: bool, full_finetuning: bool) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "report_sections",
     "write_report",
     "report_paths",
+    "run_commands",
     "render_markdown",
     "render_html",
 ]
@@ -250,8 +251,8 @@ def _time_rows(data: ReportData) -> list[tuple[Cell, ...]]:
     return [*rows, ("total", f"{sum(data.stage_seconds.values()):.1f} s")]
 
 
-def _commands(data: ReportData) -> list[Block]:
-    """How to run the exported model in Ollama and llama.cpp: a caption and shell commands each."""
+def run_commands(data: ReportData) -> list[tuple[str, str]]:
+    """How to run the exported model in Ollama and llama.cpp: (caption, shell commands) pairs."""
     out: list[tuple[str, str]] = []
     if data.modelfile and data.ollama_name:
         folder = str(Path(data.modelfile).parent)
@@ -275,6 +276,11 @@ def _commands(data: ReportData) -> list[Block]:
                     f"llama-cli -m {gguf} -no-cnv -n 256 --temp 0 -e -p {prompt}",
                 )
             )
+    return out
+
+
+def _commands(data: ReportData) -> list[Block]:
+    out = run_commands(data)
     if not out:
         return [Paragraph("No GGUF was exported, so there is nothing to run in Ollama or llama.cpp.")]
     return [block for title, text in out for block in (Paragraph(f"{title}:"), Code(text, "sh"))]
