@@ -165,7 +165,7 @@ def test_an_uploaded_jsonl_is_previewed_as_the_model_sees_it(page, tmp_path) -> 
     page.wait_for_selector("#ts-data-preview .ts-counts")
     preview = page.inner_text("#ts-data-preview")
     assert "Layout recognised: alpaca" in preview
-    assert "training rows\t22" in preview and "held-out rows\t2" in preview  # 24 rows, 10% held out
+    assert "training rows\t23" in preview and "held-out rows\t1" in preview  # 24 rows, 5% held out
     first = page.inner_text("#ts-data-preview pre.ts-row >> nth=0")
     assert "<|im_start|>user" in first and "<|im_start|>assistant" in first
     assert page.inner_text("#ts-data-preview pre.ts-row >> nth=0 >> mark.ts-eos") == "<|im_end|>"
