@@ -57,7 +57,8 @@ class TunesmithArgumentsMixin:
     )
     report_to: str | list[str] | None = field(default="none", metadata={"help": "Trackers; none by default."})
     held_out_eval: bool = field(
-        default=True, metadata={"help": "With an eval set, measure held-out metrics before and after training."}
+        default=True,
+        metadata={"help": "With an eval set, measure held-out metrics before and after training."},
     )
 
     def _resolve_for_machine(self) -> None:

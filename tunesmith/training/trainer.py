@@ -181,4 +181,3 @@ def _apply_formatting(dataset, formatting_func, text_field: str):
         return {text_field: text}
 
     return dataset.map(one)
-
