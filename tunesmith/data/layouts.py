@@ -86,7 +86,8 @@ def _no_layout_message(columns: list[str], source: str) -> str:
     )
 
 
-# Preference pairs (DPO, ORPO) and prompts alone (GRPO): each field is text or a list of role/content messages.
+# Preference pairs (DPO, ORPO) and prompts alone (GRPO): each field is text or a list of role/content
+# messages.
 PREFERENCE = Layout("preference", ("prompt", "chosen", "rejected"))
 PROMPTS = Layout("prompts", ("prompt",))
 
@@ -116,7 +117,7 @@ def detect_method_layout(
 def _missing_field_message(name: str, layout: Layout, columns: list[str], source: str) -> str:
     near = closest_name(name, columns)
     why = {
-        "rejected": "preference training (DPO, ORPO) needs a rejected answer beside the chosen one in every row",
+        "rejected": "preference training (DPO, ORPO) needs a worse answer beside the chosen one in each row",
         "chosen": "preference training (DPO, ORPO) needs the preferred answer of every row",
         "prompt": "every row needs the prompt the model answers",
     }[name]

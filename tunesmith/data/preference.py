@@ -4,8 +4,9 @@ prompts, with any other columns kept for the reward functions).
 The same steps as :func:`tunesmith.data.prepare_dataset`, in the same order: load -> recognise the fields ->
 choose the template -> validate every row -> duplicates -> format -> split off held-out rows. Each field is
 text or a list of role/content messages; the declared prompt template or the chat template formats the
-prompt and the answers exactly as supervised fine-tuning does (:func:`tunesmith.data.formatting.render_turns`),
-so TRL receives finished texts and the model trains on the format it is served with.
+prompt and the answers exactly as supervised fine-tuning does
+(:func:`tunesmith.data.formatting.render_turns`), so TRL receives finished texts and the model trains on
+the format it is served with.
 """
 
 from __future__ import annotations

@@ -309,7 +309,8 @@ class RunConfig(_Section):
     def _method_sections(self) -> RunConfig:
         method = self.training.method
         for name in ("dpo", "orpo", "grpo"):
-            if name in self.model_fields_set and getattr(self, name).model_fields_set and name != method:
+            section = getattr(self, name)
+            if name != method and section != type(section)():  # settings that would be ignored
                 raise ValueError(
                     f"the config has a '{name}:' section, but training.method is '{method}', so it would be "
                     f"ignored; set training.method: {name}, or remove the section"

@@ -384,7 +384,7 @@ def _verification_could_not_run(ctx: RunContext) -> bool:
 
 
 def _build_trainer(ctx: RunContext):
-    from tunesmith import training
+    import tunesmith.training as training
     from tunesmith.training.rewards import resolve_rewards
 
     t, method = ctx.config.training, ctx.config.training.method

@@ -168,7 +168,10 @@ class GRPOTrainer(TunesmithTrainerMixin, trl.GRPOTrainer):
         records = [r for r in self.records() if "reward" in r]
         window = max(1, len(records) // 4)
         first, last = records[:window], records[-window:]
-        mean = lambda rows, key: sum(r[key] for r in rows) / len(rows) if rows and key in rows[0] else None  # noqa: E731
+
+        def mean(rows, key):
+            return sum(r[key] for r in rows) / len(rows) if rows and key in rows[0] else None
+
         names = [f.__name__ for f in self.reward_funcs]
         return {
             **self.base_summary(output),

@@ -2,7 +2,7 @@
 one number per completion (TRL's convention; ``None`` leaves a completion out of that function's mean).
 
 Built-ins:
-- :func:`format_reward`: one ``<think>...</think>`` block, then a non-empty answer (partial credit on the way);
+- :func:`format_reward`: one ``<think>...</think>`` block, then a non-empty answer (partial credit first);
 - :func:`exact_match_reward`: the final answer (a number or an option letter) equals a data column;
 - :func:`length_penalty`: negative for completions longer than a limit.
 
@@ -100,7 +100,8 @@ def exact_match_reward(column: str = "answer") -> Callable:
             ]
             hint = closest_name(column, known)
             raise TunesmithError(
-                f"exact_match reads the right answer from the data column '{column}', but the data has no such "
+                f"exact_match reads the right answer from the data column '{column}', but the data has no "
+                "such "
                 f"column" + (f" (did you mean '{hint}'?)" if hint else "") + f"; its columns: "
                 f"{', '.join(known) or 'none'}. Name the column: exact_match_reward(column=...) (config: "
                 "grpo.answer_column)."
@@ -143,7 +144,8 @@ def resolve_rewards(rewards, **options) -> list[Callable]:
     ``options`` are the built-ins' settings), each wrapped by :func:`checked_reward`."""
     if rewards is None or (isinstance(rewards, (list, tuple)) and not rewards):
         raise TunesmithError(
-            "GRPOTrainer needs reward_funcs=: a list of reward functions f(prompts, completions, **columns) -> "
+            "GRPOTrainer needs reward_funcs=: a list of reward functions "
+            "f(prompts, completions, **columns) -> "
             f"list of floats, or built-in names ({', '.join(BUILTIN_REWARDS)})."
         )
     out = []
@@ -204,12 +206,14 @@ def _failure(func, name, err, prompts, completions, kwargs, rows) -> TunesmithEr
             err = single
             return TunesmithError(
                 f"The reward function '{name}' raised {type(err).__name__}: {err} — on data row {rows[i]} "
-                f"(prompt {_short(prompts[i])}, completion {_short(completions[i])}). Fix the function so that it "
-                "returns a number for every completion (return None to skip one); --debug shows the traceback."
+                f"(prompt {_short(prompts[i])}, completion {_short(completions[i])}). Fix the function so "
+                "that it returns a number for every completion (return None to skip one); --debug shows "
+                "the traceback."
             )
     return TunesmithError(
         f"The reward function '{name}' raised {type(err).__name__}: {err} — on the batch of data rows "
-        f"{', '.join(str(r) for r in dict.fromkeys(rows))} (each row alone works). Fix the function so that it "
+        f"{', '.join(str(r) for r in dict.fromkeys(rows))} (each row alone works). Fix the function so "
+        "that it "
         "returns a number for every completion; --debug shows the traceback."
     )
 
