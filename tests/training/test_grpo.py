@@ -41,7 +41,8 @@ def _trainer(smollm, tmp_path, rewards, **options):
     from tunesmith.training import get_peft_model
 
     model, tokenizer = smollm
-    model = get_peft_model(model, r=8, lora_alpha=16, random_state=3407, use_gradient_checkpointing=False)
+    if not hasattr(model, "peft_config"):  # a test may build a second trainer on the same model
+        model = get_peft_model(model, r=8, lora_alpha=16, random_state=3407, use_gradient_checkpointing=False)
     args = GRPOConfig(
         output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, logging_steps=1,
         save_steps=100, seed=3407, bf16=False, beta=0.0, warmup_steps=0, **options,

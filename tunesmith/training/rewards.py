@@ -206,7 +206,8 @@ def _failure(func, name, err, prompts, completions, kwargs, rows) -> TunesmithEr
             err = single
             return TunesmithError(
                 f"The reward function '{name}' raised {type(err).__name__}: {err} — on data row {rows[i]} "
-                f"(prompt {_short(prompts[i])}, completion {_short(completions[i])}). Fix the function so "
+                f"(prompt ending {_short(prompts[i], tail=True)}, completion {_short(completions[i])}). "
+                "Fix the function so "
                 "that it returns a number for every completion (return None to skip one); --debug shows "
                 "the traceback."
             )
@@ -240,6 +241,9 @@ def _check_values(name, rewards, prompts, completions, rows) -> None:
             )
 
 
-def _short(value, width: int = 80) -> str:
+def _short(value, width: int = 80, tail: bool = False) -> str:
+    """A text for an error message: the start (or, for prompts, the end, where the question is)."""
     text = repr(_text(value))
-    return text if len(text) <= width else text[: width - 4] + "...'"
+    if len(text) <= width:
+        return text
+    return "'..." + text[-(width - 4) :] if tail else text[: width - 4] + "...'"
