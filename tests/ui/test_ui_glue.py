@@ -189,7 +189,11 @@ def test_the_data_preview_shows_counts_and_the_formatted_rows_as_trained(run_fol
     choices = Choices(data_file=str(data), max_seq_length=64)
     preview = preview_data(build_config(choices, run_folder))
     assert preview.ok and preview.stats.layout == "alpaca"
-    assert (preview.stats.rows, preview.stats.eval_rows, preview.stats.duplicates) == (19, 1, 1)  # the built-in config holds out 5%
+    assert (preview.stats.rows, preview.stats.eval_rows, preview.stats.duplicates) == (
+        19,
+        1,
+        1,
+    )  # the built-in config holds out 5%
     assert preview.stats.truncated > 0 and preview.eos == "<|im_end|>"
     html = views.data_view(preview, "en")
     assert "duplicates dropped" in html and "training rows" in html

@@ -9,11 +9,12 @@ from tunesmith.errors import TunesmithError, closest_name
 
 __all__ = ["builtin_dataset_path", "BUILTIN_DATASETS"]
 
-BUILTIN_DATASETS = {"medquad_en": "medquad_en.jsonl"}
+BUILTIN_DATASETS = {"medquad_en": "medquad_en.jsonl", "medquad_pref_en": "medquad_pref_en.jsonl"}
 
 
 def builtin_dataset_path(name: str = "medquad_en") -> Path:
-    """The path of a built-in data set file (``"medquad_en"``: 800 English medical Q&A rows, CC BY 4.0)."""
+    """The path of a built-in data set file (``"medquad_en"``: 800 English medical Q&A rows;
+    ``"medquad_pref_en"``: 200 preference pairs made from them; both CC BY 4.0)."""
     if name not in BUILTIN_DATASETS:
         hint = closest_name(name, BUILTIN_DATASETS)
         raise TunesmithError(

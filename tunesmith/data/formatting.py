@@ -13,7 +13,14 @@ from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.sharegpt import sharegpt_to_messages
 from tunesmith.errors import TunesmithError
 
-__all__ = ["Rendered", "render_row", "render_chat", "add_eos_once", "alpaca_messages"]
+__all__ = [
+    "Rendered",
+    "render_row",
+    "render_chat",
+    "render_turns",
+    "add_eos_once",
+    "alpaca_messages",
+]
 
 
 @dataclass(frozen=True)
@@ -101,3 +108,36 @@ def render_row(
     prompt = template.prompt(instruction, fields["input"])
     completion = template.completion(fields["output"], fields["reasoning"])
     return _with_eos(prompt + completion, [(len(prompt), len(prompt) + len(completion))], eos)
+
+
+def _as_messages(value, role: str) -> list[dict]:
+    return [{"role": role, "content": value}] if isinstance(value, str) else list(value)
+
+
+def render_turns(prompt, answer, tokenizer, template: PromptTemplate | None, where: str) -> tuple[str, str]:
+    """(prompt text, answer text) of a prompt and an answer (each text or role/content messages), formatted
+    exactly as :func:`render_row` formats a training row; ``answer=None`` gives the prompt alone, ending
+    where the model starts to write. The answer ends with the end-of-sequence token (nothing after it)."""
+    eos = tokenizer.eos_token
+    if template is not None:
+        if not isinstance(prompt, str) or not (answer is None or isinstance(answer, str)):
+            raise TunesmithError(
+                f"{where}: a PromptTemplate formats text prompts and answers; this row holds messages. Use a "
+                "chat template instead (e.g. chat_template='chatml')."
+            )
+        head = template.prompt(prompt)
+        return head, "" if answer is None else add_eos_once(template.completion(answer), eos)
+    messages = _as_messages(prompt, "user")
+    if answer is None:
+        render_chat(
+            [*messages, {"role": "assistant", "content": "x"}], tokenizer, where
+        )  # checks the template
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text, ""
+    replies = _as_messages(answer, "assistant")
+    rendered = render_chat([*messages, *replies], tokenizer, where)
+    start = rendered.spans[sum(1 for m in messages if m["role"] == "assistant")][0]
+    completion = rendered.text[start:]
+    if eos and completion.rstrip().endswith(eos):  # TRL appends its own EOS unless the answer ends with it
+        completion = completion.rstrip()
+    return rendered.text[:start], completion

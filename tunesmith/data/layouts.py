@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from tunesmith.errors import TunesmithError, closest_name
 
-__all__ = ["Layout", "LAYOUTS", "detect_layout"]
+__all__ = ["Layout", "LAYOUTS", "detect_layout", "PREFERENCE", "PROMPTS", "detect_method_layout"]
 
 
 @dataclass(frozen=True)
@@ -83,4 +83,50 @@ def _no_layout_message(columns: list[str], source: str) -> str:
         "from/value [ShareGPT]; messages with role/content [OpenAI]; prompt/completion; or text. "
         "To use other column names, pass fields={'instruction': 'YourQuestionColumn', 'output': "
         "'YourAnswerColumn'}."
+    )
+
+
+# Preference pairs (DPO, ORPO) and prompts alone (GRPO): each field is text or a list of role/content
+# messages.
+PREFERENCE = Layout("preference", ("prompt", "chosen", "rejected"))
+PROMPTS = Layout("prompts", ("prompt",))
+
+
+def detect_method_layout(
+    columns, layout: Layout, fields: dict[str, str] | None = None, source: str = "the data"
+) -> dict[str, str]:
+    """The mapping {tunesmith field: column} for the fixed ``layout`` (:data:`PREFERENCE` or :data:`PROMPTS`),
+    or a TunesmithError naming the missing field, the closest column and how to map it."""
+    columns = list(columns)
+    fields = dict(fields or {})
+    for ours, theirs in fields.items():
+        if theirs not in columns:
+            hint = closest_name(theirs, columns)
+            raise TunesmithError(
+                f"fields maps '{ours}' to column '{theirs}', but {source} has no such column"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f". Its columns are: {', '.join(columns)}."
+            )
+    mapping = {name: fields.get(name, name) for name in layout.required}
+    for name, column in mapping.items():
+        if column not in columns:
+            raise TunesmithError(_missing_field_message(name, layout, columns, source))
+    return mapping
+
+
+def _missing_field_message(name: str, layout: Layout, columns: list[str], source: str) -> str:
+    near = closest_name(name, columns)
+    why = {
+        "rejected": "preference training (DPO, ORPO) needs a worse answer beside the chosen one in each row",
+        "chosen": "preference training (DPO, ORPO) needs the preferred answer of every row",
+        "prompt": "every row needs the prompt the model answers",
+    }[name]
+    hint = (
+        f"rename column '{near}' or map it with fields={{'{name}': '{near}'}}"
+        if near
+        else (f"add a '{name}' column, or map one of yours with fields={{'{name}': 'YourColumn'}}")
+    )
+    return (
+        f"{source} has no '{name}' column (its columns: {', '.join(columns) or 'none'}): {why}. "
+        f"Expected columns: {', '.join(layout.required)}. To fix it, {hint}."
     )

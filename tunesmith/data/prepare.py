@@ -28,7 +28,16 @@ from tunesmith.data.validation import (
 )
 from tunesmith.errors import TunesmithError
 
-__all__ = ["PreparedData", "prepare_dataset", "drop_duplicates", "held_out_size", "DEFAULT_PROMPT"]
+__all__ = [
+    "PreparedData",
+    "prepare_dataset",
+    "drop_duplicates",
+    "held_out_size",
+    "choose_template",
+    "split_held_out",
+    "source_name",
+    "DEFAULT_PROMPT",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +57,14 @@ class PreparedData:
     stats: DataStats
 
 
-def _source_name(source) -> str:
+def source_name(source) -> str:
+    """How errors name a data source: its path, or the kind of object it is."""
     if isinstance(source, (str, os.PathLike)):
         return str(source)
     return f"the {type(source).__name__}"
 
 
-def _choose_template(template, tokenizer, layout_name: str):
+def choose_template(template, tokenizer, layout_name: str):
     """(PromptTemplate or None, label for the statistics); sets the tokenizer's chat template to match."""
     if layout_name in ("text", "prompt_completion"):
         return None, "none"
@@ -174,7 +184,7 @@ def held_out_size(n_rows: int, fraction: float, source: str, n_duplicates: int =
     return n_eval
 
 
-def _split_held_out(rows, numbers, fraction, seed: int, name: str):
+def split_held_out(rows, numbers, fraction, seed: int, name: str):
     """(held-out (rows, numbers) or None, training rows, training row numbers) for a fraction in (0, 1)."""
     if fraction is None:
         return None, rows, numbers
@@ -252,12 +262,12 @@ def prepare_dataset(
     """
     import datasets
 
-    name = _source_name(source)
+    name = source_name(source)
     data = load_dataset_file(source, encoding=encoding, split=split)
     if limit is not None:
         data = data.select(range(min(limit, len(data))))
     layout, mapping = detect_layout(data.column_names, fields, name, layout)
-    prompt_template, template_label = _choose_template(template, tokenizer, layout.name)
+    prompt_template, template_label = choose_template(template, tokenizer, layout.name)
     if prompt_template is not None:
         check_template_fields(prompt_template, mapping, data.column_names, name)
     rows = data.to_list()
@@ -278,7 +288,7 @@ def prepare_dataset(
             seed=seed,
         ).train
     else:
-        held_out, rows, numbers = _split_held_out(rows, numbers, eval_split, seed, name)
+        held_out, rows, numbers = split_held_out(rows, numbers, eval_split, seed, name)
 
     how = _Formatting(
         layout=layout,

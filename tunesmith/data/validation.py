@@ -11,7 +11,15 @@ from tunesmith.data.layouts import Layout
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError, closest_name
 
-__all__ = ["validate_rows", "row_errors", "check_template_fields", "find_duplicates", "DUPLICATE_POLICIES"]
+__all__ = [
+    "validate_rows",
+    "row_errors",
+    "validate_preference_rows",
+    "validate_prompt_rows",
+    "check_template_fields",
+    "find_duplicates",
+    "DUPLICATE_POLICIES",
+]
 
 DUPLICATE_POLICIES = ("drop", "keep", "error")
 
@@ -104,6 +112,67 @@ def row_errors(
             if len(found) >= limit:
                 break
     return found
+
+
+def _check_turns(value, source: str, index: int, column: str, *, answer: bool) -> None:
+    """A text field, or a list of role/content messages (ending in the assistant's for an answer)."""
+    if not isinstance(value, list):
+        _check_text(value, source, index, column, column, required=True, answer=answer)
+        return
+    where = f"{_where(source, index)}, field '{column}'"
+    if not value:
+        raise TunesmithError(
+            f"{where} is an empty list: give text, or a list of {{'role', 'content'}} messages."
+        )
+    for turn, message in enumerate(value, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
+            raise TunesmithError(f"{where}, message {turn} needs 'role' and 'content' (it has: {keys}).")
+        if not isinstance(message["content"], str):
+            raise TunesmithError(
+                f"{where}, message {turn}: 'content' must be text, not {type(message['content']).__name__}."
+            )
+    last = value[-1]
+    if answer and (last["role"] != "assistant" or not last["content"].strip()):
+        raise TunesmithError(
+            f"{where} must end with a non-empty assistant message (the answer); it ends with a "
+            f"'{last['role']}' message{' that is empty' if not last['content'].strip() else ''}."
+        )
+    if not answer and last["role"] == "assistant":
+        raise TunesmithError(
+            f"{where} ends with an assistant message, but a prompt ends where the model starts to answer. "
+            "Move the answer to 'chosen' (and 'rejected')."
+        )
+
+
+def validate_preference_rows(rows: list[dict], mapping: dict[str, str], source: str) -> None:
+    """Raise a TunesmithError at the first preference row (prompt/chosen/rejected) with a missing or empty
+    field, a wrong type, answers of different kinds, or a chosen answer identical to the rejected one."""
+    if not rows:
+        raise TunesmithError(f"{source} is empty: there are no preference pairs to train on.")
+    prompt, chosen, rejected = mapping["prompt"], mapping["chosen"], mapping["rejected"]
+    for index, row in enumerate(rows):
+        _check_turns(row.get(prompt), source, index, prompt, answer=False)
+        _check_turns(row.get(chosen), source, index, chosen, answer=True)
+        _check_turns(row.get(rejected), source, index, rejected, answer=True)
+        if isinstance(row[chosen], list) != isinstance(row[rejected], list):
+            raise TunesmithError(
+                f"{_where(source, index)}: '{chosen}' and '{rejected}' must both be text or both be message "
+                "lists; this row mixes them. Write both answers the same way."
+            )
+        if row[chosen] == row[rejected]:
+            raise TunesmithError(
+                f"{_where(source, index)}: '{chosen}' and '{rejected}' are identical, so the pair teaches no "
+                "preference. Give a worse answer as rejected, or remove the row."
+            )
+
+
+def validate_prompt_rows(rows: list[dict], mapping: dict[str, str], source: str) -> None:
+    """Raise a TunesmithError at the first row whose prompt is missing, empty or of a wrong type."""
+    if not rows:
+        raise TunesmithError(f"{source} is empty: there are no prompts to train on.")
+    for index, row in enumerate(rows):
+        _check_turns(row.get(mapping["prompt"]), source, index, mapping["prompt"], answer=False)
 
 
 def check_template_fields(template: PromptTemplate, mapping: dict[str, str], columns, source: str) -> None:

@@ -40,6 +40,10 @@ __all__ = [
     "DataConfig",
     "LoraConfig",
     "TrainingConfig",
+    "DPOSection",
+    "ORPOSection",
+    "GRPOSection",
+    "METHODS",
     "GenerationConfig",
     "ExportConfig",
     "OutputConfig",
@@ -52,6 +56,12 @@ __all__ = [
 
 DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "prompt_completion", "text")
 EXPORT_FORMATS = ("gguf", "merged", "lora")
+METHODS = ("sft", "dpo", "orpo", "grpo")
+# TRL 1.16's loss names (its trainers compare against these strings)
+DPO_LOSSES = ("sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+              "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft")  # fmt: skip
+GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "luspo", "sapo", "cispo", "vespo")
+REWARDS = ("format", "exact_match", "length")
 
 
 class _Section(BaseModel):
@@ -96,7 +106,8 @@ class DataConfig(_Section):
     """The training data: a file, its layout, how each row becomes text, and the held-out split."""
 
     file: StrictStr | None = Field(
-        None, description="JSON/JSONL/CSV/Parquet file; empty: the shipped MedQuAD subset"
+        None,
+        description="JSON/JSONL/CSV/Parquet file; empty: the shipped MedQuAD subset (pairs for dpo/orpo)",
     )
     format: Literal[DATA_FORMATS] = Field("auto", description="row layout; auto recognises it")
     prompt_template: StrictStr | None = Field(
@@ -207,6 +218,9 @@ class TrainingConfig(_Section):
     ddp_timeout: int = Field(
         1800, ge=10, description="with --gpus N: seconds a process waits for the others before giving up"
     )
+    method: Literal[METHODS] = Field(
+        "sft", description="sft (supervised), dpo or orpo (preference pairs), grpo (reward functions)"
+    )
 
     @field_validator("optim", "lr_scheduler_type")
     @classmethod
@@ -225,6 +239,35 @@ class TrainingConfig(_Section):
                 + f"; known: {', '.join(valid)}"
             )
         return value
+
+
+class DPOSection(_Section):
+    """DPO settings (TRL's ``DPOConfig`` names); used when ``training.method`` is dpo."""
+
+    beta: float = Field(0.1, gt=0.0, description="how far the model may move from the reference (KL weight)")
+    loss_type: Literal[DPO_LOSSES] = Field("sigmoid", description="TRL's DPO loss")
+
+
+class ORPOSection(_Section):
+    """ORPO settings (TRL's ``ORPOConfig`` names); used when ``training.method`` is orpo."""
+
+    beta: float = Field(0.1, gt=0.0, description="weight of the odds-ratio term beside the SFT loss (lambda)")
+
+
+class GRPOSection(_Section):
+    """GRPO settings (TRL's ``GRPOConfig`` names) and the built-in rewards; used when ``training.method``
+    is grpo."""
+
+    rewards: list[Literal[REWARDS]] = Field(["format"], min_length=1, description="built-in reward functions")
+    answer_column: StrictStr = Field("answer", description="data column exact_match compares the answer with")
+    max_length_tokens: int = Field(
+        256, ge=1, description="the length reward penalises completions beyond this"
+    )
+    num_generations: int = Field(4, ge=2, description="group size: completions per prompt")
+    max_completion_length: int = Field(128, ge=1, description="longest completion in tokens")
+    temperature: float = Field(1.0, gt=0.0, description="sampling temperature of the completions")
+    beta: float = Field(0.0, ge=0.0, description="KL coefficient (0: no reference model is needed)")
+    loss_type: Literal[GRPO_LOSSES] = Field("dapo", description="TRL's GRPO loss")
 
 
 class GenerationConfig(_Section):
@@ -258,6 +301,9 @@ class RunConfig(_Section):
     data: DataConfig = DataConfig()
     lora: LoraConfig = LoraConfig()
     training: TrainingConfig = TrainingConfig()
+    dpo: DPOSection = DPOSection()
+    orpo: ORPOSection = ORPOSection()
+    grpo: GRPOSection = GRPOSection()
     probes: list[StrictStr] = Field(default_factory=lambda: ["What are common causes of fatigue?"])
     generation: GenerationConfig = GenerationConfig()
     export: ExportConfig = ExportConfig()
@@ -271,11 +317,33 @@ class RunConfig(_Section):
                 raise ValueError(f"probe {i} is empty")
         return value
 
+    @model_validator(mode="after")
+    def _method_sections(self) -> RunConfig:
+        method = self.training.method
+        for name in ("dpo", "orpo", "grpo"):
+            section = getattr(self, name)
+            if name != method and section != type(section)():  # settings that would be ignored
+                raise ValueError(
+                    f"the config has a '{name}:' section, but training.method is '{method}', so it would be "
+                    f"ignored; set training.method: {name}, or remove the section"
+                )
+        if method == "grpo":
+            t, g = self.training, self.grpo
+            batch = t.per_device_train_batch_size * t.gradient_accumulation_steps
+            if batch % g.num_generations:
+                raise ValueError(
+                    f"GRPO generates groups of grpo.num_generations={g.num_generations} completions, so "
+                    f"training.per_device_train_batch_size x gradient_accumulation_steps ({batch}) must be a "
+                    f"multiple of it; for example per_device_train_batch_size: {g.num_generations}"
+                )
+        return self
 
-def _default_data_file() -> Path:
+
+def _default_data_file(method: str = "sft") -> Path:
+    """The shipped MedQuAD subset: its preference pairs for DPO and ORPO, its rows otherwise."""
     from tunesmith.data.builtin import builtin_dataset_path
 
-    return builtin_dataset_path("medquad_en")
+    return builtin_dataset_path("medquad_pref_en" if method in ("dpo", "orpo") else "medquad_en")
 
 
 def default_config_path() -> Path:
@@ -466,7 +534,9 @@ def parse_config(data: dict[str, Any], *, source: str, base_dir: str | os.PathLi
     section = data.get("data")
     if section is None or (isinstance(section, dict) and section.get("file") is None):
         # the shipped MedQuAD subset, spelled out so --print-config shows the file that is used
-        data = {**data, "data": {**(section or {}), "file": str(_default_data_file())}}
+        training = data.get("training")
+        method = training.get("method", "sft") if isinstance(training, dict) else "sft"
+        data = {**data, "data": {**(section or {}), "file": str(_default_data_file(str(method)))}}
     try:
         return RunConfig.model_validate(data, context={"base_dir": str(base_dir)})
     except ValidationError as err:
@@ -526,6 +596,8 @@ def _explain(err: ValidationError, source: str) -> str:
     else:
         msg = first["msg"].removeprefix("Value error, ").rstrip(".")
         text = f"In {source}, the field '{path}' has the value {_short(value)}, which is not valid: {msg}."
+        if not loc:  # a rule across sections: the message names the fields
+            text = f"In {source}: {msg}."
         if first["type"] == "literal_error":
             hint = closest_name(str(value), re.findall(r"'([^']*)'", first["ctx"]["expected"]))
             if hint:

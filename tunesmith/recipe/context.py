@@ -19,10 +19,12 @@ from tunesmith.errors import TunesmithError, out_of_space
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.state import RunState
 
-__all__ = ["RunContext", "Stage", "TRAINING_DIR", "LOSS_PNG", "model_name"]
+__all__ = ["RunContext", "Stage", "TRAINING_DIR", "LOSS_PNG", "REWARDS_PNG", "SAMPLES_JSON", "model_name"]
 
 TRAINING_DIR = "training"  # checkpoints, training_log.jsonl and loss.png
 LOSS_PNG = f"{TRAINING_DIR}/loss.png"
+REWARDS_PNG = f"{TRAINING_DIR}/rewards.png"  # DPO/ORPO: reward margin and accuracy; GRPO: rewards, lengths
+SAMPLES_JSON = f"{TRAINING_DIR}/samples.json"  # GRPO: completions from the first and the last step
 
 
 @dataclass(frozen=True)

@@ -172,11 +172,26 @@ def probe_before(ctx: RunContext) -> ProbeResult:
 
 def prepare_data(ctx: RunContext) -> DataStats:
     """Read, validate, format and tokenize the data; split off the held-out rows."""
-    from tunesmith.data import prepare_dataset
-
-    ctx.prepared = prepare_dataset(tokenizer=ctx.tokenizer, **dataset_arguments(ctx.config))
+    ctx.prepared = _prepare(ctx)
     print(f"    {ctx.prepared.stats.summary()}")
     return ctx.prepared.stats
+
+
+def _prepare(ctx: RunContext):
+    """The data as the configured training method needs it (SFT rows, preference pairs or prompts)."""
+    from tunesmith.data import prepare_dataset
+    from tunesmith.data.preference import prepare_preference_dataset, prepare_prompt_dataset
+
+    method, arguments = ctx.config.training.method, dataset_arguments(ctx.config)
+    if method == "sft":
+        return prepare_dataset(tokenizer=ctx.tokenizer, **arguments)
+    common = {k: arguments[k] for k in ("source", "template", "fields", "encoding", "limit")}
+    if method == "grpo":
+        return prepare_prompt_dataset(tokenizer=ctx.tokenizer, **common)
+    return prepare_preference_dataset(
+        tokenizer=ctx.tokenizer, **common, max_length=arguments["max_seq_length"],
+        duplicates=arguments["duplicates"], eval_split=arguments["eval_split"], seed=arguments["seed"],
+    )  # fmt: skip
 
 
 def add_lora(ctx: RunContext) -> LoraResult:
@@ -387,24 +402,35 @@ def _verification_could_not_run(ctx: RunContext) -> bool:
 
 
 def _build_trainer(ctx: RunContext):
-    from tunesmith.training import SFTTrainer, TrainingArguments
+    import tunesmith.training as training
+    from tunesmith.training.rewards import resolve_rewards
 
-    t = ctx.config.training
-    args = TrainingArguments(
+    t, method = ctx.config.training, ctx.config.training.method
+    common = dict(
         output_dir=str(ctx.folder / TRAINING_DIR),
-        **t.model_dump(),
+        **t.model_dump(exclude={"method", "packing"} if method != "sft" else {"method"}),
         per_device_eval_batch_size=t.per_device_train_batch_size,
-        max_seq_length=ctx.config.model.max_seq_length,
         held_out_eval=False,  # the run measures it itself, once, in its own stages
         report_to="none",
     )
-    return SFTTrainer(
-        model=ctx.model,
-        tokenizer=ctx.tokenizer,
-        train_dataset=ctx.prepared.train,
-        eval_dataset=ctx.prepared.eval,
-        args=args,
-    )
+    data = {"model": ctx.model, "tokenizer": ctx.tokenizer, "train_dataset": ctx.prepared.train}
+    max_length = ctx.config.model.max_seq_length
+    if method == "grpo":
+        g = ctx.config.grpo
+        options = g.model_dump(exclude={"rewards", "answer_column", "max_length_tokens"})
+        rewards = resolve_rewards(
+            g.rewards, answer_column=g.answer_column, max_length_tokens=g.max_length_tokens
+        )
+        args = training.GRPOConfig(**common, **options)
+        return training.GRPOTrainer(**data, reward_funcs=rewards, args=args)
+    if method in ("dpo", "orpo"):
+        section = getattr(ctx.config, method).model_dump()
+        config_cls = training.DPOConfig if method == "dpo" else training.ORPOConfig
+        trainer_cls = training.DPOTrainer if method == "dpo" else training.ORPOTrainer
+        args = config_cls(**common, **section, max_length=max_length)
+        return trainer_cls(**data, eval_dataset=ctx.prepared.eval, args=args)
+    args = training.TrainingArguments(**common, max_seq_length=max_length)
+    return training.SFTTrainer(**data, eval_dataset=ctx.prepared.eval, args=args)
 
 
 def _eval_loss(ctx: RunContext) -> float | None:

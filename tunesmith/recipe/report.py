@@ -61,6 +61,9 @@ class ReportData:
     environment: dict[str, str] = field(default_factory=dict)
     data_stats: dict[str, object] = field(default_factory=dict)
     loss_png: Path | None = None
+    method: str = "sft"
+    rewards_png: Path | None = None  # DPO/ORPO reward margin and accuracy; GRPO rewards and lengths
+    samples: dict[str, list[dict]] = field(default_factory=dict)  # GRPO: {"start": [...], "end": [...]}
     train_losses: list[tuple[int, float]] = field(default_factory=list)
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
@@ -169,6 +172,7 @@ def report_sections(data: ReportData, folder: Path) -> list[Section]:
     sections = [
         Section("probes", "Probes: before and after", "Probes", _probes(data)),
         Section("loss", "Loss", "Loss", _loss(data, folder)),
+        *([Section("rewards", "Rewards", "Rewards", _rewards(data, folder))] if data.method != "sft" else []),
         Section("data", "Data", "Data", [_pairs(data.data_stats)]),
         Section("exports", "Exported files", "Exported files", _exports(data, folder)),
         Section("verify", "Verification in llama.cpp", "Verification", _verification(data)),
@@ -204,6 +208,28 @@ def _loss(data: ReportData, folder: Path) -> list[Block]:
     if data.loss_png and Path(data.loss_png).is_file():
         return [table, Image(Path(data.loss_png), _rel(data.loss_png, folder), "training loss")]
     return [table, Paragraph("No loss curve: training did not log a step.")]
+
+
+def _rewards(data: ReportData, folder: Path) -> list[Block]:
+    """The reward curves (per function for GRPO), and GRPO's sample completions at the start and the end."""
+    what = {
+        "grpo": "mean reward of each reward function, and completion lengths",
+        "dpo": "reward margin (chosen minus rejected, relative to the reference) and reward accuracy",
+        "orpo": "reward margin (chosen minus rejected) and reward accuracy",
+    }[data.method]
+    blocks: list[Block] = [Paragraph(f"{data.method.upper()}: {what}, per logged step.")]
+    if data.rewards_png and Path(data.rewards_png).is_file():
+        blocks.append(Image(Path(data.rewards_png), _rel(data.rewards_png, folder), "reward curves"))
+    else:
+        blocks.append(Paragraph("No reward curves: training did not log a step."))
+    rows = [
+        (f"{when} (step {s.get('step', '?')})", _answer(s.get("completion")),
+         ", ".join(f"{k} {v:.2f}" for k, v in s.get("rewards", {}).items() if isinstance(v, (int, float))))
+        for when in ("start", "end") for s in data.samples.get(when, [])
+    ]  # fmt: skip
+    if rows:
+        blocks.append(Table(("when", "sample completion", "rewards"), rows))
+    return blocks
 
 
 def _num(value: float | None) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tunesmith.data.stats import DataStats
 from tunesmith.recipe.config import dump_config
-from tunesmith.recipe.context import LOSS_PNG, RunContext, model_name
+from tunesmith.recipe.context import LOSS_PNG, REWARDS_PNG, SAMPLES_JSON, RunContext, model_name
 from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData, write_report
 from tunesmith.recipe.results import ExportResult, ProbeResult, VerifyResult
 
@@ -33,6 +33,9 @@ def report_data(ctx: RunContext, status: str) -> ReportData:
         environment=res.check.environment if res.check else {},
         data_stats=_data_rows(res.data),
         loss_png=png if png.is_file() else None,
+        method=ctx.config.training.method,
+        rewards_png=ctx.folder / REWARDS_PNG if (ctx.folder / REWARDS_PNG).is_file() else None,
+        samples=_samples(ctx.folder / SAMPLES_JSON),
         train_losses=list(res.train.losses) if res.train else [],
         eval_loss_before=res.lora.eval_loss_before if res.lora else None,
         eval_loss_after=res.eval_after.eval_loss_after if res.eval_after else None,
@@ -45,6 +48,16 @@ def report_data(ctx: RunContext, status: str) -> ReportData:
         llama_prompt=_rendered_prompt(ctx),
         stage_seconds=dict(ctx.seconds),
     )
+
+
+def _samples(path: Path) -> dict[str, list[dict]]:
+    """GRPO's sample completions (first and last step), or nothing."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _probes(questions: list[str], before: ProbeResult | None, after: ProbeResult | None) -> list[ProbeAnswer]:

@@ -1,5 +1,5 @@
-"""tunesmith.training: LoRA adapters, training arguments, the SFT trainer, progress/log/plot, checkpoints,
-Ctrl-C handling."""
+"""tunesmith.training: LoRA adapters, training arguments, the SFT, DPO, ORPO and GRPO trainers, reward
+functions, progress/log/plot, checkpoints, Ctrl-C handling."""
 
 from tunesmith._lazy import lazy_exports
 
@@ -9,6 +9,15 @@ __all__, __getattr__, __dir__ = lazy_exports(
         "SFTConfig": "tunesmith.training.arguments",
         "TrainingArguments": "tunesmith.training.arguments",
         "SFTTrainer": "tunesmith.training.trainer",
+        "DPOConfig": "tunesmith.training.method_arguments",
+        "GRPOConfig": "tunesmith.training.method_arguments",
+        "DPOTrainer": "tunesmith.training.preference",
+        "ORPOConfig": "tunesmith.training.orpo",
+        "ORPOTrainer": "tunesmith.training.orpo",
+        "GRPOTrainer": "tunesmith.training.grpo",
+        "format_reward": "tunesmith.training.rewards",
+        "exact_match_reward": "tunesmith.training.rewards",
+        "length_penalty": "tunesmith.training.rewards",
         "get_peft_model": "tunesmith.training.lora",
     },
 )

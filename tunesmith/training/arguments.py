@@ -28,6 +28,7 @@ from tunesmith.models.quantization import require_bitsandbytes
 __all__ = [
     "TrainingArguments",
     "SFTConfig",
+    "TunesmithArgumentsMixin",
     "as_tunesmith_arguments",
     "accumulation_for",
     "EIGHT_BIT_OPTIMIZERS",
@@ -48,12 +49,12 @@ def _cpu_has_bf16() -> bool:
 
 
 @dataclass
-class TrainingArguments(trl.SFTConfig):
-    """``trl.SFTConfig`` with tunesmith's defaults, device/precision resolution and the tutorial's names.
+class TunesmithArgumentsMixin:
+    """What every tunesmith trainer's arguments share, mixed in before one of TRL's configs.
 
     Differences from TRL: activation (gradient) checkpointing defaults to off (``get_peft_model`` turns it
     on), ``report_to`` defaults to "none" (nothing leaves the machine), ``fp16``/``bf16`` are requests
-    resolved against the hardware (see :attr:`precision`).
+    resolved against the hardware (see :attr:`precision`), 8-bit optimizers fall back to torch's AdamW on CPU.
     """
 
     gradient_checkpointing: bool | None = field(
@@ -61,15 +62,9 @@ class TrainingArguments(trl.SFTConfig):
         metadata={"help": "Deprecated alias of activation_checkpointing; get_peft_model sets it."},
     )
     report_to: str | list[str] | None = field(default="none", metadata={"help": "Trackers; none by default."})
-    max_seq_length: int | None = field(
-        default=None, metadata={"help": "The tutorial's name for max_length (longest training sequence)."}
-    )
-    on_too_long: str = field(
-        default="truncate",
-        metadata={"help": "Rows longer than max_length: 'truncate' (counted) or 'error' (refuse)."},
-    )
     held_out_eval: bool = field(
-        default=True, metadata={"help": "With an eval set, measure held-out loss before and after training."}
+        default=True,
+        metadata={"help": "With an eval set, measure held-out metrics before and after training."},
     )
     global_batch_size: int | None = field(
         default=None,
@@ -79,17 +74,12 @@ class TrainingArguments(trl.SFTConfig):
         },
     )
 
-    def __post_init__(self):
-        if self.max_seq_length is not None:
-            self.max_length = self.max_seq_length
-        self.max_seq_length = self.max_length
-        if self.on_too_long not in ("truncate", "error"):
-            raise TunesmithError(f"on_too_long={self.on_too_long!r}: use 'truncate' or 'error'.")
+    def _resolve_for_machine(self) -> None:
+        """Precision and optimizer for this machine; call before TRL's ``__post_init__``."""
         self._resolve_precision()
         self._check_optimizer()
         self._derive_accumulation()
         self._check_fsdp()
-        super().__post_init__()
 
     def _derive_accumulation(self) -> None:
         """Set the accumulation that makes ``global_batch_size`` out of this run's processes."""
@@ -151,6 +141,29 @@ class TrainingArguments(trl.SFTConfig):
         return "bf16" if self.bf16 else "fp16" if self.fp16 else "fp32"
 
 
+@dataclass
+class TrainingArguments(TunesmithArgumentsMixin, trl.SFTConfig):
+    """``trl.SFTConfig`` with tunesmith's defaults, device/precision resolution and the tutorial's names
+    (see :class:`TunesmithArgumentsMixin`)."""
+
+    max_seq_length: int | None = field(
+        default=None, metadata={"help": "The tutorial's name for max_length (longest training sequence)."}
+    )
+    on_too_long: str = field(
+        default="truncate",
+        metadata={"help": "Rows longer than max_length: 'truncate' (counted) or 'error' (refuse)."},
+    )
+
+    def __post_init__(self):
+        if self.max_seq_length is not None:
+            self.max_length = self.max_seq_length
+        self.max_seq_length = self.max_length
+        if self.on_too_long not in ("truncate", "error"):
+            raise TunesmithError(f"on_too_long={self.on_too_long!r}: use 'truncate' or 'error'.")
+        self._resolve_for_machine()
+        super().__post_init__()
+
+
 SFTConfig = TrainingArguments
 
 
@@ -167,17 +180,18 @@ def accumulation_for(global_batch_size: int, per_device: int, processes: int) ->
     return global_batch_size // per_step
 
 
-def as_tunesmith_arguments(args, **overrides) -> TrainingArguments:
-    """Our :class:`TrainingArguments` from None, ours, TRL's ``SFTConfig`` or transformers'
-    ``TrainingArguments``.
+def as_tunesmith_arguments(args, cls=None, **overrides):
+    """Arguments of tunesmith's class ``cls`` (default :class:`TrainingArguments`) from None, one of ours,
+    one of TRL's configs or transformers' ``TrainingArguments`` (the fields ``cls`` knows are kept).
 
     ``overrides`` (the tutorial's trainer-level arguments such as ``dataset_text_field``) win over ``args``;
     None values are ignored.
     """
+    cls = cls or TrainingArguments
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args is None:
-        return TrainingArguments(output_dir=overrides.pop("output_dir", "outputs"), **overrides)
-    if isinstance(args, TrainingArguments) and not overrides:
+        return cls(output_dir=overrides.pop("output_dir", "outputs"), **overrides)
+    if isinstance(args, cls) and not overrides:
         return args
     if isinstance(args, dict):
         values = dict(args)
@@ -185,9 +199,9 @@ def as_tunesmith_arguments(args, **overrides) -> TrainingArguments:
         values = args.to_dict()
         for name in [k for k in values if k.endswith("_token")]:  # to_dict masks these as "<NAME>"
             values[name] = getattr(args, name, None)
-    known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+    known = {f.name for f in dataclasses.fields(cls) if f.init}
     values = {k: v for k, v in values.items() if k in known and not k.startswith("gradient_checkpointing")}
     if "max_length" in overrides:
         values.pop("max_seq_length", None)
     values.update(overrides)
-    return TrainingArguments(**values)
+    return cls(**values)

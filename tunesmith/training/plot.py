@@ -1,4 +1,5 @@
-"""The loss curve as a PNG: training loss per logged step, held-out loss where it was measured."""
+"""The loss curve as a PNG (training loss per logged step, held-out loss where it was measured), and panels
+of other logged metrics (reward margin and accuracy, rewards per function, completion lengths)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from tunesmith._atomic import atomic_file
 
-__all__ = ["plot_loss_curve", "read_log"]
+__all__ = ["plot_loss_curve", "plot_metric_panels", "read_log"]
 
 
 def read_log(log_path: str | os.PathLike) -> list[dict]:
@@ -71,4 +72,56 @@ def plot_loss_curve(
     with atomic_file(png_path) as handle:
         figure.savefig(handle, format="png")
     png_path.chmod(0o644)  # the temporary file was private; the picture is for people to open
+    return png_path
+
+
+def plot_metric_panels(
+    records: list[dict],
+    png_path: str | os.PathLike,
+    panels: list[tuple[str, list[tuple[str, str]]]],
+    title: str = "Training metrics",
+) -> Path | None:
+    """One panel per ``(y label, [(log key, line label), ...])``: each key against step, its held-out
+    value (``eval_<key>``) as points; written atomically to ``png_path``; None if no key was logged."""
+    drawn = [
+        (
+            ylabel,
+            [(key, label) for key, label in lines if any(key in r or f"eval_{key}" in r for r in records)],
+        )
+        for ylabel, lines in panels
+    ]
+    drawn = [(ylabel, lines) for ylabel, lines in drawn if lines]
+    if not drawn:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to a file
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 2.6 * len(drawn) + 0.6), dpi=110)
+    for index, (ylabel, lines) in enumerate(drawn):
+        axes = figure.add_subplot(len(drawn), 1, index + 1)
+        for key, label in lines:
+            points = [
+                (r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and "step" in r
+            ]
+            if points:
+                axes.plot(*zip(*points, strict=True), label=label, linewidth=1.5)
+            held = [
+                (r["step"], r[f"eval_{key}"])
+                for r in records
+                if isinstance(r.get(f"eval_{key}"), (int, float))
+            ]
+            if held:
+                axes.plot(*zip(*held, strict=True), "o--", label=f"{label} (held-out)")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.axes[0].set_title(title)
+    figure.axes[-1].set_xlabel("step")
+    figure.tight_layout()
+    png_path = Path(png_path)
+    with atomic_file(png_path) as handle:
+        figure.savefig(handle, format="png")
+    png_path.chmod(0o644)
     return png_path

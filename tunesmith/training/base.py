@@ -1,0 +1,183 @@
+"""What every tunesmith trainer adds to TRL's: progress bar, ``training_log.jsonl``, plots, atomic
+checkpoints, exact resume, and the user's model handed back as it was.
+
+Mixed in before a TRL trainer class (``class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer)``). A trainer
+builds its callbacks with :meth:`_tunesmith_callbacks` before calling TRL's ``__init__`` and
+:meth:`_drop_default_callbacks` after; :meth:`train` then runs the shared loop, with the hooks
+:meth:`_before_training`, :meth:`_after_training`, :meth:`plot_curves` and :meth:`_summarize` for what
+differs between methods.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from tunesmith._distributed import world_size
+from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
+from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
+from tunesmith.training.distributed import fault_injection
+from tunesmith.training.no_telemetry import NoTelemetryMixin
+from tunesmith.training.plot import plot_loss_curve, read_log
+
+__all__ = ["TunesmithTrainerMixin", "checkpoint_step", "first_eval_loss"]
+
+logger = logging.getLogger(__name__)
+
+
+class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
+    """The shared training loop around a TRL trainer (see the module docstring)."""
+
+    _jsonl: JsonlLogCallback
+
+    def _tunesmith_callbacks(self, output_dir: str, callbacks) -> list:
+        """The user's callbacks plus tunesmith's progress bar and JSON-lines log (and, when switched on, the
+        fault injection of multi-process tests)."""
+        self._jsonl = JsonlLogCallback(output_dir)
+        return [*(callbacks or []), ProgressBarCallback(), self._jsonl, *fault_injection()]
+
+    def _drop_default_callbacks(self) -> None:
+        """Remove transformers' own progress printing (replaced by :class:`ProgressBarCallback`)."""
+        for default in (ProgressCallback, PrinterCallback):
+            self.remove_callback(default)
+
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Train (resuming if asked) with the method's measurements before and after; writes the log and
+        the plots, also when interrupted."""
+        output_dir = Path(self.args.output_dir)
+        if self.args.should_save:
+            removed = remove_partial_checkpoints(output_dir)
+            if removed:
+                logger.warning("Removed %d half-written checkpoint folder(s) in %s.", removed, output_dir)
+        checkpoint = find_checkpoint(resume_from_checkpoint, str(output_dir))
+        if self.args.should_save:  # rank 0 alone writes the log
+            self._jsonl.start(checkpoint_step(checkpoint))
+            _say_global_batch(self.args)
+        else:
+            self._jsonl.resumed_from = checkpoint_step(checkpoint)
+        self._before_training(checkpoint)
+        self._wrap_after_evaluation()
+        try:
+            output = super().train(
+                resume_from_checkpoint=checkpoint,
+                trial=trial,
+                ignore_keys_for_eval=ignore_keys_for_eval,
+                **kwargs,
+            )
+        except BaseException:
+            self.plot_curves()  # the curves so far, on interruption too
+            self._release_model()
+            raise
+        self._after_training()
+        self.plot_curves()
+        self.summary = self._summarize(output)
+        self._release_model()
+        return output
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    def _before_training(self, checkpoint: str | None) -> None:
+        """Measure what the method compares before and after (nothing by default)."""
+
+    def _after_training(self) -> None:
+        """Measure it again after training (nothing by default)."""
+
+    def plot_curves(self) -> list[Path]:
+        """Write the method's plots into the output folder; returns the paths written."""
+        loss = self.plot_loss()
+        return [loss] if loss else []
+
+    def _summarize(self, output) -> dict:
+        """The numbers a run report shows (:meth:`base_summary`; methods add theirs)."""
+        return self.base_summary(output)
+
+    # -- shared pieces ----------------------------------------------------------------------------------
+    def _wrap_after_evaluation(self) -> None:
+        """Let training wrap the model in DDP although it was evaluated first (held-out measures before).
+
+        accelerate (1.15) marks a model it prepared for evaluation as prepared, and its guard against wrapping
+        twice then skips the DDP wrap when training starts: each rank would train alone on its own rows.
+        Forgetting the mark (on our own model object) lets ``prepare`` wrap it as on a fresh start.
+        """
+        if (
+            self.accelerator.num_processes > 1
+            and not self.is_fsdp_enabled
+            and self.model_wrapped is self.model
+        ):
+            vars(self.model).pop("_is_accelerate_prepared", None)
+
+    def _release_model(self) -> None:
+        """Hand the user's model back as it was: training wraps its forward in (bf16) autocast, which
+        would make later generation, export checks and fp32 comparisons run in reduced precision."""
+        self.accelerator.unwrap_model(self.model, keep_fp32_wrapper=False)
+
+    def records(self) -> list[dict]:
+        """The records of this run's ``training_log.jsonl``."""
+        return read_log(self._jsonl.path)
+
+    def plot_loss(self) -> Path | None:
+        """Write ``loss.png`` in the output folder from the training log; returns its path."""
+        return self._safe_plot(plot_loss_curve, PLOT_NAME)
+
+    def _safe_plot(self, draw, name: str, **options) -> Path | None:
+        """``draw(records, path, **options)`` into the output folder; a failure is a warning only."""
+        if not self.args.should_save:
+            return None
+        try:
+            return draw(self.records(), Path(self.args.output_dir) / name, **options)
+        except Exception as err:  # a plot must never hide the real outcome of training
+            logger.warning("Could not draw %s: %s", name, err)
+            return None
+
+    def base_summary(self, output) -> dict:
+        """Steps, time, throughput, final loss, precision, device and the log/plot paths."""
+        losses = [r["loss"] for r in self.records() if "loss" in r]
+        runtime = output.metrics.get("train_runtime") or 0.0
+        steps_run = max(1, self.state.global_step - (self._jsonl.resumed_from or 0))
+        tokens = getattr(self, "_total_train_tokens", 0) or self.state.num_input_tokens_seen
+        return {
+            "steps": self.state.global_step,
+            "train_seconds": runtime,
+            "seconds_per_step": runtime / steps_run,
+            "train_tokens": tokens,
+            "tokens_per_second": tokens / runtime if runtime and tokens else None,
+            "final_loss": losses[-1] if losses else None,
+            "precision": self.args.precision,
+            "global_batch": self.args.global_batch,
+            "processes": world_size(),
+            "device": str(self.args.device),
+            "log_path": str(self._jsonl.path),
+            "plot_path": str(Path(self.args.output_dir) / PLOT_NAME),
+        }
+
+
+def checkpoint_step(checkpoint: str | None) -> int | None:
+    """The global step a checkpoint folder was saved at (None for no checkpoint or an unreadable one)."""
+    if checkpoint is None:
+        return None
+    state = Path(checkpoint) / TRAINER_STATE_NAME
+    try:
+        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def first_eval_loss(history: list[dict]) -> float | None:
+    """The held-out loss the Trainer logged first (at step 0 with ``eval_on_start``), or None."""
+    return next((h["eval_loss"] for h in history if "eval_loss" in h), None)
+
+
+def _say_global_batch(args) -> None:
+    """One line on the main process: how many rows each optimizer step sees, and from where."""
+    mode = "FSDP2" if args.fsdp else "DDP" if world_size() > 1 else "one process"
+    logger.warning(
+        "global batch %d = %d per device x %d accumulation x %d process(es) (%s)",
+        args.global_batch,
+        args.per_device_train_batch_size,
+        args.gradient_accumulation_steps,
+        world_size(),
+        mode,
+    )
