@@ -1,6 +1,6 @@
 """The chat template families tunesmith knows, as rows: Jinja text, turn markers and stop text.
 
-Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "alpaca"): the Ollama exporter keys
+Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "phi-3", "alpaca"): the Ollama exporter keys
 its Go templates on them. ``instruction_part`` / ``response_part`` are the text right before a user turn
 and right before an assistant turn, which is what response-only masking looks for.
 """
@@ -63,6 +63,14 @@ _MISTRAL = (
     "{%- endfor -%}"
 )
 
+# Phi-3 / Phi-3.5 (Microsoft's template, without the EOS it appends when no generation prompt is asked).
+_PHI3 = (
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
 _ALPACA = (
     "{%- set ns = namespace(system='" + ALPACA_DEFAULT_SYSTEM + "') -%}"
     "{%- if messages[0]['role'] == 'system' -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}"
@@ -88,6 +96,7 @@ CHAT_FAMILIES: dict[str, ChatFamily] = {
             "<|eot_id|>",
         ),
         ChatFamily("mistral", _MISTRAL, "[INST]", "[/INST]", None),
+        ChatFamily("phi-3", _PHI3, "<|user|>\n", "<|assistant|>\n", "<|end|>"),
         ChatFamily("alpaca", _ALPACA, "### Instruction:\n", "### Response:\n", None),
     )
 }
