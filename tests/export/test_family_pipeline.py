@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 
 import pytest
 import torch
-from _models import TEXT, write_tiny_model
+from _models import FAMILY_TINY, TEXT, TINY, tiny_model, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tunesmith.data.chat_template_table import CHAT_FAMILIES
 from tunesmith.data.chat_templates import get_chat_template
+from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.merge import save_pretrained_merged
 from tunesmith.export.ollama import plan_modelfile
@@ -26,9 +29,18 @@ from tunesmith.training.lora import get_peft_model
 # (model type, tokenizer folder in ../shared/tokenizers, chat template to put on it (None: its own), config
 # beyond _models.TINY / FAMILY_TINY). Gemma 3: six layers, so a global layer follows five sliding-window ones
 # (window 16, shorter than the prompts). Gemma 2 stands on Gemma 3's vocabulary, Phi-3 on Llama 2's.
+# Gemma 2's own chat template: like Gemma 3's, but it refuses a system message.
+GEMMA2_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
 CASES = [
     ("gemma3_text", "gemma3", None, {"num_hidden_layers": 6, "tie_word_embeddings": True}),
-    ("gemma2", "gemma3", None, {"num_hidden_layers": 2, "tie_word_embeddings": True}),
+    ("gemma2", "gemma3", GEMMA2_TEMPLATE, {"num_hidden_layers": 2, "tie_word_embeddings": True}),
     ("phi3", "llama2", "phi-3", {}),
 ]
 CONVERSATION = [
@@ -47,8 +59,11 @@ def case(request, shared_dir, tmp_path_factory):
     """(model type, tokenizer, bf16 model folder)."""
     family, tokenizer_name, template, extra = request.param
     tokenizer = _tokenizer(shared_dir / "tokenizers" / tokenizer_name)
-    if template:
+    if template in CHAT_FAMILIES:
         tokenizer = get_chat_template(copy.deepcopy(tokenizer), template, map_eos_token=False)
+    elif template:
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.chat_template = template
     # not the family's name: llama.cpp changes Phi-3 token attributes when the model's name says "phi3"
     folder = tmp_path_factory.mktemp("model")
     write_tiny_model(folder, family, tokenizer=tokenizer, dtype=torch.bfloat16, **extra)
@@ -136,16 +151,58 @@ def test_gguf_passes_verification_in_llama_cpp(trained, case, method, tmp_path, 
 
 
 def test_modelfile_template_renders_the_chat_template_in_go(case, go_render):
-    _, tokenizer, _ = case
+    family, tokenizer, _ = case
     template = plan_modelfile(tokenizer, required=True).template
-    system = [{"role": "system", "content": "You are a careful doctor."}]  # Gemma folds it into the turn
-    for messages in (CONVERSATION[:1], system + CONVERSATION, system + CONVERSATION + CONVERSATION[:1]):
+    system = [{"role": "system", "content": "You are a careful doctor."}]  # Gemma 3 folds it into the turn
+    for messages in (CONVERSATION[:1], CONVERSATION + CONVERSATION[:1], system + CONVERSATION):
         last_is_assistant = messages[-1]["role"] == "assistant"
-        jinja = tokenizer.apply_chat_template(
-            messages,
+        rendered = messages[1:] if family == "gemma2" and messages[0] == system[0] else messages
+        jinja = tokenizer.apply_chat_template(  # Gemma 2 refuses a system message: Go leaves it out
+            rendered,
             tokenize=False,
             add_generation_prompt=not last_is_assistant,
             continue_final_message=last_is_assistant,
         )
         bos = tokenizer.bos_token if jinja.startswith(tokenizer.bos_token) else ""  # llama.cpp adds BOS
         assert bos + go_render(template, messages) == jinja
+
+
+@pytest.mark.parametrize(
+    "family, config, says",
+    [
+        ("gemma2", {"query_pre_attn_scalar": 32}, "1/sqrt(32)"),  # head size 16: llama.cpp uses 1/sqrt(16)
+        ("gemma3_text", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
+    ],
+)
+def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(family, config, says, tmp_path):
+    model = tiny_model(family, **config)
+    with pytest.raises(TunesmithError, match=re.escape(says)):
+        save_pretrained_gguf(model, tmp_path / "out", object(), "f16")
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_a_multimodal_gemma3_checkpoint_loads_as_its_text_model(tmp_path, chatml_bpe_tokenizer):
+    import transformers
+
+    text = transformers.Gemma3TextConfig(**{**TINY, **FAMILY_TINY["gemma3_text"], "vocab_size": 512})
+    vision = transformers.SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28
+    )
+    config = transformers.Gemma3Config(
+        text_config=text.to_dict(),
+        vision_config=vision.to_dict(),
+        mm_tokens_per_image=4,
+        image_token_index=511,
+        boi_token_index=509,
+        eoi_token_index=510,
+    )
+    torch.manual_seed(0)
+    full = transformers.Gemma3ForConditionalGeneration(config).eval()
+    full.save_pretrained(tmp_path)
+    chatml_bpe_tokenizer.save_pretrained(tmp_path)
+    model, _ = load(tmp_path, dtype=torch.float32)
+    assert model.config.model_type == "gemma3_text"
+    assert not any("vision" in name for name, _ in model.named_parameters())  # the text model alone
+    ids = torch.tensor([[1, 5, 9, 42, 7, 100]])
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, full(input_ids=ids).logits)

@@ -1,8 +1,8 @@
 """The chat template families tunesmith knows, as rows: Jinja text, turn markers and stop text.
 
-Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "phi-3", "alpaca"): the Ollama exporter keys
-its Go templates on them. ``instruction_part`` / ``response_part`` are the text right before a user turn
-and right before an assistant turn, which is what response-only masking looks for.
+Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "phi-3", "alpaca"): the Ollama
+exporter keys its Go templates on them. ``instruction_part`` / ``response_part`` are the text right before a
+user turn and right before an assistant turn, which is what response-only masking looks for.
 """
 
 from __future__ import annotations

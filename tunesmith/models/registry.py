@@ -42,6 +42,18 @@ class Family:
     # The family's own chat template is proven equal to its Ollama TEMPLATE in Go's text/template
     # (tests/export/test_gguf_families.py, with the family's real tokenizer).
     ollama_template_verified: bool = True
+    # A multimodal checkpoint whose text model tunesmith loads alone: (regex, replacement) pairs that rename
+    # its language-model weights to the text model's names; the vision weights are left unread.
+    text_part_weights: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def capabilities(self) -> str:
+        """What tunesmith has for this family, as ``tunesmith check`` and the README list it."""
+        yes = {True: "yes", False: "no"}
+        return (
+            f"{self.display_name}: fast path {yes[self.fast_path]}, GGUF {yes[bool(self.gguf_arch)]}, "
+            f"Ollama template {'verified' if self.ollama_template_verified else 'not verified'}"
+        )
 
 
 FAMILIES: dict[str, Family] = {
@@ -53,6 +65,14 @@ FAMILIES: dict[str, Family] = {
         Family("qwen3", "Qwen3", "qwen3", fast_path=False),
         Family("gemma2", "Gemma 2", "gemma2", fast_path=False, norm_weight_offset=1.0),
         Family("gemma3_text", "Gemma 3 (text)", "gemma3", fast_path=False, norm_weight_offset=1.0),
+        Family(
+            "gemma3",
+            "Gemma 3 4B/12B/27B (text part)",
+            "gemma3",
+            fast_path=False,
+            norm_weight_offset=1.0,
+            text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
+        ),
         Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),
     )
 }
