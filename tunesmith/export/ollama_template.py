@@ -45,6 +45,7 @@ class ChatPieces:
     bos_text: str = ""  # BOS text removed from the heads because the tokenizer adds BOS itself
     system_in_user: bool = False  # Mistral style: the system text sits inside the first user turn
     system_prefix: str = ""  # (then) text between the user header and the system text
+    refuses_system: bool = False  # the template raises on a system message (Gemma 2): the TEMPLATE drops it
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[dict]:
@@ -121,6 +122,7 @@ def _cut(render: Renderer) -> ChatPieces:
         last_assistant_before=last_before,
         system_in_user=system_in_user,
         system_prefix=system_prefix,
+        refuses_system=not lead,
     )
 
 

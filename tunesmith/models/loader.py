@@ -132,8 +132,8 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
 
 
 def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code):
-    """The model weights of ``folder`` on ``device`` in ``dtype`` (or 4-bit/8-bit); of a multimodal checkpoint,
-    the text model's."""
+    """The model weights of ``folder`` on ``device`` in ``dtype`` (or 4-bit/8-bit); of a multimodal
+    checkpoint, the text model's."""
     from transformers import AutoModelForCausalLM
 
     quantization = bnb_config(load_in_4bit, load_in_8bit, compute_dtype=dtype)
