@@ -206,3 +206,16 @@ def test_a_multimodal_gemma3_checkpoint_loads_as_its_text_model(tmp_path, chatml
     ids = torch.tensor([[1, 5, 9, 42, 7, 100]])
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, full(input_ids=ids).logits)
+
+
+def test_train_on_responses_only_finds_the_answer_in_the_familys_template(case):
+    import datasets
+
+    from tunesmith.data.masking import train_on_responses_only
+
+    _, tokenizer, _ = case
+    text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    masked = train_on_responses_only(datasets.Dataset.from_dict({"text": [text]}), tokenizer=tokenizer)
+    kept = [t for t, label in zip(masked[0]["input_ids"], masked[0]["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(kept).strip().startswith(CONVERSATION[1]["content"])
+    assert CONVERSATION[0]["content"] not in tokenizer.decode(kept)
