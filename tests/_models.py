@@ -15,6 +15,13 @@ from tunesmith.models.registry import LLAMA_STYLE_TARGETS
 # each GGUF type (q8_0, q4_0 blocks of 32) can store it.
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512)  # fmt: skip
+# Gemma's defaults are its real sizes (head size 256): a tiny one needs its own, and llama.cpp scales queries
+# by 1/sqrt(head size) outside the 27B models, so query_pre_attn_scalar is the head size.
+FAMILY_TINY = {
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16),
+    "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16),
+    "phi3": dict(pad_token_id=None, original_max_position_embeddings=512),  # its default pad id is 32000
+}
 # Odd sizes for the fast-path tests: head size 12, MLP width 80 and 97 vocabulary columns leave partial
 # blocks in every kernel.
 ODD = dict(vocab_size=97, hidden_size=48, intermediate_size=80, max_position_embeddings=64)
@@ -22,11 +29,16 @@ ODD = dict(vocab_size=97, hidden_size=48, intermediate_size=80, max_position_emb
 # rounded once more (and Triton's interpreter truncates float32 -> bf16 instead of rounding to nearest).
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
 DTYPES = [torch.float32, torch.bfloat16]
+# What tokenization checks feed both tokenizers: English, numbers, code, Chinese, Japanese, emoji, accents.
+TEXT = (
+    "Hello world! The year 2024 had 12345678 seconds.\n\n  Indented  code:\n\tdef f(x):\n        return x**2  # sq\n"
+    "你好，世界！这是一个测试。日本語のテキスト。 Emoji: 🤖🎉👍🏽 Ünïcödé café naïve — “quotes” it's we'll I'M"
+)
 
 
 def tiny_model(family: str = "llama", *, tokenizer=None, seed: int = 0, **config):
     """A random-init causal LM of a transformers ``family`` (seed ``seed``, eval mode): ``TINY`` sizes,
-    changed by ``config``; with a ``tokenizer``, its vocabulary size and bos/eos ids go into the config."""
+    changed by ``config`` (and ``FAMILY_TINY``; Gemma's norm weights random); with a ``tokenizer``, its vocabulary size and bos/eos ids go into the config."""
     import transformers
 
     config_cls, model_cls = {
@@ -34,12 +46,22 @@ def tiny_model(family: str = "llama", *, tokenizer=None, seed: int = 0, **config
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
+        "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
+        "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
     }[family]
+    config = {**FAMILY_TINY.get(family, {}), **config}
     if tokenizer is not None:
         config = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                       eos_token_id=tokenizer.eos_token_id, **config)  # fmt: skip
     torch.manual_seed(seed)
-    return model_cls(config_cls(**{**TINY, **config})).eval()
+    model = model_cls(config_cls(**{**TINY, **config})).eval()
+    if family.startswith("gemma"):  # its norms start at 0 (Gemma multiplies by 1 + w): make them matter
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    param.normal_(0.0, 0.2)
+    return model
 
 
 def write_tiny_model(folder: Path, family: str = "llama", *, tokenizer=None, dtype=None, **config) -> Path:

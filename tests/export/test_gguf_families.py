@@ -8,7 +8,7 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from _models import tiny_model
+from _models import TEXT, tiny_model
 from transformers import AutoTokenizer
 
 from tunesmith.data.prompt_template import PromptTemplate
@@ -16,10 +16,6 @@ from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.llama_cpp import evaluate_in_llama_cpp
 from tunesmith.export.ollama import MODELFILE_NAME
 
-TEXT = (
-    "Hello world! The year 2024 had 12345678 seconds.\n\n  Indented  code:\n\tdef f(x):\n        return x**2  # sq\n"
-    "你好，世界！这是一个测试。日本語のテキスト。 Emoji: 🤖🎉👍🏽 Ünïcödé café naïve — “quotes” it's we'll I'M"
-)
 CONVERSATION = [
     {"role": "system", "content": "You are a careful doctor."},
     {"role": "user", "content": "我头疼，怎么办? What should I do?"},
@@ -46,7 +42,12 @@ CASES = [
     ("qwen3", "qwen2", {}, "qwen2"),
     ("deepseek_v3", "llama", {}, "deepseek-v3"),
     ("llama2", "mistral", {}, "llama"),
+    # Gemma: 262,145 tokens, SentencePiece-style without a space prefix; six layers so that a global layer
+    # follows five sliding-window ones (window 16, shorter than the text), norms random around Gemma's 1 + w.
+    ("gemma3", "gemma3_text", {"num_hidden_layers": 6, "tie_word_embeddings": True}, "llama"),
 ]
+# ggml computes GELU (Gemma's MLP) through a float16 table: its logits differ more than SiLU models' do.
+LOGIT_TOLERANCE = {"gemma3_text": 5e-3}
 # Llama 2 has no chat template: its Modelfile comes from a declared prompt template.
 LLAMA2_PROMPT = "### Question:\n{instruction}\n\n### Answer:\n{output}"
 
@@ -65,11 +66,11 @@ def exported(request, shared_dir, tmp_path_factory):
     prompt_template = PromptTemplate(LLAMA2_PROMPT) if name == "llama2" else None
     out = tmp_path_factory.mktemp(f"{name}-{kind}")
     path = save_pretrained_gguf(model, out, tokenizer, "f32", prompt_template=prompt_template)
-    return path, model, tokenizer, expected, prompt_template
+    return path, model, tokenizer, expected, prompt_template, kind
 
 
 def test_llama_cpp_tokenizes_like_hugging_face(exported, llama_cpp_works):
-    path, _, tokenizer, expected, _ = exported
+    path, _, tokenizer, expected, _, _ = exported
     specials = "".join(tokenizer.all_special_tokens[:3])
     texts = (TEXT, specials + TEXT + specials, "a")
     prompts = [(text, tokenizer(text)["input_ids"]) for text in texts]
@@ -82,16 +83,16 @@ def test_llama_cpp_tokenizes_like_hugging_face(exported, llama_cpp_works):
 
 
 def test_llama_cpp_computes_the_same_logits(exported, llama_cpp_works):
-    path, model, tokenizer, _, _ = exported
+    path, model, tokenizer, _, _, kind = exported
     ids = tokenizer(TEXT)["input_ids"][:48]
     (seen,) = evaluate_in_llama_cpp(path, [(TEXT, ids)], max_new_tokens=0, eos=set(), n_ctx=128)
     with torch.no_grad():
         theirs = model(input_ids=torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(seen.logits - theirs).max() < 1e-3
+    assert np.abs(seen.logits - theirs).max() < LOGIT_TOLERANCE.get(kind, 1e-3)
 
 
 def test_modelfile_template_matches_the_chat_template_in_go(exported, go_render):
-    path, _, tokenizer, _, prompt_template = exported
+    path, _, tokenizer, _, prompt_template, _ = exported
     modelfile = (path.parent / MODELFILE_NAME).read_text()
     assert f"FROM ./{path.name}\n" in modelfile
     template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]

@@ -31,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(r.name) for r in rows) + 1
     for row in rows:
         mark = "" if row.ok else ("  [FAIL]" if row.required else "  [warn]")
-        print(f"{row.name + ':':<{width}} {row.value}{mark}")
+        value = row.value.replace("\n", "\n" + " " * (width + 1))  # a row of several lines stays aligned
+        print(f"{row.name + ':':<{width}} {value}{mark}")
     failed = [r for r in rows if not r.ok]
     for row in failed:
         print(f"  fix ({row.name}): {row.fix}")

@@ -1,8 +1,8 @@
 """The chat template families tunesmith knows, as rows: Jinja text, turn markers and stop text.
 
-Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "alpaca"): the Ollama exporter keys
-its Go templates on them. ``instruction_part`` / ``response_part`` are the text right before a user turn
-and right before an assistant turn, which is what response-only masking looks for.
+Family names are stable ("chatml", "llama-3", "qwen-2.5", "mistral", "phi-3", "gemma", "alpaca"): the Ollama
+exporter keys its Go templates on them. ``instruction_part`` / ``response_part`` are the text right before a
+user turn and right before an assistant turn, which is what response-only masking looks for.
 """
 
 from __future__ import annotations
@@ -63,6 +63,28 @@ _MISTRAL = (
     "{%- endfor -%}"
 )
 
+# Phi-3 / Phi-3.5 (Microsoft's template, without the EOS it appends when no generation prompt is asked).
+_PHI3 = (
+    "{%- for message in messages -%}"
+    "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\\n' -}}{%- endif -%}"
+)
+
+# Gemma 2 / Gemma 3: no system role; the system text opens the first user turn (as Gemma 3's template does).
+_GEMMA = (
+    "{{- bos_token -}}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first = messages[0]['content'] + '\\n\\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{- '<start_of_turn>' + role + '\\n' + (first if loop.first else '') + message['content'] | trim + "
+    "'<end_of_turn>\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\\n' -}}{%- endif -%}"
+)
+
 _ALPACA = (
     "{%- set ns = namespace(system='" + ALPACA_DEFAULT_SYSTEM + "') -%}"
     "{%- if messages[0]['role'] == 'system' -%}{%- set ns.system = messages[0]['content'] -%}{%- endif -%}"
@@ -88,6 +110,8 @@ CHAT_FAMILIES: dict[str, ChatFamily] = {
             "<|eot_id|>",
         ),
         ChatFamily("mistral", _MISTRAL, "[INST]", "[/INST]", None),
+        ChatFamily("phi-3", _PHI3, "<|user|>\n", "<|assistant|>\n", "<|end|>"),
+        ChatFamily("gemma", _GEMMA, "<start_of_turn>user\n", "<start_of_turn>model\n", "<end_of_turn>"),
         ChatFamily("alpaca", _ALPACA, "### Instruction:\n", "### Response:\n", None),
     )
 }

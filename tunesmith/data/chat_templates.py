@@ -146,7 +146,7 @@ def template_family(tokenizer_or_template) -> str | None:
         {"role": "user", "content": _PROBE_USER},
         {"role": "assistant", "content": _PROBE_ASSISTANT},
     ]
-    rendered = _render(template, full)
+    rendered = _render(template, full) or _render(template, full[1:])  # Gemma 2's refuses a system turn
     if rendered is None:
         return None
     no_system = _render(template, full[1:]) or ""

@@ -20,6 +20,7 @@ from tunesmith.export._output import (
     disk_full_as_error,
 )
 from tunesmith.export.gguf_constants import QUANT_METHODS, QuantMethod, arch_info, quant_method
+from tunesmith.export.gguf_hparams import check_llama_cpp_assumptions
 from tunesmith.export.gguf_names import gguf_tensors
 from tunesmith.export.gguf_tokenizer import tokenizer_metadata
 from tunesmith.export.gguf_writer import estimate_bytes, write_gguf
@@ -102,6 +103,7 @@ def save_pretrained_gguf(
         )
     config = base_model_of(model).config
     arch = arch_info(getattr(config, "model_type", ""))
+    check_llama_cpp_assumptions(config, arch)
     folder = check_output_dir(save_directory, overwrite)
     stem = check_file_stem(name if name is not None else (folder.resolve().name or "model"))
     if tokenizer is None:

@@ -94,6 +94,7 @@ class ArchInfo:
     model_type: str
     arch: MODEL_ARCH
     permute_qk: bool  # llama.cpp's "llama" rope pairs adjacent dims; HF's pairs halves (needs a permutation)
+    norm_weight_offset: float = 0.0  # added to every RMSNorm weight (the registry's Family row says why)
 
     @property
     def name(self) -> str:
@@ -112,7 +113,9 @@ def arch_info(model_type: str) -> ArchInfo:
             "with a tool that knows this architecture."
         )
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == family.gguf_arch)
-    return ArchInfo(model_type, arch, permute_qk=arch == MODEL_ARCH.LLAMA)
+    return ArchInfo(
+        model_type, arch, permute_qk=arch == MODEL_ARCH.LLAMA, norm_weight_offset=family.norm_weight_offset
+    )
 
 
 # -- pre-tokenizers ---------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Transformers tensors -> GGUF tensors: names (through ``gguf.TensorNameMap``) and layout changes.
 
-The one layout change: llama.cpp's ``llama`` architecture applies rotary embeddings to adjacent pairs of
-dimensions, Hugging Face's Llama to the two halves of each head. Rows of ``q_proj``/``k_proj`` are
+Two layout changes. Gemma's RMSNorm weights are stored as ``1 + weight`` (``ArchInfo.norm_weight_offset``:
+Gemma multiplies by ``1 + w``, llama.cpp by the stored tensor). And llama.cpp's ``llama`` architecture
+applies rotary embeddings to adjacent pairs of dimensions, Hugging Face's Llama to the two halves of each
+head. Rows of ``q_proj``/``k_proj`` are
 reordered per head from ``[x0..x(d/2-1), y0..y(d/2-1)]`` to ``[x0, y0, x1, y1, ...]`` so both compute
 the same thing. Qwen2/Qwen3 use llama.cpp's NEOX rope (halves), so they are left as they are.
 """
@@ -70,6 +72,8 @@ def llama3_rope_factors(head_dim: int, theta: float, scaling: dict) -> torch.Ten
 def _transform(
     source: TensorSource, arch: ArchInfo, n_head: int, n_head_kv: int
 ) -> Callable[[], torch.Tensor]:
+    if arch.norm_weight_offset and source.name.endswith("norm.weight"):
+        return lambda: source.load().float() + arch.norm_weight_offset
     if arch.permute_qk and source.name.endswith(("q_proj.weight", "q_proj.bias")):
         return lambda: permute_for_rope(source.load().float(), n_head)
     if arch.permute_qk and source.name.endswith(("k_proj.weight", "k_proj.bias")):
@@ -100,9 +104,12 @@ def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GG
     return out
 
 
-def rope_parameters(config) -> dict:
-    """Rope settings as one dict (transformers 5 ``rope_parameters`` or older ``rope_scaling``)."""
+def rope_parameters(config, layer_type: str = "full_attention") -> dict:
+    """Rope settings as one dict (transformers 5 ``rope_parameters`` or older ``rope_scaling``); for models
+    whose layer types rotate differently (Gemma 3: local and global layers), those of ``layer_type``."""
     params = dict(getattr(config, "rope_parameters", None) or {})
+    if isinstance(params.get(layer_type), dict):
+        params = dict(params[layer_type])
     params.update({k: v for k, v in (getattr(config, "rope_scaling", None) or {}).items() if k not in params})
     if "type" in params and "rope_type" not in params:
         params["rope_type"] = params["type"]

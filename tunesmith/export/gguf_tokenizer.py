@@ -21,6 +21,7 @@ from tunesmith.export.gguf_constants import GPT2_REGEX, PRE_TOKENIZERS, SPM_SPAC
 __all__ = ["TokenizerMetadata", "tokenizer_metadata", "write_tokenizer", "pre_tokenizer_name"]
 
 _NEVER_MERGED = -1e9  # pieces no merge produces: rank below every merge
+_BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 _LOOKS_SPECIAL = re.compile(r"^(<\|.*\|>|<｜.*｜>|<unk>|<s>|</s>|<pad>|<mask>)$")
 
 
@@ -102,6 +103,18 @@ def _is_spm(tokenizer_json: dict) -> bool:
     )
 
 
+def _adds_space_prefix(tokenizer_json: dict) -> bool:
+    """Whether the SentencePiece-style tokenizer puts U+2581 before the text (Llama 2: yes; Gemma: no)."""
+    steps = [tokenizer_json.get("normalizer") or {}, tokenizer_json.get("pre_tokenizer") or {}]
+    steps = [s for step in steps for s in (step.get("normalizers") or step.get("pretokenizers") or [step])]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == SPM_SPACE:
+            return True
+        if step.get("type") == "Metaspace":
+            return step.get("prepend_scheme", "always") != "never" and step.get("add_prefix_space", True)
+    return False
+
+
 def _merges(tokenizer_json: dict) -> list[str]:
     """Merges as ``"left right"`` strings (a space inside a part is written as U+0120, as llama.cpp reads)."""
     merges = tokenizer_json.get("model", {}).get("merges") or []
@@ -160,7 +173,7 @@ def _vocab(tokenizer_json: dict, n_vocab: int, spm: bool, special_ids: dict[str,
         tokens[token_id] = text
         types[token_id] = TokenType.NORMAL
         scores[token_id] = merge_scores.get(text, 0.0 if len(text) == 1 else _NEVER_MERGED)
-        if spm and re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", text):
+        if spm and len(text) == 6 and _BYTE_PIECE.fullmatch(text):
             types[token_id] = TokenType.BYTE
             scores[token_id] = 0.0
     for added in tokenizer_json.get("added_tokens", []):
@@ -205,7 +218,7 @@ def tokenizer_metadata(tokenizer, n_vocab: int) -> TokenizerMetadata:
         special_ids=special_ids,
         add_bos=add_bos,
         add_eos=add_eos,
-        add_space_prefix=True if spm else False,
+        add_space_prefix=_adds_space_prefix(tj),
         chat_template=getattr(tokenizer, "chat_template", None) or None,
     )
 

@@ -16,9 +16,9 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from tqdm.auto import tqdm
 
 from tunesmith.export.gguf_constants import ArchInfo, QuantMethod
-from tunesmith.export.gguf_names import GGUFTensor, rope_parameters, rope_theta
+from tunesmith.export.gguf_hparams import add_hparams
+from tunesmith.export.gguf_names import GGUFTensor
 from tunesmith.export.gguf_tokenizer import TokenizerMetadata, write_tokenizer
-from tunesmith.models.registry import head_dim_of
 
 __all__ = ["write_gguf", "tensor_type", "estimate_bytes"]
 
@@ -51,38 +51,6 @@ def estimate_bytes(tensors: list[GGUFTensor], method: QuantMethod, meta: Tokeniz
     return data + vocab + (1 << 20)
 
 
-def _add_hparams(writer: gguf.GGUFWriter, config, n_vocab: int, context_length: int | None) -> None:
-    n_head = config.num_attention_heads
-    head_dim = head_dim_of(config)
-    writer.add_context_length(int(context_length or config.max_position_embeddings))
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_head_count(n_head)
-    writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(n_vocab)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(rope_theta(config))
-    if head_dim * n_head != config.hidden_size:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    _add_rope_scaling(writer, rope_parameters(config))
-
-
-def _add_rope_scaling(writer: gguf.GGUFWriter, rope: dict) -> None:
-    kind = rope.get("rope_type")
-    if kind == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-    elif kind == "yarn":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
-        if rope.get("original_max_position_embeddings"):
-            writer.add_rope_scaling_orig_ctx_len(int(rope["original_max_position_embeddings"]))
-    # "llama3" scaling travels as the rope_freqs tensor (see gguf_names); "default" needs nothing.
-
-
 def _convert(tensor: torch.Tensor, qtype: GGMLQuantizationType) -> np.ndarray:
     data = tensor.detach().to(torch.float32).cpu().numpy()
     return gguf.quants.quantize(data, qtype)
@@ -110,7 +78,7 @@ def write_gguf(
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(model_name)
-        _add_hparams(writer, config, len(tokenizer_meta.tokens), context_length)
+        add_hparams(writer, arch, config, len(tokenizer_meta.tokens), context_length)
         writer.add_file_type(int(file_type))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         write_tokenizer(writer, tokenizer_meta)

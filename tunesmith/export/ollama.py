@@ -127,6 +127,12 @@ def plan_modelfile(tokenizer, prompt_template=None, required: bool | None = None
         # well-behaved twin and prove it against the tokenizer's own template.
         twin = _renderer(tokenizer, CHAT_FAMILIES[family].template)
         pieces = chat_pieces(render, bos_text=bos, label=description, cut_with=twin)
+    if pieces.refuses_system:
+        logger.warning(
+            "%s has no system role (Gemma 2's refuses one), so the Modelfile's TEMPLATE leaves system "
+            "messages out, as training did: put instructions into the user's message instead.",
+            description[0].upper() + description[1:],
+        )
     return ModelfilePlan(go_template(pieces), _stops(pieces, tokenizer), description, pieces)
 
 

@@ -45,6 +45,7 @@ class ChatPieces:
     bos_text: str = ""  # BOS text removed from the heads because the tokenizer adds BOS itself
     system_in_user: bool = False  # Mistral style: the system text sits inside the first user turn
     system_prefix: str = ""  # (then) text between the user header and the system text
+    refuses_system: bool = False  # the template raises on a system message (Gemma 2): the TEMPLATE drops it
 
 
 def _msgs(*pairs: tuple[str, str]) -> list[dict]:
@@ -72,17 +73,21 @@ def _strip_suffix(text: str, suffix: str, what: str) -> str:
 def _cut(render: Renderer) -> ChatPieces:
     """Probe renderings -> pieces (ValueError when the template is not of the supported shape)."""
     s, u1, a1, u2 = ("system", _S), ("user", _U1), ("assistant", _A1), ("user", _U2)
-    full = render(_msgs(s, u1, a1, u2), True, False)
     no_sys = render(_msgs(u1, a1, u2), True, False)
-    user_after = _between(render(_msgs(s, u1), False, False), _U1, None)
+    try:
+        full = render(_msgs(s, u1, a1, u2), True, False)
+        lead = [s]
+    except Exception:  # a template without a system role (Gemma 2's raises on one): cut it without
+        full, lead = no_sys, []
+    user_after = _between(render(_msgs(*lead, u1), False, False), _U1, None)
     generation = _strip_prefix(
-        _between(render(_msgs(s, u1), True, False), _U1, None), user_after, "generation"
+        _between(render(_msgs(*lead, u1), True, False), _U1, None), user_after, "generation"
     )
     assistant_before = _strip_prefix(_between(full, _U1, _A1), user_after, "assistant header")
-    assistant_after = _between(render(_msgs(s, u1, a1), False, False), _A1, None)
+    assistant_after = _between(render(_msgs(*lead, u1, a1), False, False), _A1, None)
     user_before = _strip_prefix(_between(full, _A1, _U2), assistant_after, "user header")
     try:
-        last_open = render(_msgs(s, u1, a1), False, True)
+        last_open = render(_msgs(*lead, u1, a1), False, True)
     except Exception:  # templates that cannot leave the last turn open: it opens like the others
         last_open = None
     last_before = (
@@ -117,6 +122,7 @@ def _cut(render: Renderer) -> ChatPieces:
         last_assistant_before=last_before,
         system_in_user=system_in_user,
         system_prefix=system_prefix,
+        refuses_system=not lead,
     )
 
 

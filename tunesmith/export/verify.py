@@ -200,6 +200,12 @@ def _torch_greedy(model, ids: list[int], steps: int, eos: set[int]) -> tuple[np.
     return prompt_logits, generated[0, len(ids) :].tolist()
 
 
+def _context_length(ids: list[list[int]], max_new_tokens: int) -> int:
+    """The longest prompt plus its continuation, rounded up to 64 positions."""
+    needed = max((len(i) for i in ids), default=0) + max_new_tokens + 1
+    return -(-needed // 64) * 64
+
+
 def _common_prefix(a: list[int], b: list[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -224,14 +230,16 @@ def verify_gguf(
     prompts=None,
     *,
     max_new_tokens: int = 32,
-    n_ctx: int = 1024,
+    n_ctx: int | None = None,
     tie_margin: float = 0.1,
 ) -> VerifyReport:
     """Compare ``gguf_path`` in llama.cpp with ``against`` (a model folder/name or ``(model, tokenizer)``).
 
     ``prompts``: raw texts (default: chat-formatted questions, a code prompt and a paragraph). Each is
     tokenized by both tokenizers; PyTorch's token ids are then fed to both models. ``tie_margin``: see the
-    module docstring (0 makes top-1 agreement strict).
+    module docstring (0 makes top-1 agreement strict). ``n_ctx``: llama.cpp's context; by default just
+    what the longest prompt and its continuation need (llama.cpp keeps logits for every context position:
+    with Gemma's 262k vocabulary, 1 GB per 1,024 positions).
     """
     path = Path(gguf_path)
     if not path.is_file():
@@ -244,7 +252,11 @@ def verify_gguf(
     texts = list(prompts or _default_prompts(tokenizer))
     ids = [tokenizer(text)["input_ids"] for text in texts]
     cpp = evaluate_in_llama_cpp(
-        path, list(zip(texts, ids, strict=True)), max_new_tokens=max_new_tokens, eos=eos, n_ctx=n_ctx
+        path,
+        list(zip(texts, ids, strict=True)),
+        max_new_tokens=max_new_tokens,
+        eos=eos,
+        n_ctx=n_ctx or _context_length(ids, max_new_tokens),
     )
     was_training = model.training
     model.eval()

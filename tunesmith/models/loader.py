@@ -43,10 +43,12 @@ def load(
     device = resolve_device(device_map)
     torch_dtype = resolve_dtype(dtype, device)
     folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
-    config = _checked_config(folder, trust_remote_code)
+    config, family = _checked_config(folder, trust_remote_code)
     _check_weight_files(folder)
     tokenizer = _load_tokenizer(folder, trust_remote_code)
-    model = _load_model(folder, config, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code)
+    model = _load_model(
+        folder, config, family, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code
+    )
     _finish(model, tokenizer, max_seq_length, full_finetuning)
     return model, tokenizer
 
@@ -81,7 +83,8 @@ def _check_arguments(max_seq_length, load_in_4bit: bool, load_in_8bit: bool, ful
 
 
 def _checked_config(folder: Path, trust_remote_code: bool):
-    """The model config of ``folder``; a clear error when it is unreadable or of an unsupported family."""
+    """(The config of the model to load from ``folder``, its family row); a clear error when the config is
+    unreadable or of an unsupported family."""
     from transformers import AutoConfig
 
     try:
@@ -91,8 +94,10 @@ def _checked_config(folder: Path, trust_remote_code: bool):
             f"{folder / 'config.json'} could not be read as a model config ({type(err).__name__}: {err}). "
             "Save the model again with save_pretrained, or pass the original .gguf file."
         ) from None
-    require_family(getattr(config, "model_type", None), folder)
-    return config
+    family = require_family(getattr(config, "model_type", None), folder)
+    if family.text_part_weights:  # a multimodal checkpoint (Gemma 3 4B+): its text model alone
+        config = config.text_config
+    return config, family
 
 
 def _check_weight_files(folder: Path) -> None:
@@ -134,8 +139,9 @@ def _load_tokenizer(folder: Path, trust_remote_code: bool):
     return tokenizer
 
 
-def _load_model(folder, config, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code):
-    """The model weights of ``folder`` on ``device`` in ``dtype`` (or 4-bit/8-bit)."""
+def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code):
+    """The model weights of ``folder`` on ``device`` in ``dtype`` (or 4-bit/8-bit); of a multimodal
+    checkpoint, the text model's."""
     from transformers import AutoModelForCausalLM
 
     quantization = bnb_config(load_in_4bit, load_in_8bit, compute_dtype=dtype)
@@ -143,6 +149,7 @@ def _load_model(folder, config, dtype, device, load_in_4bit, load_in_8bit, trust
         model, info = AutoModelForCausalLM.from_pretrained(
             folder,
             config=config,
+            key_mapping=dict(family.text_part_weights) or None,
             dtype=dtype,
             device_map=str(device),
             quantization_config=quantization,

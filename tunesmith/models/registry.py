@@ -13,6 +13,8 @@ from tunesmith.errors import TunesmithError
 __all__ = [
     "Family",
     "FAMILIES",
+    "LLAMA_STYLE_TARGETS",
+    "PHI3_TARGETS",
     "ALIASES",
     "Alias",
     "family_of",
@@ -21,6 +23,8 @@ __all__ = [
 ]
 
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Phi-3 fuses q/k/v into one projection and gate/up into another: the same seven, as four layers.
+PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,24 @@ class Family:
     gguf_arch: str | None  # llama.cpp architecture name; None: GGUF export not supported
     lora_targets: tuple[str, ...] = LLAMA_STYLE_TARGETS
     fast_path: bool = True  # fused Triton kernels apply on CUDA
+    # Gemma's RMSNorm multiplies by (1 + weight); llama.cpp's multiplies by the stored weight, so its GGUF
+    # files hold weight + 1 (as llama.cpp's own converter writes them).
+    norm_weight_offset: float = 0.0
+    # The family's own chat template is proven equal to its Ollama TEMPLATE in Go's text/template
+    # (tests/export/test_gguf_families.py, with the family's real tokenizer).
+    ollama_template_verified: bool = True
+    # A multimodal checkpoint whose text model tunesmith loads alone: (regex, replacement) pairs that rename
+    # its language-model weights to the text model's names; the vision weights are left unread.
+    text_part_weights: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def capabilities(self) -> str:
+        """What tunesmith has for this family, as ``tunesmith check`` and the README list it."""
+        yes = {True: "yes", False: "no"}
+        return (
+            f"{self.display_name}: fast path {yes[self.fast_path]}, GGUF {yes[bool(self.gguf_arch)]}, "
+            f"Ollama template {'verified' if self.ollama_template_verified else 'not verified'}"
+        )
 
 
 FAMILIES: dict[str, Family] = {
@@ -41,6 +63,17 @@ FAMILIES: dict[str, Family] = {
         Family("mistral", "Mistral", "llama"),
         Family("qwen2", "Qwen2 / Qwen2.5", "qwen2"),
         Family("qwen3", "Qwen3", "qwen3", fast_path=False),
+        Family("gemma2", "Gemma 2", "gemma2", fast_path=False, norm_weight_offset=1.0),
+        Family("gemma3_text", "Gemma 3 (text)", "gemma3", fast_path=False, norm_weight_offset=1.0),
+        Family(
+            "gemma3",
+            "Gemma 3 4B/12B/27B (text part)",
+            "gemma3",
+            fast_path=False,
+            norm_weight_offset=1.0,
+            text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
+        ),
+        Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),
     )
 }
 

@@ -114,7 +114,10 @@ class DataConfig(_Section):
         None, description="single-turn template with {instruction}, {input}, {reasoning}, {output}"
     )
     chat_template: StrictStr | None = Field(
-        None, description="chat template name (chatml, llama-3, qwen-2.5, mistral, alpaca) or 'tokenizer'"
+        None,
+        description=(
+            "chat template name (chatml, llama-3, qwen-2.5, mistral, phi-3, gemma, alpaca) or 'tokenizer'"
+        ),
     )
     eval_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of rows held out for eval loss")
     eval_file: StrictStr | None = Field(None, description="held-out rows from a separate file instead")

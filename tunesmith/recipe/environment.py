@@ -180,7 +180,7 @@ def _builtin_model_row() -> Row:
 def _families_row() -> Row:
     from tunesmith.models.registry import FAMILIES
 
-    return Row("supported families", "; ".join(f.display_name for f in FAMILIES.values()))
+    return Row("supported families", "\n".join(f.capabilities for f in FAMILIES.values()))
 
 
 def check_environment() -> list[Row]:
