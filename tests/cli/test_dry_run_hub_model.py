@@ -111,7 +111,8 @@ def test_a_supported_hub_model_passes_and_then_passes_offline_from_the_cache(hub
     assert offline.returncode == 0 and "Config OK" in offline.stdout, offline.stderr
 
 
-def test_offline_with_an_uncached_hub_id_says_the_hub_cannot_be_reached(hub):
+def test_offline_with_an_uncached_hub_id_passes_with_a_note_that_it_was_not_checked(hub):
+    # the dry run may be offline and the run online: it says what it could not check, and passes
     proc = hub("org/llama-like", offline=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "the hub cannot be reached" in proc.stderr and "not in the local hub cache" in proc.stderr
+    assert proc.returncode == 0 and "Config OK" in proc.stdout, proc.stderr
+    assert "the model was not checked" in proc.stderr and "not in the local hub cache" in proc.stderr

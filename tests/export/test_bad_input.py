@@ -32,7 +32,9 @@ def test_unsupported_architecture_names_itself_and_the_supported(tokenizer, tmp_
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=1, n_head=2))
-    with pytest.raises(TunesmithError, match=r"'gpt2'.*llama, mistral, qwen2, qwen3"):
+    with pytest.raises(
+        TunesmithError, match=r"'gpt2'.*gemma2, gemma3, gemma3_text, llama, mistral, phi3, qwen2, qwen3"
+    ):
         save_pretrained_gguf(gpt2, tmp_path / "out", tokenizer)
     assert not (tmp_path / "out").exists()
 

@@ -14,7 +14,7 @@ from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.gguf_cache import convert_gguf
 from tunesmith.models.registry import ALIASES, Alias, require_family
 
-__all__ = ["materialize", "check_source", "alias_gguf_path", "HUB_FILE_PATTERNS"]
+__all__ = ["materialize", "check_source", "alias_gguf_path", "HubUnreachable", "HUB_FILE_PATTERNS"]
 
 # What a hub download fetches: configs, safetensors weights and tokenizer files; never pickles.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"]
@@ -96,6 +96,10 @@ def check_source(model_name: str, *, hub: bool = False, token: str | None = None
         materialize(model_name)  # the does-not-exist error
     elif hub:
         _check_hub_config(model_name, token)
+
+
+class HubUnreachable(TunesmithError):
+    """A hub id that is not in the local hub cache while the hub cannot be reached (offline)."""
 
 
 def _looks_like_path(name: str) -> bool:
@@ -196,7 +200,7 @@ def _hub_errors(repo_id: str, doing: str) -> Iterator[None]:
     try:
         yield
     except LocalEntryNotFoundError as err:
-        raise TunesmithError(
+        raise HubUnreachable(
             f"'{repo_id}' is not a local path, so it was taken as a hub model id, but the hub cannot be "
             "reached (offline, or HF_HUB_OFFLINE=1) and it is not in the local hub cache. Connect to the "
             "network and try again, pass a local folder or .gguf file, or use a built-in alias "
