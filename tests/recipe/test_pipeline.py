@@ -182,7 +182,7 @@ def test_ctrl_c_during_training_then_the_same_command_resumes(tmp_path: Path) ->
     log = tmp_path / "first.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
-        _wait_for(log, "training:", proc)  # the progress bar: the trainer is running
+        _wait_for(log, "0/4 [", proc)  # the progress bar: the trainer is running
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=600)
     first = log.read_text()
@@ -210,11 +210,16 @@ def test_ctrl_c_during_training_then_the_same_command_resumes(tmp_path: Path) ->
 
 def test_a_second_ctrl_c_stops_at_once_and_says_where_a_rerun_resumes(tmp_path: Path) -> None:
     folder = tmp_path / "medical-en"
-    cmd = _command(folder, "--set", "training.max_steps=50", "--set", "export.formats=[lora]")
+    # long steps (16 micro-batches), so the second Ctrl-C lands inside the step the first one waits for
+    cmd = _command(
+        folder,
+        *("--set", "training.max_steps=50", "--set", "training.gradient_accumulation_steps=16"),
+        *("--set", "export.formats=[lora]"),
+    )
     log = tmp_path / "run.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
-        _wait_for(log, "training:", proc)
+        _wait_for(log, "0/50 [", proc)  # the progress bar ("training:" also ends the held-out line)
         proc.send_signal(signal.SIGINT)
         _wait_for(log, "press Ctrl-C again to stop at once", proc)
         proc.send_signal(signal.SIGINT)
