@@ -52,14 +52,7 @@ def detect_layout(
     """
     columns = list(columns)
     fields = dict(fields or {})
-    for ours, theirs in fields.items():
-        if theirs not in columns:
-            hint = closest_name(theirs, columns)
-            raise TunesmithError(
-                f"fields maps '{ours}' to column '{theirs}', but {source} has no such column"
-                + (f" (did you mean '{hint}'?)" if hint else "")
-                + f". Its columns are: {', '.join(columns)}."
-            )
+    _check_mapped_columns(fields, columns, source)
     available = set(columns) | set(fields)
     if layout is not None and layout not in LAYOUTS:
         raise TunesmithError(f"Unknown layout '{layout}'; known: {', '.join(LAYOUTS)}.")
@@ -99,14 +92,7 @@ def detect_method_layout(
     or a TunesmithError naming the missing field, the closest column and how to map it."""
     columns = list(columns)
     fields = dict(fields or {})
-    for ours, theirs in fields.items():
-        if theirs not in columns:
-            hint = closest_name(theirs, columns)
-            raise TunesmithError(
-                f"fields maps '{ours}' to column '{theirs}', but {source} has no such column"
-                + (f" (did you mean '{hint}'?)" if hint else "")
-                + f". Its columns are: {', '.join(columns)}."
-            )
+    _check_mapped_columns(fields, columns, source)
     mapping = {name: fields.get(name, name) for name in layout.required}
     for name, column in mapping.items():
         if column not in columns:
@@ -130,3 +116,15 @@ def _missing_field_message(name: str, layout: Layout, columns: list[str], source
         f"{source} has no '{name}' column (its columns: {', '.join(columns) or 'none'}): {why}. "
         f"Expected columns: {', '.join(layout.required)}. To fix it, {hint}."
     )
+
+
+def _check_mapped_columns(fields: dict[str, str], columns: list[str], source: str) -> None:
+    """Refuse a ``fields`` entry that maps to a column the data does not have (with the closest name)."""
+    for ours, theirs in fields.items():
+        if theirs not in columns:
+            hint = closest_name(theirs, columns)
+            raise TunesmithError(
+                f"fields maps '{ours}' to column '{theirs}', but {source} has no such column"
+                + (f" (did you mean '{hint}'?)" if hint else "")
+                + f". Its columns are: {', '.join(columns)}."
+            )

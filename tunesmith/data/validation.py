@@ -54,14 +54,7 @@ def _check_messages(messages, source: str, index: int, column: str) -> None:
     where = f"{_where(source, index)}, field '{column}'"
     if not isinstance(messages, list) or not messages:
         raise TunesmithError(f"{where} must be a non-empty list of {{'role', 'content'}} messages.")
-    for turn, message in enumerate(messages, start=1):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
-            raise TunesmithError(f"{where}, message {turn} needs 'role' and 'content' (it has: {keys}).")
-        if not isinstance(message["content"], str):
-            raise TunesmithError(
-                f"{where}, message {turn}: 'content' must be text, not {type(message['content']).__name__}."
-            )
+    _check_message_shapes(messages, where)
     answers = [m for m in messages if m["role"] == "assistant"]
     if not answers:
         raise TunesmithError(f"{where} has no assistant message: there is no answer to learn from.")
@@ -124,14 +117,7 @@ def _check_turns(value, source: str, index: int, column: str, *, answer: bool) -
         raise TunesmithError(
             f"{where} is an empty list: give text, or a list of {{'role', 'content'}} messages."
         )
-    for turn, message in enumerate(value, start=1):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
-            raise TunesmithError(f"{where}, message {turn} needs 'role' and 'content' (it has: {keys}).")
-        if not isinstance(message["content"], str):
-            raise TunesmithError(
-                f"{where}, message {turn}: 'content' must be text, not {type(message['content']).__name__}."
-            )
+    _check_message_shapes(value, where)
     last = value[-1]
     if answer and (last["role"] != "assistant" or not last["content"].strip()):
         raise TunesmithError(
@@ -201,3 +187,15 @@ def find_duplicates(rows: list[dict], mapping: dict[str, str]) -> list[int]:
             repeats.append(index)
         seen.add(key)
     return repeats
+
+
+def _check_message_shapes(messages: list, where: str) -> None:
+    """Each message is a dict with 'role' and a text 'content'; the first that is not is named."""
+    for turn, message in enumerate(messages, start=1):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            keys = ", ".join(message) if isinstance(message, dict) else type(message).__name__
+            raise TunesmithError(f"{where}, message {turn} needs 'role' and 'content' (it has: {keys}).")
+        if not isinstance(message["content"], str):
+            raise TunesmithError(
+                f"{where}, message {turn}: 'content' must be text, not {type(message['content']).__name__}."
+            )
