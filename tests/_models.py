@@ -104,3 +104,17 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64 (``b`` is the reference)."""
     a, b = a.double(), b.double()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+@torch.no_grad()
+def greedy_divergence(model, prompt: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor):
+    """Where two greedy continuations of ``prompt`` (1, P) part, judged by ``model``: None when they are
+    the same; else ``(index, gap)``, the first differing new token and how far (in logit standard deviations)
+    our token's logit was below the reference's there. A gap near 0 is a near-tie, the only excuse."""
+    ours, theirs = ours.flatten().tolist(), theirs.flatten().tolist()
+    index = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+    if index is None:
+        return None if len(ours) == len(theirs) else (min(len(ours), len(theirs)), float("inf"))
+    prefix = torch.cat([prompt.flatten().cpu(), torch.tensor(theirs[:index], dtype=torch.long)])[None]
+    logits = model(input_ids=prefix.to(model.device)).logits[0, -1].float()
+    return index, ((logits[theirs[index]] - logits[ours[index]]) / logits.std()).item()

@@ -15,7 +15,7 @@ from tunesmith._version import __version__  # noqa: E402
 _PUBLIC = {
     "FastLanguageModel": "tunesmith.api.fast_language_model",
     "is_bfloat16_supported": "tunesmith.models.device",
-    "chat": "tunesmith.models.chat",
+    "chat": "tunesmith.generation.chat",
     "PromptTemplate": "tunesmith.data.prompt_template",
     "SFTTrainer": "tunesmith.training.trainer",
     "SFTConfig": "tunesmith.training.arguments",

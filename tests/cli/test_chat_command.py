@@ -91,7 +91,7 @@ def test_long_conversations_drop_the_oldest_turns(tiny_llama_dir):
     from transformers import AutoTokenizer
 
     from tunesmith.cli.chat import _fit
-    from tunesmith.models.chat import prompt_ids
+    from tunesmith.generation.chat import prompt_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     turns = [

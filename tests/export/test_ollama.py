@@ -17,7 +17,7 @@ from tunesmith.data.loading import load_dataset_file
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 from tunesmith.export.ollama import MODELFILE_NAME, modelfile_text, plan_modelfile
-from tunesmith.models.chat import as_messages, build_prompt
+from tunesmith.generation.chat import as_messages, build_prompt
 from tunesmith.training import SFTTrainer, TrainingArguments
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import torch
 from _models import rel_err, write_tiny_model
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models.chat import chat
+from tunesmith.generation.chat import chat
 from tunesmith.models.device import is_bfloat16_supported, resolve_device, resolve_dtype
 from tunesmith.models.loader import load
 

@@ -12,6 +12,7 @@ import warnings
 
 from tunesmith.api.export_methods import attach_export_methods
 from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.generation.generate import disable_fast_generation, enable_fast_generation
 from tunesmith.models.loader import load
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import DEFAULT_MODEL
@@ -86,16 +87,18 @@ class FastLanguageModel:
 
     @staticmethod
     def for_inference(model):
-        """Switch ``model`` to generation: eval mode, KV cache on. Returns ``model``."""
+        """Switch ``model`` to generation: eval mode, KV cache on, and ``model.generate`` on the fast path (a
+        static KV cache; on a GPU the one-token step replays as a CUDA graph). Returns ``model``."""
         keep_4bit_weights_unpacked(model)
         model.eval()
         _set_use_cache(model, True)
-        return model
+        return enable_fast_generation(model)
 
     @staticmethod
     def for_training(model, use_gradient_checkpointing: bool | str = True):
         """Switch ``model`` back to training: train mode, KV cache off, optional gradient checkpointing."""
         keep_4bit_weights_unpacked(model)
+        disable_fast_generation(model)  # transformers' generate() again, and the static cache freed
         model.train()
         # Training forwards need no KV cache; generate() keeps using it through generation_config.
         model.config.use_cache = False

@@ -52,7 +52,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Load the model, then answer one prompt or run the interactive loop."""
     from tunesmith.api.fast_language_model import FastLanguageModel
-    from tunesmith.models.chat import chat
+    from tunesmith.generation.chat import chat
 
     model, tokenizer = FastLanguageModel.from_pretrained(
         args.model, load_in_4bit=args.load_in_4bit, device_map=args.device
@@ -87,7 +87,7 @@ def _loop(model, tokenizer, chat, options: dict) -> int:
 
 def _fit(messages: list[dict], tokenizer, budget: int) -> list[dict]:
     """Drop the oldest question/answer pairs until the conversation fits ``budget`` tokens."""
-    from tunesmith.models.chat import prompt_ids
+    from tunesmith.generation.chat import prompt_ids
 
     while len(messages) > 1 and prompt_ids(tokenizer, messages).shape[1] > budget:
         messages = messages[2:]

@@ -171,6 +171,10 @@ class FastMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``down(silu(gate(x)) * up(x))`` with the adapters, (B, T, H) -> (B, T, H)."""
+        if x.shape[-2] == 1 and not torch.is_grad_enabled():
+            # A decode step: the layers' own matrix-vector products (bitsandbytes' 4-bit gemv) read the
+            # weights once; the fused training kernel would first unpack a 4-bit weight in full.
+            return self.base_layer(x)
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
         if type(self.act_fn).__name__ not in SILU_CLASSES or any(
             p is None or p.bias is not None for p in projections

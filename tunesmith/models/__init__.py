@@ -1,5 +1,5 @@
 """tunesmith.models: load a model (hub id, local folder, ``.gguf`` file, built-in alias), 4-bit, device and
-dtype, chat; the per-family facts (``registry``)."""
+dtype; the per-family facts (``registry``)."""
 
 from tunesmith._lazy import lazy_exports
 

@@ -379,7 +379,7 @@ def _warn_if_llama_cpp_fails(found: str) -> None:
 
 
 def _ask(ctx: RunContext) -> list[str]:
-    from tunesmith.models.chat import chat
+    from tunesmith.generation.chat import chat
 
     answers = []
     for question in ctx.config.probes:

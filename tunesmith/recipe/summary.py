@@ -116,7 +116,7 @@ def _export_files(folder: Path, exported: ExportResult) -> list[ExportFile]:
 
 
 def _rendered_prompt(ctx: RunContext) -> str | None:
-    from tunesmith.models.chat import build_prompt
+    from tunesmith.generation.chat import build_prompt
 
     if ctx.tokenizer is None or not ctx.config.probes:
         return None

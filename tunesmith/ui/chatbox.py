@@ -1,7 +1,7 @@
 """The chat box: the trained model (base model + the run's LoRA adapter), loaded once in the app's process.
 
 Loading goes through ``export.source.load_for_export`` (what ``tunesmith export``/``verify`` use for an
-adapter folder) and answering through ``models.chat.chat``, so the prompt is the training format stored
+adapter folder) and answering through ``generation.chat.chat``, so the prompt is the training format stored
 in the saved tokenizer. Greedy decoding: the same question gets the same answer as in the Compare table.
 """
 
@@ -45,7 +45,7 @@ class TrainedModel:
 
     def answer(self, adapter_folder: Path, messages: list[dict], max_new_tokens: int = 256) -> str:
         """The trained model's greedy answer to the last message (loading it first when needed)."""
-        from tunesmith.models.chat import chat
+        from tunesmith.generation.chat import chat
 
         if not (Path(adapter_folder) / "adapter_config.json").is_file():
             raise TunesmithError(

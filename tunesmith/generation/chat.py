@@ -1,5 +1,6 @@
-"""``chat(model, tokenizer, "question")``: format with the model's own template, generate with the KV
-cache, stream tokens as they come, return the answer.
+"""``chat(model, tokenizer, "question")``: format with the model's own template, generate on the fast
+path (``fast_generate``), stream tokens as they come, return the answer; ``answer_all`` answers several
+questions as one left-padded batch.
 
 The prompt comes from the tokenizer: a tunesmith :class:`PromptTemplate` stored as its chat template
 (training and inference then share one declaration), else its Jinja chat template with the generation
@@ -16,9 +17,9 @@ from transformers import TextStreamer
 
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
-from tunesmith.models.quantization import keep_4bit_weights_unpacked
+from tunesmith.generation.generate import fast_generate
 
-__all__ = ["chat", "build_prompt", "prompt_ids", "as_messages"]
+__all__ = ["chat", "answer_all", "build_prompt", "prompt_ids", "as_messages"]
 
 
 def as_messages(message_or_messages, system: str | None = None) -> list[dict]:
@@ -91,6 +92,22 @@ def _stop_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
+def _decoding(max_new_tokens: int, temperature: float, top_p: float) -> dict:
+    """generate() keywords for greedy (``temperature=0``) or sampled answers, checked first."""
+    if max_new_tokens < 1:
+        raise TunesmithError(f"max_new_tokens={max_new_tokens} must be at least 1.")
+    if temperature < 0:
+        raise TunesmithError(f"temperature={temperature} must be 0 (greedy) or more (sampling).")
+    if temperature > 0:
+        return {
+            "max_new_tokens": max_new_tokens,
+            "do_sample": True,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+    return {"max_new_tokens": max_new_tokens, "do_sample": False}
+
+
 def chat(
     model,
     tokenizer,
@@ -107,32 +124,55 @@ def chat(
     ``temperature=0`` decodes greedily (same answer every time); above 0 it samples. ``stream=True``
     prints tokens to stdout as they come, a text stream receives them instead, ``False`` stays quiet.
     """
-    if max_new_tokens < 1:
-        raise TunesmithError(f"max_new_tokens={max_new_tokens} must be at least 1.")
-    if temperature < 0:
-        raise TunesmithError(f"temperature={temperature} must be 0 (greedy) or more (sampling).")
-    ids = prompt_ids(tokenizer, as_messages(message_or_messages, system)).to(model.device)
+    decoding = _decoding(max_new_tokens, temperature, top_p)
+    ids = prompt_ids(tokenizer, as_messages(message_or_messages, system))
     streamer = _StreamTo(tokenizer, sys.stdout if stream is True else stream) if stream else None
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p}
-        if temperature > 0
-        else {"do_sample": False}
+    out = fast_generate(
+        model,
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        eos_token_id=_stop_ids(model, tokenizer),
+        pad_token_id=_pad_id(tokenizer),
+        streamer=streamer,
+        **decoding,
     )
-    was_training = model.training
-    keep_4bit_weights_unpacked(model)  # an eval pass must not repack 4-bit weights (see quantization.py)
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=max_new_tokens,
-                use_cache=True,
-                eos_token_id=_stop_ids(model, tokenizer),
-                pad_token_id=tokenizer.pad_token_id,
-                streamer=streamer,
-                **sampling,
-            )
-    finally:
-        model.train(was_training)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def answer_all(
+    model,
+    tokenizer,
+    questions: list[str],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    system: str | None = None,
+) -> list[str]:
+    """Answer every question in one batch (prompts left-padded), in the order given."""
+    decoding = _decoding(max_new_tokens, temperature, top_p)
+    if not questions:
+        return []
+    rows = [prompt_ids(tokenizer, as_messages(q, system))[0] for q in questions]
+    width = max(len(r) for r in rows)
+    pad = _pad_id(tokenizer)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        ids[index, width - len(row) :] = row
+        mask[index, width - len(row) :] = 1
+    out = fast_generate(
+        model,
+        input_ids=ids,
+        attention_mask=mask,
+        eos_token_id=_stop_ids(model, tokenizer),
+        pad_token_id=pad,
+        **decoding,
+    )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+
+
+def _pad_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS (what ends an answer anyway)."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id

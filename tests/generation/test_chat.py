@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
-from tunesmith.models.chat import build_prompt, chat, prompt_ids
+from tunesmith.generation.chat import build_prompt, chat, prompt_ids
 from tunesmith.models.loader import load
 
 

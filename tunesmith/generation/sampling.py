@@ -1,0 +1,46 @@
+"""The next token of each row from its logits: greedy, or sampled through transformers' own warpers
+(temperature, top-k, top-p, min-p, in the order ``generate()`` applies them)."""
+
+from __future__ import annotations
+
+import torch
+
+from tunesmith.generation.settings import DecodeSettings
+
+__all__ = ["TokenChooser"]
+
+
+class TokenChooser:
+    """``chooser(logits, produced)`` -> the next token ids (B,) for ``settings``."""
+
+    def __init__(self, settings: DecodeSettings, device: torch.device):
+        from transformers import (
+            MinPLogitsWarper,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+        )
+
+        self.settings = settings
+        self.eos = torch.tensor(settings.eos_ids, dtype=torch.long, device=device)
+        self.warpers = []
+        if settings.do_sample:
+            if settings.temperature != 1.0:
+                self.warpers.append(TemperatureLogitsWarper(settings.temperature))
+            if settings.top_k:
+                self.warpers.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(settings.top_p))
+            if settings.min_p is not None:
+                self.warpers.append(MinPLogitsWarper(settings.min_p))
+
+    def __call__(self, logits: torch.Tensor, produced: int) -> torch.Tensor:
+        """Tokens for the ``produced``-th new position (0-based) from logits (B, V)."""
+        scores = logits.float()
+        if produced < self.settings.min_new_tokens and self.eos.numel():
+            scores = scores.index_fill(-1, self.eos, -float("inf"))
+        if not self.settings.do_sample:
+            return scores.argmax(-1)
+        for warp in self.warpers:
+            scores = warp(None, scores)
+        return torch.multinomial(scores.softmax(-1), num_samples=1).squeeze(1)
