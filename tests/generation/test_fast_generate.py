@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from _models import greedy_divergence, loss_and_grads, write_tiny_model
+from _models import greedy_divergence, loss_and_grads
 from transformers import TextStreamer
 
 from tunesmith import FastLanguageModel

@@ -1,0 +1,182 @@
+"""Decode speed: ``model.generate`` after ``for_inference``, tunesmith against Unsloth and transformers.
+
+Each variant runs in its own process on the same random-init model (speed does not depend on the weights'
+values): batch B of 64-token prompts, 256 greedy new tokens forced with ``min_new_tokens``. The first call
+of the process (64 new tokens) is timed on its own: it holds any compilation or graph recording, and is what
+a user waits for first. Then time to first token (batch 1, through a streamer), and the timed call.
+
+usage (GPU machine, repository root, anchors on PYTHONPATH as in run_all.sh):
+    python3 bench/bench_decode.py run MODEL_DIR VARIANT        # prints one RESULT {json} line
+    python3 bench/bench_decode.py table LOG_DIR                # the markdown table of every RESULT line
+    python3 bench/bench_decode.py cpu                          # the CPU part: the embedded model, 2 cores
+VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, unsloth, hf, hfstatic (transformers' static cache, which
+generate() compiles); QUANT in bf16, nf4. Example: ts_nf4_lora_b8.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPT_TOKENS, NEW_TOKENS, FIRST_CALL_TOKENS = 64, 256, 64
+
+
+def _parse(variant: str) -> dict:
+    parts = variant.split("_")
+    batch = next((int(p[1:]) for p in parts if p.startswith("b") and p[1:].isdigit()), 1)
+    return dict(engine=parts[0], nf4="nf4" in parts, lora="lora" in parts, batch=batch)
+
+
+def _load(model_dir: str, spec: dict):
+    import torch
+
+    if spec["engine"] in ("ts", "unsloth"):
+        if spec["engine"] == "unsloth":
+            from unsloth import FastLanguageModel
+        else:
+            from tunesmith import FastLanguageModel
+        model, _ = FastLanguageModel.from_pretrained(
+            model_dir, max_seq_length=2048, dtype=torch.bfloat16, load_in_4bit=spec["nf4"]
+        )
+        if spec["lora"]:
+            model = FastLanguageModel.get_peft_model(
+                model, r=16, target_modules=TARGETS, lora_alpha=16, lora_dropout=0, bias="none",
+                use_gradient_checkpointing="unsloth", random_state=3407,
+            )  # fmt: skip
+        return FastLanguageModel.for_inference(model)
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    kw = dict(dtype=torch.bfloat16, device_map={"": 0}, attn_implementation="sdpa")
+    if spec["nf4"]:
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True,
+        )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
+    if spec["lora"]:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=16, target_modules=TARGETS))
+    return model.eval()
+
+
+class _FirstToken:
+    """A streamer that notes when the first new token arrives (the first put is the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts, self.at = 0, None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def run(model_dir: str, variant: str) -> None:
+    """Time ``variant`` and print its RESULT line."""
+    import torch
+
+    spec = _parse(variant)
+    t0 = time.perf_counter()
+    model = _load(model_dir, spec)
+    load_s = time.perf_counter() - t0
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (spec["batch"], PROMPT_TOKENS), generator=generator).cuda()
+    extra = {"cache_implementation": "static"} if spec["engine"] == "hfstatic" else {}
+
+    def generate(new: int, **kw):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                do_sample=False, use_cache=True, **extra, **kw,
+            )  # fmt: skip
+        torch.cuda.synchronize()
+        return out, time.perf_counter() - start
+
+    _, first_call_s = generate(FIRST_CALL_TOKENS)
+    ttft_s = None
+    if spec["batch"] == 1:
+        streamer = _FirstToken()
+        start = time.perf_counter()
+        generate(8, streamer=streamer)
+        ttft_s = streamer.at - start if streamer.at else None
+    times = []
+    for _ in range(2):
+        out, seconds = generate(NEW_TOKENS)
+        times.append(seconds)
+    new_tokens = (out.shape[1] - PROMPT_TOKENS) * spec["batch"]
+    path = None
+    if spec["engine"] == "ts":
+        from tunesmith.generation.generate import last_generation
+
+        record = last_generation(model)
+        path = f"{record.path} {record.why}".strip()
+    result = dict(
+        variant=variant, **spec, load_s=round(load_s, 1), first_call_s=round(first_call_s, 2),
+        ttft_s=round(ttft_s, 4) if ttft_s else None, tok_per_s=round(new_tokens / min(times), 1),
+        decode_s=[round(t, 2) for t in times], new_tokens=new_tokens, path=path,
+        peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name(0),
+    )  # fmt: skip
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def cpu() -> None:
+    """The embedded model on this CPU: tunesmith's generate against transformers', 128 greedy tokens."""
+    import torch
+
+    from tunesmith import FastLanguageModel
+    from tunesmith.generation.chat import prompt_ids
+    from tunesmith.generation.generate import library_generate
+
+    model, tokenizer = FastLanguageModel.from_pretrained()
+    FastLanguageModel.for_inference(model)
+    ids = prompt_ids(tokenizer, "What are the symptoms of anemia? Explain in detail.")
+    call = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=128, min_new_tokens=128)
+    rates = {}
+    for name, generate in (("transformers", lambda: library_generate(model, **call, do_sample=False)),
+                           ("tunesmith", lambda: model.generate(**call))):  # fmt: skip
+        generate()
+        seconds = []
+        for _ in range(3):
+            start = time.perf_counter()
+            generate()
+            seconds.append(time.perf_counter() - start)
+        rates[name] = round(128 / min(seconds), 2)
+    print("RESULT " + json.dumps(dict(cpu_threads=torch.get_num_threads(), tok_per_s=rates,
+                                      ratio=round(rates["tunesmith"] / rates["transformers"], 2))))  # fmt: skip
+
+
+def table(log_dir: str) -> None:
+    """Every RESULT line under ``log_dir`` as one markdown table, with ratios to Unsloth's same setting."""
+    rows = []
+    for log in sorted(Path(log_dir).glob("*.log")):
+        for line in log.read_text().splitlines():
+            if line.startswith("RESULT "):
+                rows.append(json.loads(line[7:]))
+    by_variant = {r["variant"]: r for r in rows}
+    print("| variant | tokens/s | vs Unsloth | first call (64 tokens) s | first token s | peak GiB | path |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        anchor = by_variant.get("unsloth" + r["variant"][r["variant"].index("_") :])
+        ratio = f"{r['tok_per_s'] / anchor['tok_per_s']:.2f}x" if anchor else ""
+        print(f"| {r['variant']} | {r['tok_per_s']} | {ratio} | {r['first_call_s']} | {r['ttft_s']} | "
+              f"{r['peak_gib']} | {r.get('path') or ''} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    command = sys.argv[1]
+    if command == "run":
+        run(sys.argv[2], sys.argv[3])
+    elif command == "table":
+        table(sys.argv[2])
+    else:
+        cpu()
