@@ -7,6 +7,8 @@ a user waits for first. Then time to first token (batch 1, through a streamer), 
 
 usage (GPU machine, repository root, anchors on PYTHONPATH as in run_all.sh):
     python3 bench/bench_decode.py run MODEL_DIR VARIANT        # prints one RESULT {json} line
+    python3 bench/bench_decode.py profile MODEL_DIR VARIANT    # graph replay vs loop, kernels of one step
+    python3 bench/bench_decode.py gemv                         # the NF4 kernel alone, launch shapes swept
     python3 bench/bench_decode.py table LOG_DIR                # the markdown table of every RESULT line
     python3 bench/bench_decode.py cpu                          # the CPU part: the embedded model, 2 cores
 VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, unsloth, hf, hfstatic (transformers' static cache, which
@@ -129,6 +131,76 @@ def run(model_dir: str, variant: str) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def profile(model_dir: str, variant: str) -> None:
+    """Where a decode step's time goes: the recorded graph's replay alone (CUDA events) against the whole
+    loop's time per token, and the GPU kernels of one eager step by total time."""
+    import torch
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from tunesmith.generation.generate import _DECODER
+
+    spec = _parse(variant)
+    model = _load(model_dir, spec)
+    ids = torch.randint(3, model.config.vocab_size, (spec["batch"], PROMPT_TOKENS)).cuda()
+    call = dict(input_ids=ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+    model.generate(**call)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    model.generate(**call)
+    torch.cuda.synchronize()
+    loop_ms = (time.perf_counter() - start) * 1000 / NEW_TOKENS
+    decoder = model.__dict__[_DECODER][1]
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    for _ in range(50):
+        decoder.graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    replay_ms = begin.elapsed_time(end) / 50
+    with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder._one_token()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
+    print(json.dumps(dict(variant=variant, loop_ms_per_token=round(loop_ms, 3), graph_replay_ms=round(replay_ms, 3),
+                          kernels_per_step=kernels)))  # fmt: skip
+    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+
+
+def gemv() -> None:
+    """The NF4 matrix-vector kernel alone on the 8B shapes: microseconds and GB/s of packed weight read,
+    against bitsandbytes' own (one row), for each launch shape; timed inside CUDA graphs."""
+    import bitsandbytes.functional as bnb_f
+    import torch
+    from triton.testing import do_bench_cudagraph
+
+    from tunesmith.kernels.nf4_gemv import nf4_gemv_forward
+
+    for n, k in ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336), (128256, 4096)):
+        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
+        packed, state = bnb_f.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
+        gbytes = n * k / 2 / 1e9
+        for rows in (1, 8):
+            x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
+            line = {"n": n, "k": k, "rows": rows}
+            if rows == 1:
+                us = (
+                    do_bench_cudagraph(lambda x=x, p=packed, s=state: bnb_f.gemv_4bit(x, p.t(), state=s))
+                    * 1000
+                )
+                line["bitsandbytes_us"], line["bitsandbytes_GBps"] = round(us, 1), round(gbytes / us * 1e6)
+            for block_n in (16, 32, 64):
+                for warps in (4, 8):
+
+                    def launch(x=x, p=packed, s=state, b=block_n, w=warps):
+                        return nf4_gemv_forward(x, p, s, b, w)
+
+                    us = do_bench_cudagraph(launch) * 1000
+                    line[f"ts_{block_n}x{warps}_GBps"] = round(gbytes / us * 1e6)
+            print(json.dumps(line), flush=True)
+
+
 def cpu() -> None:
     """The embedded model on this CPU: tunesmith's generate against transformers', 128 greedy tokens."""
     import torch
@@ -176,6 +248,10 @@ if __name__ == "__main__":
     command = sys.argv[1]
     if command == "run":
         run(sys.argv[2], sys.argv[3])
+    elif command == "gemv":
+        gemv()
+    elif command == "profile":
+        profile(sys.argv[2], sys.argv[3])
     elif command == "table":
         table(sys.argv[2])
     else:

@@ -36,6 +36,7 @@ __all__ = [
 _DECODER = "_tunesmith_decoder"  # the instance's reusable StaticDecoder (one: a new shape replaces it)
 _RECORD = "_tunesmith_last_generation"
 _CACHE_STEP = {"cuda": 256, "cpu": 64}  # cache lengths round up to this, so nearby calls reuse one graph
+_CHECK_EVERY = 8  # steps between the host's looks at "has every row ended" (each look waits for the GPU)
 
 
 @dataclass
@@ -45,7 +46,6 @@ class GenerationRecord:
     path: str  # "cuda-graph", "eager" (static cache, no graph) or "transformers"
     why: str = ""  # why transformers' generate() ran, or why no graph was recorded
     new_tokens: int = 0
-    first_token_s: float = 0.0
     seconds: float = 0.0
 
 
@@ -80,16 +80,44 @@ def _fingerprint(model: nn.Module) -> tuple:
 
 
 def _decoder_for(model: nn.Module, batch: int, needed: int, device: torch.device) -> StaticDecoder:
-    step = _CACHE_STEP.get(device.type, 64)
-    cache_len = -(-needed // step) * step
-    key = (batch, cache_len, _fingerprint(model))
+    """The model's held decoder when it fits (on a GPU a longer cache is reused: its graph is recorded
+    already), else a new one (the old cache freed first)."""
+    fingerprint = _fingerprint(model)
     held = model.__dict__.get(_DECODER)
-    if held is not None and held[0] == key:
-        return held[1]
-    model.__dict__.pop(_DECODER, None)  # free the old cache (and graph) before allocating the new one
-    decoder = StaticDecoder(model, batch, cache_len, device)
-    model.__dict__[_DECODER] = (key, decoder)
+    if held is not None:
+        key, decoder = held
+        fits = key == (batch, fingerprint) and needed <= decoder.cache_len
+        if fits and (device.type == "cuda" or decoder.cache_len - needed < _CACHE_STEP["cpu"]):
+            return decoder
+    model.__dict__.pop(_DECODER, None)
+    step = _CACHE_STEP.get(device.type, 64)
+    decoder = StaticDecoder(model, batch, -(-needed // step) * step, device)
+    model.__dict__[_DECODER] = ((batch, fingerprint), decoder)
     return decoder
+
+
+def _copy_to_host(tokens: torch.Tensor):
+    """Start copying ``tokens`` to the host; returns a function that waits for that copy alone."""
+    if tokens.device.type != "cuda":
+        return lambda: tokens.clone()
+    host = tokens.to("cpu", non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+
+    def wait() -> torch.Tensor:
+        copied.synchronize()
+        return host
+
+    return wait
+
+
+def _until_all_ended(new: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """The new tokens (B, N) up to the step where the last row ended, as transformers stops; the loop looks
+    only every few steps, so it may have run a few more."""
+    if not eos.numel():
+        return new
+    ended = torch.isin(new, eos).cumsum(dim=1).gt(0).all(dim=0)  # (N,): every row has ended by this step
+    return new[:, : int(ended.int().argmax()) + 1] if bool(ended.any()) else new
 
 
 def forget_decoder(model: nn.Module) -> None:
@@ -141,28 +169,28 @@ def _decode(model, input_ids, attention_mask, streamer, settings: DecodeSettings
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     produced: list[torch.Tensor] = []
     logits = decoder.prefill(input_ids, mask)
-    first_token_s = 0.0
     for index in range(settings.max_new_tokens):
-        tokens = choose(logits, index)
-        tokens = torch.where(finished, settings.pad_id, tokens)
+        tokens = torch.where(finished, settings.pad_id, choose(logits, index))
         produced.append(tokens)
         if choose.eos.numel():
             finished |= torch.isin(tokens, choose.eos)
-        if index == 0:
-            first_token_s = time.perf_counter() - started
-        if streamer is not None:
-            streamer.put(tokens.cpu())
-        if bool(finished.all()) or index + 1 == settings.max_new_tokens:
+        last = index + 1 == settings.max_new_tokens
+        shown = _copy_to_host(tokens) if streamer is not None else None
+        if not last:
+            logits = decoder.step(
+                tokens
+            )  # queued before the host looks at this token, so the GPU never waits
+        if shown is not None:
+            streamer.put(shown())
+        if last or ((streamer is not None or index % _CHECK_EVERY == 0) and bool(finished.all())):
             break
-        logits = decoder.step(tokens)
     if streamer is not None:
         streamer.end()
-    new = torch.stack(produced, dim=1)
+    new = _until_all_ended(torch.stack(produced, dim=1), choose.eos)
     model.__dict__[_RECORD] = GenerationRecord(
         path=decoder.mode,
         why=decoder.graph_failed or "",
         new_tokens=new.shape[1],
-        first_token_s=first_token_s,
         seconds=time.perf_counter() - started,
     )
     return torch.cat([input_ids, new], dim=1)

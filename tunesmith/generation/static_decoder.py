@@ -5,8 +5,9 @@ device, so the one-token step reads and writes only tensors that never move: on 
 a CUDA graph and replayed for every new token (one launch instead of a few thousand). The attention mask is
 built here, as the 4-D additive mask transformers passes through unchanged: key slot ``j`` of row ``b`` is
 visible once it holds a real token (left padding stays hidden), and every slot at or before the query's own.
-The model is called as it is (PEFT wrapper, LoRA unmerged, 4-bit layers, tunesmith's fused norms), so
-training can go on afterwards with nothing to undo.
+The model is called as it is (PEFT wrapper, LoRA unmerged, 4-bit layers); while the step is recorded,
+``decode_kernels`` puts tunesmith's NF4 matrix-vector kernel and fused norms in, and the model gets its own
+modules back before the first replay, so training can go on afterwards with nothing to undo.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import torch
 from torch import nn
 
+from tunesmith.generation.decode_kernels import decode_kernels
 from tunesmith.models.unwrap import base_model_of
 
 __all__ = ["StaticDecoder", "static_decoding_refusal"]
@@ -147,14 +149,15 @@ class StaticDecoder:
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with torch.cuda.stream(stream):
-                for _ in range(_WARMUP_STEPS):
-                    self._one_token()
-            torch.cuda.current_stream(self.device).wait_stream(stream)
-            self.reset()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.graph_logits = self._one_token()
+            with decode_kernels(self.model):  # the graph keeps these kernels; the model gets its modules back
+                with torch.cuda.stream(stream):
+                    for _ in range(_WARMUP_STEPS):
+                        self._one_token()
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                self.reset()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self.graph_logits = self._one_token()
             self.graph = graph
         except Exception as err:  # a layer that syncs with the host or allocates outside the graph
             torch.cuda.synchronize(self.device)
