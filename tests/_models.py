@@ -109,12 +109,14 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def greedy_divergence(model, prompt: torch.Tensor, ours: torch.Tensor, theirs: torch.Tensor):
     """Where two greedy continuations of ``prompt`` (1, P) part, judged by ``model``: None when they are
-    the same; else ``(index, gap)``, the first differing new token and how far (in logit standard deviations)
-    our token's logit was below the reference's there. A gap near 0 is a near-tie, the only excuse."""
+    the same; else ``(index, gap in logit standard deviations, gap, top logit)``: the first differing new
+    token, and how far our token's logit was below the reference's there. A near-tie is the only excuse."""
     ours, theirs = ours.flatten().tolist(), theirs.flatten().tolist()
     index = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
     if index is None:
-        return None if len(ours) == len(theirs) else (min(len(ours), len(theirs)), float("inf"))
+        inf = float("inf")
+        return None if len(ours) == len(theirs) else (min(len(ours), len(theirs)), inf, inf, 0.0)
     prefix = torch.cat([prompt.flatten().cpu(), torch.tensor(theirs[:index], dtype=torch.long)])[None]
     logits = model(input_ids=prefix.to(model.device)).logits[0, -1].float()
-    return index, ((logits[theirs[index]] - logits[ours[index]]) / logits.std()).item()
+    gap = (logits[theirs[index]] - logits[ours[index]]).item()
+    return index, gap / logits.std().item(), gap, logits.max().item()

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import torch
 
+import tunesmith.generation.decode_kernels as decode_kernels_module
 from tunesmith import FastLanguageModel
 from tunesmith.fast_path.modules import FastRMSNorm
 from tunesmith.generation.decode_kernels import Nf4DecodeLinear, decode_kernels
 
 
-def test_swaps_every_nf4_layer_and_norm_for_the_block_only_and_keeps_the_output(tiny_llama_dir):
+def test_swaps_every_nf4_layer_and_norm_for_the_block_only_and_keeps_the_output(tiny_llama_dir, monkeypatch):
+    monkeypatch.setattr(decode_kernels_module, "NF4_KERNEL", True)
     model, _ = FastLanguageModel.from_pretrained(tiny_llama_dir, load_in_4bit=True)
     model = FastLanguageModel.get_peft_model(model, r=4)
     before = {name: type(m) for name, m in model.named_modules()}

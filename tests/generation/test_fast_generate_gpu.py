@@ -13,7 +13,7 @@ from tunesmith.generation.chat import answer_all, chat
 from tunesmith.generation.generate import last_generation, library_generate
 
 pytestmark = pytest.mark.gpu
-NEAR_TIE = 0.05  # logit standard deviations: a bf16 rounding of the logits, no more
+NEAR_TIE = 0.05  # logit standard deviations, or a few bf16 roundings of the top logit, whichever is larger
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_lora_unmerged_in_the_graph_and_training_afterwards_changes_the_answer(f
     before = model.generate(**call)
     assert last_generation(model).path == "cuda-graph", last_generation(model).why
     FastLanguageModel.for_training(model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-2)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = torch.randint(0, 100, (2, 32), device="cuda")
     for _ in range(3):
         loss = model(input_ids=batch, labels=batch).loss
@@ -67,7 +67,7 @@ def test_lora_unmerged_in_the_graph_and_training_afterwards_changes_the_answer(f
     after = model.generate(**call)
     assert last_generation(model).path == "cuda-graph"
     _assert_greedy_agrees(model, ids, after, library_generate(model, **call, do_sample=False))
-    assert not torch.equal(after, before), "three large LoRA steps change a random model's greedy answer"
+    assert not torch.equal(after, before), "three LoRA steps at lr 1e-2 change a random model's greedy answer"
 
 
 def test_a_batch_of_probes_on_the_gpu_equals_each_probe_alone(folder):

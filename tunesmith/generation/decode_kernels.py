@@ -24,7 +24,11 @@ from tunesmith.kernels.nf4_gemv import MAX_ROWS, nf4_gemv
 from tunesmith.models.registry import family_of
 from tunesmith.models.unwrap import base_model_of
 
-__all__ = ["decode_kernels", "Nf4DecodeLinear"]
+__all__ = ["decode_kernels", "Nf4DecodeLinear", "NF4_KERNEL"]
+
+# Whether NF4 layers take tunesmith's kernel; bench/bench_decode.py's "tsk" variants turn it on to measure it
+# against bitsandbytes' own one-row kernel (bench/NOTES.md has the outcome).
+NF4_KERNEL = False
 
 
 class Nf4DecodeLinear(nn.Module):
@@ -60,7 +64,8 @@ class Nf4DecodeLinear(nn.Module):
 def _twin(module: nn.Module, llama_norms: bool) -> nn.Module | None:
     """The decode-kernel stand-in for ``module``, or None to leave it."""
     weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Linear4bit" and weight is not None and is_nf4_weight(weight):
+    nf4 = type(module).__name__ == "Linear4bit" and weight is not None and is_nf4_weight(weight)
+    if NF4_KERNEL and nf4:
         return Nf4DecodeLinear(module)
     if llama_norms and type(module).__name__.endswith("RMSNorm") and not isinstance(module, FastRMSNorm):
         return FastRMSNorm(module)

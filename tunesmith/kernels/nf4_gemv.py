@@ -5,7 +5,7 @@ bitsandbytes' own kernel for one row reaches under 1 TB/s on an H200 and needs a
 double-quantized scales; this one decodes nibbles and scales in registers and multiplies on tensor
 cores.
 Storage as in ``nf4.py``: element ``j`` of the row-major weight is nibble ``j`` (high nibble first), its
-scale is that of block ``j // blocksize``. Each program owns ``BLOCK_N`` output features and walks ``K``:
+scale is that of block ``j // blocksize``; rows must hold whole blocks (every model's widths do). Each program owns ``BLOCK_N`` output features and walks ``K``:
 the bytes of a chunk give the even columns (high nibbles) and the odd ones (low nibbles), each multiplied
 with the matching columns of ``x``. Weights are rounded to the compute dtype before the product, as
 bitsandbytes' dequantize-then-matmul does; products accumulate in float32.
@@ -30,45 +30,61 @@ def _nf4_gemv_kernel(
     BLOCKSIZE: tl.constexpr, BLOCKSIZE2: tl.constexpr, NESTED: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """1. a chunk's bytes -> even/odd nibbles -> table values x block scales (two-level when NESTED),
-    rounded to x's dtype; 2. acc += x_even @ w_even.T + x_odd @ w_odd.T; 3. store acc in OUT's dtype."""
+    """1. a chunk's bytes -> even/odd nibbles -> table values; its blocks' scales (two-level when NESTED),
+    loaded once per block and spread over the block's bytes; rounded to x's dtype; 2. one row of x: a
+    row-wise sum; several: acc += x_even @ w_even.T + x_odd @ w_odd.T; 3. store in OUT's dtype."""
     features = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     feature_ok = features < N
-    rows = tl.arange(0, BLOCK_M)
-    row_ok = rows < M
     pair = tl.arange(0, BLOCK_K // 2)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    blocks_per_chunk: tl.constexpr = BLOCK_K // BLOCKSIZE
+    chunk_block = tl.arange(0, blocks_per_chunk)
+    blocks_per_row = K // BLOCKSIZE
+    if BLOCK_M == 1:
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    else:
+        rows = tl.arange(0, BLOCK_M)
+        row_ok = rows < M
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         col = k0 + 2 * pair  # the even column of each byte
         col_ok = col < K
-        element = features.to(tl.int64)[:, None] * K + col[None, :]  # (BLOCK_N, BLOCK_K // 2)
         w_ok = feature_ok[:, None] & col_ok[None, :]
-        byte = tl.load(PACKED + element // 2, mask=w_ok, other=0).to(tl.int32)
-        block = element // BLOCKSIZE
+        byte = tl.load(PACKED + features[:, None] * (K // 2) + (col[None, :] // 2), mask=w_ok, other=0)
+        byte = byte.to(tl.int32)
+        block = features[:, None] * blocks_per_row + (k0 // BLOCKSIZE + chunk_block)[None, :]
+        block_ok = feature_ok[:, None] & ((k0 + chunk_block * BLOCKSIZE) < K)[None, :]
         if NESTED:
-            qscale = tl.load(ABSMAX + block, mask=w_ok, other=0).to(tl.int32)
-            scale = tl.load(CODE2 + qscale, mask=w_ok, other=0.0) * tl.load(
-                ABSMAX2 + block // BLOCKSIZE2, mask=w_ok, other=0.0
-            )
+            qscale = tl.load(ABSMAX + block, mask=block_ok, other=0).to(tl.int32)
+            scale = tl.load(CODE2 + qscale) * tl.load(ABSMAX2 + block // BLOCKSIZE2, mask=block_ok, other=0.0)
             scale = scale + tl.load(OFFSET)
         else:
-            scale = tl.load(ABSMAX + block, mask=w_ok, other=0.0)
+            scale = tl.load(ABSMAX + block, mask=block_ok, other=0.0)
+        spread = tl.broadcast_to(scale[:, :, None], (BLOCK_N, blocks_per_chunk, BLOCKSIZE // 2))
+        scale = tl.reshape(spread, (BLOCK_N, BLOCK_K // 2))
         # Rounded to x's dtype, then widened: a bf16/fp16 value is exact in TF32, so the tensor-core
         # product is exact; float32 inputs take the IEEE path instead.
         w_even = (tl.load(CODE + (byte >> 4)) * scale).to(X.dtype.element_ty).to(tl.float32)
         w_odd = (tl.load(CODE + (byte & 0xF)) * scale).to(X.dtype.element_ty).to(tl.float32)
-        x_ok = row_ok[:, None] & col_ok[None, :]
-        x_at = X + rows[:, None] * stride_xm + col[None, :]
-        x_even = tl.load(x_at, mask=x_ok, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_at + 1, mask=x_ok & (col[None, :] + 1 < K), other=0.0).to(tl.float32)
-        if IEEE:
-            acc += tl.dot(x_even, tl.trans(w_even), input_precision="ieee")
-            acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="ieee")
+        if BLOCK_M == 1:
+            x_even = tl.load(X + col, mask=col_ok, other=0.0).to(tl.float32)
+            x_odd = tl.load(X + col + 1, mask=col_ok, other=0.0).to(tl.float32)
+            acc += tl.sum(w_even * x_even[None, :] + w_odd * x_odd[None, :], axis=1)
         else:
-            acc += tl.dot(x_even, tl.trans(w_even), input_precision="tf32")
-            acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="tf32")
-    out_at = OUT + rows[:, None] * stride_om + features[None, :]
-    tl.store(out_at, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & feature_ok[None, :])
+            x_ok = row_ok[:, None] & col_ok[None, :]
+            x_at = X + rows[:, None] * stride_xm + col[None, :]
+            x_even = tl.load(x_at, mask=x_ok, other=0.0).to(tl.float32)
+            x_odd = tl.load(x_at + 1, mask=x_ok, other=0.0).to(tl.float32)
+            if IEEE:
+                acc += tl.dot(x_even, tl.trans(w_even), input_precision="ieee")
+                acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="ieee")
+            else:
+                acc += tl.dot(x_even, tl.trans(w_even), input_precision="tf32")
+                acc += tl.dot(x_odd, tl.trans(w_odd), input_precision="tf32")
+    if BLOCK_M == 1:
+        tl.store(OUT + features, acc.to(OUT.dtype.element_ty), mask=feature_ok)
+    else:
+        out_at = OUT + rows[:, None] * stride_om + features[None, :]
+        tl.store(out_at, acc.to(OUT.dtype.element_ty), mask=row_ok[:, None] & feature_ok[None, :])
 
 
 def _block_n(n: int) -> int:
@@ -87,8 +103,8 @@ def nf4_gemv_forward(
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m = x2.shape[0]
-    if m > MAX_ROWS:
-        raise ValueError(f"nf4_gemv takes at most {MAX_ROWS} rows, got {m}")
+    if m > MAX_ROWS or k % quant_state.blocksize or BLOCK_K % quant_state.blocksize:
+        raise ValueError(f"nf4_gemv takes at most {MAX_ROWS} rows and rows of whole blocks, got {x.shape}")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
     nested = bool(quant_state.nested)
     if nested:
@@ -102,7 +118,8 @@ def nf4_gemv_forward(
     kernel_for(_nf4_gemv_kernel, x.device)[(triton.cdiv(n, block_n),)](
         x2, packed.view(torch.uint8), quant_state.absmax, code2, absmax2, offset, quant_state.code, out,
         m, n, k, x2.stride(0), out.stride(0), BLOCKSIZE=quant_state.blocksize, BLOCKSIZE2=blocksize2,
-        NESTED=nested, IEEE=x.dtype == torch.float32, BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=BLOCK_K,
+        NESTED=nested, IEEE=x.dtype == torch.float32, BLOCK_M=1 if m == 1 else MAX_ROWS, BLOCK_N=block_n,
+        BLOCK_K=BLOCK_K,
         num_warps=num_warps,
     )  # fmt: skip
     return out.view(*x.shape[:-1], n)
@@ -116,7 +133,9 @@ def nf4_gemv_reference(x: torch.Tensor, packed: torch.Tensor, quant_state) -> to
 
 def nf4_gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``x @ W.T`` for a ``Params4bit`` NF4 weight: the kernel on CUDA, the reference elsewhere."""
-    even = weight.quant_state.shape[1] % 2 == 0  # rows start on a byte boundary
-    if on_gpu(x, weight) and even and math.prod(x.shape[:-1]) <= MAX_ROWS:
+    state = weight.quant_state
+    aligned = state.shape[1] % state.blocksize == 0 and BLOCK_K % state.blocksize == 0  # rows = whole blocks
+    small = math.prod(state.shape) < 2**31  # int32 offsets
+    if on_gpu(x, weight) and aligned and small and math.prod(x.shape[:-1]) <= MAX_ROWS:
         return nf4_gemv_forward(x, weight.data, weight.quant_state)
     return nf4_gemv_reference(x, weight.data, weight.quant_state)
