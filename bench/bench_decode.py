@@ -8,10 +8,9 @@ a user waits for first. Then time to first token (batch 1, through a streamer), 
 usage (GPU machine, repository root, anchors on PYTHONPATH as in run_all.sh):
     python3 bench/bench_decode.py run MODEL_DIR VARIANT        # prints one RESULT {json} line
     python3 bench/bench_decode.py profile MODEL_DIR VARIANT    # graph replay vs loop, kernels of one step
-    python3 bench/bench_decode.py gemv                         # the NF4 kernel alone, launch shapes swept
     python3 bench/bench_decode.py table LOG_DIR                # the markdown table of every RESULT line
     python3 bench/bench_decode.py cpu                          # the CPU part: the embedded model, 2 cores
-VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, tsk (ts with its own NF4 kernel), unsloth, hf, hfstatic (transformers' static cache, which
+VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, unsloth, hf, hfstatic (transformers' static cache, which
 generate() compiles); QUANT in bf16, nf4. Example: ts_nf4_lora_b8.
 """
 
@@ -35,7 +34,7 @@ def _parse(variant: str) -> dict:
 def _load(model_dir: str, spec: dict):
     import torch
 
-    if spec["engine"] in ("ts", "tsk", "unsloth"):
+    if spec["engine"] in ("ts", "unsloth"):
         if spec["engine"] == "unsloth":
             from unsloth import FastLanguageModel
         else:
@@ -85,10 +84,6 @@ def run(model_dir: str, variant: str) -> None:
     import torch
 
     spec = _parse(variant)
-    if spec["engine"] == "tsk":  # tunesmith with its own NF4 matrix-vector kernel in the decode graph
-        import tunesmith.generation.decode_kernels as decode_kernels
-
-        decode_kernels.NF4_KERNEL = True
     t0 = time.perf_counter()
     model = _load(model_dir, spec)
     load_s = time.perf_counter() - t0
@@ -121,7 +116,7 @@ def run(model_dir: str, variant: str) -> None:
         times.append(seconds)
     new_tokens = (out.shape[1] - PROMPT_TOKENS) * spec["batch"]
     path = None
-    if spec["engine"] in ("ts", "tsk"):
+    if spec["engine"] == "ts":
         from tunesmith.generation.generate import last_generation
 
         record = last_generation(model)
@@ -172,43 +167,6 @@ def profile(model_dir: str, variant: str) -> None:
     print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
 
 
-def gemv() -> None:
-    """The NF4 matrix-vector kernel alone on the 8B shapes: microseconds and GB/s of packed weight read,
-    against bitsandbytes' own (one row), for each launch shape; timed inside CUDA graphs."""
-    import bitsandbytes as bnb
-    import bitsandbytes.functional as bnb_f
-    import torch
-    from triton.testing import do_bench_cudagraph
-
-    from tunesmith.kernels.nf4_gemv import nf4_gemv_forward
-
-    def timed(fn) -> float | str:
-        try:
-            return do_bench_cudagraph(fn) * 1000
-        except Exception as err:  # report and go on: one failing launch shape must not hide the others
-            return f"{type(err).__name__}: {err}"[:200]
-
-    for n, k in ((4096, 4096), (14336, 4096), (4096, 14336)):
-        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda")
-        packed, state = bnb_f.quantize_4bit(w, blocksize=64, compress_statistics=True, quant_type="nf4")
-        gbytes = n * k / 2 / 1e9
-        for rows in (1, 8):
-            x = torch.randn(rows, k, dtype=torch.bfloat16, device="cuda")
-            line = {"n": n, "k": k, "rows": rows}
-            if rows == 1:
-                us = timed(lambda x=x, p=packed, s=state: bnb.matmul_4bit(x, p.t(), quant_state=s))
-                line["bitsandbytes_GBps"] = round(gbytes / us * 1e6) if isinstance(us, float) else us
-            for block_n in (8, 16, 32, 64) if rows == 1 else (16, 32, 64):
-                for warps in (4, 8):
-                    us = timed(
-                        lambda x=x, p=packed, s=state, b=block_n, w=warps: nf4_gemv_forward(x, p, s, b, w)
-                    )
-                    line[f"ts_{block_n}x{warps}_GBps"] = (
-                        round(gbytes / us * 1e6) if isinstance(us, float) else us
-                    )
-            print(json.dumps(line), flush=True)
-
-
 def cpu() -> None:
     """The embedded model on this CPU: tunesmith's generate against transformers', 128 greedy tokens."""
     import torch
@@ -256,8 +214,6 @@ if __name__ == "__main__":
     command = sys.argv[1]
     if command == "run":
         run(sys.argv[2], sys.argv[3])
-    elif command == "gemv":
-        gemv()
     elif command == "profile":
         profile(sys.argv[2], sys.argv[3])
     elif command == "table":
