@@ -193,10 +193,14 @@ def _torch_greedy(model, ids: list[int], steps: int, eos: set[int]) -> tuple[np.
     prompt_logits = model(input_ids=seq).logits[0].float().cpu().numpy()
     from transformers import GenerationConfig
 
+    from tunesmith.generation.generate import fast_generate
+
     greedy = GenerationConfig(  # explicit: no repetition penalty or sampling from the model's own config
         max_new_tokens=steps, do_sample=False, eos_token_id=sorted(eos), pad_token_id=min(eos, default=0)
     )
-    generated = model.generate(input_ids=seq, attention_mask=torch.ones_like(seq), generation_config=greedy)
+    generated = fast_generate(
+        model, input_ids=seq, attention_mask=torch.ones_like(seq), generation_config=greedy
+    )
     return prompt_logits, generated[0, len(ids) :].tolist()
 
 

@@ -379,19 +379,14 @@ def _warn_if_llama_cpp_fails(found: str) -> None:
 
 
 def _ask(ctx: RunContext) -> list[str]:
-    from tunesmith.generation.chat import chat
+    """Every probe answered in one batch (the fast decode path), printed in order."""
+    from tunesmith.generation.chat import answer_all
 
-    answers = []
-    for question in ctx.config.probes:
-        answer = chat(
-            ctx.model,
-            ctx.tokenizer,
-            question,
-            max_new_tokens=ctx.config.generation.max_new_tokens,
-            stream=False,
-        )
+    answers = answer_all(
+        ctx.model, ctx.tokenizer, list(ctx.config.probes), max_new_tokens=ctx.config.generation.max_new_tokens
+    )
+    for question, answer in zip(ctx.config.probes, answers, strict=True):
         print(f"    Q: {question}\n    A: {_one_line(answer)}")
-        answers.append(answer)
     return answers
 
 

@@ -18,6 +18,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from tunesmith._distributed import world_size
+from tunesmith.generation.generate import forget_decoder
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
 from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
 from tunesmith.training.distributed import fault_injection
@@ -59,6 +60,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
             _say_global_batch(self.args)
         else:
             self._jsonl.resumed_from = checkpoint_step(checkpoint)
+        forget_decoder(self.model)  # a static KV cache held from generating before would only take memory
         self._before_training(checkpoint)
         self._wrap_after_evaluation()
         try:
