@@ -76,6 +76,7 @@ def test_a_reward_of_the_wrong_length_is_refused(smollm, tmp_path):
 def test_grpo_with_the_format_reward_raises_the_mean_reward(smollm, tmp_path):
     from tunesmith import GRPOConfig, GRPOTrainer, PromptTemplate
     from tunesmith.data import builtin_dataset_path
+    from tunesmith.generation.generate import last_generation
     from tunesmith.training import get_peft_model
 
     model, tokenizer = smollm
@@ -91,6 +92,9 @@ def test_grpo_with_the_format_reward_raises_the_mean_reward(smollm, tmp_path):
         template=PromptTemplate(ONE_SHOT),
     )  # fmt: skip
     trainer.train()
+    record = last_generation(model)
+    assert record.path == "eager" and record.new_tokens >= 1, "completions come from tunesmith's decode loop"
+    assert "generate" not in model.__dict__, "after training, generate() is transformers' again"
     summary = trainer.summary
     assert summary["reward_last"] > summary["reward_first"] + 0.1, [
         r.get("reward") for r in trainer.records()

@@ -7,7 +7,10 @@ validated and formatted by :func:`tunesmith.data.preference.prepare_prompt_datas
 prompt template or chat template, as SFT formats its prompts; the other columns reach the reward functions
 by name. Rewards are functions or built-in names (:mod:`tunesmith.training.rewards`); each is called once on
 the first rows before training, so a broken one fails at once, not after the first generation. Completions
-come from the model's own ``generate`` with the LoRA adapters unmerged (no second engine, no weight copy).
+come from tunesmith's decode loop (``generation.fast_generate``, bound as the model's ``generate`` while
+training runs: a static KV cache, on a GPU the one-token step as a CUDA graph) with the LoRA adapters
+unmerged (no second engine, no weight copy); the sampling settings TRL passes are read as transformers
+would, and any it does not cover send the call to transformers' own ``generate``.
 TRL logs the mean reward of every function and the completion lengths; ``samples.json`` keeps sample
 completions with their rewards from the first and the last step.
 """
@@ -23,6 +26,7 @@ import trl
 from tunesmith._atomic import atomic_file
 from tunesmith.data.preference import ROW_COLUMN, prepare_prompt_dataset
 from tunesmith.errors import TunesmithError
+from tunesmith.generation.generate import disable_fast_generation, enable_fast_generation
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.base import TunesmithTrainerMixin
 from tunesmith.training.lora import keep_4bit_trainable
@@ -140,7 +144,13 @@ class GRPOTrainer(TunesmithTrainerMixin, trl.GRPOTrainer):
         if self._signature_columns is not None and ROW_COLUMN not in self._signature_columns:
             self._signature_columns = [*self._signature_columns, ROW_COLUMN]
 
+    def _before_training(self, checkpoint: str | None) -> None:
+        self._bound_generate = "generate" not in self.model.__dict__  # else the user's for_inference did
+        enable_fast_generation(self.model)
+
     def _after_training(self) -> None:
+        if self._bound_generate:
+            disable_fast_generation(self.model)
         self._write_samples()
 
     def _write_samples(self) -> None:
