@@ -2,8 +2,8 @@
 checkpoints, exact resume, and the user's model handed back as it was.
 
 Mixed in before a TRL trainer class (``class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer)``). A trainer
-builds its callbacks with :meth:`_tunesmith_callbacks` before calling TRL's ``__init__`` and
-:meth:`_drop_default_callbacks` after; :meth:`train` then runs the shared loop, with the hooks
+prepares its data, then calls TRL's ``__init__`` through :meth:`_init_trl` (tunesmith's callbacks in,
+transformers' progress printing out); :meth:`train` then runs the shared loop, with the hooks
 :meth:`_before_training`, :meth:`_after_training`, :meth:`plot_curves` and :meth:`_summarize` for what
 differs between methods.
 """
@@ -45,6 +45,13 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         """Remove transformers' own progress printing (replaced by :class:`ProgressBarCallback`)."""
         for default in (ProgressCallback, PrinterCallback):
             self.remove_callback(default)
+
+    def _init_trl(self, args, kwargs: dict, **arguments) -> None:
+        """The TRL trainer's ``__init__`` with ``arguments`` and the caller's other ``kwargs``: tunesmith's
+        callbacks go in before it, transformers' progress printing comes out after it (every trainer's tail)."""
+        callbacks = self._tunesmith_callbacks(args.output_dir, kwargs.pop("callbacks", None))
+        super().__init__(args=args, callbacks=callbacks, **arguments, **kwargs)
+        self._drop_default_callbacks()
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train (resuming if asked) with the method's measurements before and after; writes the log and

@@ -125,18 +125,15 @@ class GRPOTrainer(TunesmithTrainerMixin, trl.GRPOTrainer):
         self.samples = _SampleKeeper()
         checked = resolve_rewards(reward_funcs, answer_column=answer_column)
         _try_rewards_on(checked, train_dataset)
-        callbacks = self._tunesmith_callbacks(args.output_dir, kwargs.pop("callbacks", None))
-        super().__init__(
+        self._init_trl(
+            args,
+            kwargs,
             model=model,
             reward_funcs=[_recorded(f, self.samples) for f in checked],
-            args=args,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=callbacks,
-            **kwargs,
         )
-        self._drop_default_callbacks()
         self.summary: dict = {}
 
     def _set_signature_columns_if_needed(self):

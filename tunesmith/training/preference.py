@@ -153,16 +153,13 @@ class DPOTrainer(PreferenceTrainerMixin, trl.DPOTrainer):
         processing_class, train_dataset, eval_dataset = self._preference_setup(
             model, tokenizer, processing_class, args, train_dataset, eval_dataset, options
         )
-        callbacks = self._tunesmith_callbacks(args.output_dir, kwargs.pop("callbacks", None))
-        super().__init__(
+        self._init_trl(
+            args,
+            kwargs,
             model=model,
             ref_model=ref_model,
-            args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=callbacks,
-            **kwargs,
         )
-        self._drop_default_callbacks()

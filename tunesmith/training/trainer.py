@@ -87,18 +87,15 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
         )
         if len(train_dataset) < _MULTIPROCESS_MIN_ROWS:
             args.dataset_num_proc = None
-        callbacks = self._tunesmith_callbacks(args.output_dir, kwargs.pop("callbacks", None))
-        super().__init__(
+        self._init_trl(
+            args,
+            kwargs,
             model=model,
-            args=args,
             data_collator=data_collator,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=callbacks,
-            **kwargs,
         )
-        self._drop_default_callbacks()
         self.held_out_loss: dict[str, float | None] = {"before": None, "after": None}
         self.summary: dict = {}
 
