@@ -10,6 +10,8 @@ import types
 
 import torch
 
+from tunesmith.export.gguf_constants import DEFAULT_QUANT
+
 __all__ = ["attach_export_methods", "EXPORT_METHODS"]
 
 EXPORT_METHODS = ("save_pretrained_merged", "save_pretrained_gguf")
@@ -25,7 +27,9 @@ def _save_pretrained_merged(
     return save_pretrained_merged(self, save_directory, tokenizer, save_method, **kwargs)
 
 
-def _save_pretrained_gguf(self, save_directory, tokenizer=None, quantization_method: str = "q8_0", **kwargs):
+def _save_pretrained_gguf(
+    self, save_directory, tokenizer=None, quantization_method: str = DEFAULT_QUANT, **kwargs
+):
     """Save this model as ``<dir>/<name>.<QUANT>.gguf`` plus an Ollama Modelfile; see
     :func:`tunesmith.export.gguf.save_pretrained_gguf`."""
     from tunesmith.export.gguf import save_pretrained_gguf

@@ -14,7 +14,7 @@ FORMATS = ("merged", "lora", "gguf")
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``tunesmith export``."""
-    from tunesmith.export.gguf_constants import QUANT_METHODS
+    from tunesmith.export.gguf_constants import DEFAULT_QUANT, QUANT_METHODS
 
     parser = subparsers.add_parser(
         "export",
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument(
         "--quant",
-        default="q8_0",
+        default=DEFAULT_QUANT,
         metavar="METHOD",
         help=f"GGUF quantization: {', '.join(QUANT_METHODS)} (default q8_0)",
     )

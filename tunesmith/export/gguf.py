@@ -19,7 +19,7 @@ from tunesmith.export._output import (
     check_output_dir,
     disk_full_as_error,
 )
-from tunesmith.export.gguf_constants import QUANT_METHODS, QuantMethod, arch_info, quant_method
+from tunesmith.export.gguf_constants import DEFAULT_QUANT, QUANT_METHODS, QuantMethod, arch_info, quant_method
 from tunesmith.export.gguf_hparams import check_llama_cpp_assumptions
 from tunesmith.export.gguf_names import gguf_tensors
 from tunesmith.export.gguf_tokenizer import tokenizer_metadata
@@ -73,7 +73,7 @@ def save_pretrained_gguf(
     model,
     save_directory: str | os.PathLike,
     tokenizer=None,
-    quantization_method: str = "q8_0",
+    quantization_method: str = DEFAULT_QUANT,
     *,
     name: str | None = None,
     modelfile: bool | None = None,

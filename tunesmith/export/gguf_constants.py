@@ -14,6 +14,7 @@ from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.registry import FAMILIES, family_of
 
 __all__ = [
+    "DEFAULT_QUANT",
     "QuantMethod",
     "QUANT_METHODS",
     "quant_method",
@@ -61,6 +62,8 @@ QUANT_METHODS: dict[str, QuantMethod] = {
         QuantMethod("q6_k", LlamaFileType.MOSTLY_Q6_K, None, 0.90, intermediate="f16"),
     )
 }
+# What every export writes when no method is named: near-lossless (top-1 agreement >= 99%), half of f16.
+DEFAULT_QUANT = "q8_0"
 # Unsloth's spellings of the same methods.
 _ALIASES = {
     "not_quantized": "f16",

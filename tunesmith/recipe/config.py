@@ -32,7 +32,7 @@ from pydantic import (
 )
 
 from tunesmith.errors import TunesmithError, closest_name
-from tunesmith.export.gguf_constants import QUANT_METHODS
+from tunesmith.export.gguf_constants import DEFAULT_QUANT, QUANT_METHODS
 
 __all__ = [
     "RunConfig",
@@ -284,7 +284,7 @@ class ExportConfig(_Section):
 
     formats: list[Literal[EXPORT_FORMATS]] = Field(["gguf"], description="any of gguf, merged, lora")
     # the names export writes (QUANT_METHODS), so a typo gets the list and a did-you-mean hint
-    quant: Literal[tuple(QUANT_METHODS)] = Field("q8_0", description="GGUF quantization")
+    quant: Literal[tuple(QUANT_METHODS)] = Field(DEFAULT_QUANT, description="GGUF quantization")
     modelfile: bool = Field(True, description="write an Ollama Modelfile beside the GGUF")
     verify: bool = Field(True, description="load the GGUF in llama.cpp and compare with PyTorch")
     name: StrictStr | None = Field(None, description="model name for Ollama; empty: the output folder's name")
