@@ -7,7 +7,7 @@ import io
 
 import pytest
 import torch
-from _models import greedy_divergence, loss_and_grads
+from _models import greedy_divergence, loss_and_grads, tiny_model
 from transformers import TextStreamer
 
 from tunesmith import FastLanguageModel
@@ -111,3 +111,12 @@ def test_for_training_after_generating_trains_exactly_as_a_model_that_never_gene
     assert grads_used.keys() == grads_fresh.keys() and all(
         torch.equal(grads_used[k], grads_fresh[k]) for k in grads_used
     )
+
+
+@pytest.mark.parametrize("family", ["mistral", "gemma3_text"])
+def test_sliding_window_families_go_to_transformers_and_say_why(family):
+    model = FastLanguageModel.for_inference(tiny_model(family, sliding_window=8))
+    ids = torch.randint(0, 200, (1, 12), generator=torch.Generator().manual_seed(0))
+    ours = model.generate(input_ids=ids, max_new_tokens=6, do_sample=False)
+    assert last_generation(model).path == "transformers" and "sliding" in last_generation(model).why
+    assert torch.equal(ours, library_generate(model, input_ids=ids, max_new_tokens=6, do_sample=False))

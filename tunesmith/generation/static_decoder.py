@@ -42,10 +42,14 @@ def static_decoding_refusal(model: nn.Module) -> str | None:
         return f"{type(core).__name__}.forward takes no cache"
     if getattr(core.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
         return f"the {core.config._attn_implementation} attention backend takes no 4-D mask"
-    layer_types = getattr(core.config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types) or getattr(
-        core.config, "use_sliding_window", False
-    ):
+    from transformers import StaticCache
+
+    # The cache transformers builds for this config says which layers keep a rolling window (no tensors yet).
+    try:
+        layers = StaticCache(config=core.config, max_cache_len=1).layers
+    except Exception as err:  # a config transformers builds no static cache for
+        return f"transformers builds no static cache for it ({type(err).__name__})"
+    if any(getattr(layer, "is_sliding", False) for layer in layers):
         return "sliding-window layers keep a rolling cache that this mask does not describe"
     return None
 
