@@ -14,7 +14,7 @@ from tunesmith.ui import views
 from tunesmith.ui.i18n import STRINGS, language_of, text
 from tunesmith.ui.progress import log_tail, read_progress
 from tunesmith.ui.runconfig import Choices, build_config, read_config, write_config
-from tunesmith.ui.session import LOG_NAME, TrainingJob, Workspace, inside
+from tunesmith.ui.session import CONFIG_NAME, LOG_NAME, TrainingJob, Workspace, inside
 
 
 def _rows(n: int) -> list[dict]:
@@ -269,3 +269,20 @@ def test_another_host_than_this_machine_is_warned_about_and_bad_arguments_refuse
     assert (args.host, args.port, args.max_upload_mb) == ("127.0.0.1", 7860, 50.0)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ui", "--max-upload-mb", "0"])
+
+
+def test_drafts_left_by_closed_pages_are_removed_and_runs_are_kept(workspace, tmp_path):
+    import os
+    import time
+
+    source = _jsonl(tmp_path / "rows.jsonl", [{"instruction": "q", "output": "a"}])
+    old_draft, new_draft, started = (workspace.new_run_folder() for _ in range(3))
+    for folder in (old_draft, new_draft, started):
+        workspace.keep_data(source, folder)
+    (started / CONFIG_NAME).write_text("model: {}\n", encoding="utf-8")
+    long_ago = time.time() - 2 * 3600
+    for folder in (old_draft, started):
+        for path in [folder, *folder.rglob("*")]:
+            os.utime(path, (long_ago, long_ago))
+    assert workspace.remove_drafts() == [old_draft]
+    assert not old_draft.exists() and new_draft.is_dir() and started.is_dir()

@@ -113,4 +113,6 @@ def launch(
     from tunesmith.ui.app import UiState
     from tunesmith.ui.session import Workspace
 
-    return serve(UiState(Workspace(root, max_upload_mb)), host, port, block=block)
+    workspace = Workspace(root, max_upload_mb)
+    workspace.remove_drafts()  # uploads of pages closed before a run was started
+    return serve(UiState(workspace), host, port, block=block)

@@ -46,6 +46,11 @@ def inside(path: str | os.PathLike, roots: list[Path], lang: str = "en") -> Path
     raise TunesmithError(text(lang, "outside", path=resolved))
 
 
+def _newest_change(folder: Path) -> float:
+    """The latest modification time of ``folder`` or anything in it."""
+    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+
+
 class Workspace:
     """The app's folder: where run folders are made, uploads are kept, and what may be read or served."""
 
@@ -54,6 +59,16 @@ class Workspace:
         self.root.mkdir(parents=True, exist_ok=True)
         self.max_upload_mb = max_upload_mb
         self._lock = threading.Lock()
+
+    def remove_drafts(self, older_than_s: float = 3600.0) -> list[Path]:
+        """Delete draft run folders (data chosen, no run ever started in them) untouched for ``older_than_s``:
+        an upload left by a closed page. Returns the folders removed."""
+        cutoff, removed = time.time() - older_than_s, []
+        for folder in self.root.glob("run-*"):
+            if folder.is_dir() and not (folder / CONFIG_NAME).exists() and _newest_change(folder) < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        return removed
 
     def new_run_folder(self) -> Path:
         """A fresh, empty run folder ``run-YYYYmmdd-HHMMSS`` (with ``-2``, ``-3``... when taken)."""
