@@ -25,7 +25,7 @@ from tunesmith.training.distributed import fault_injection
 from tunesmith.training.no_telemetry import NoTelemetryMixin
 from tunesmith.training.plot import plot_loss_curve, read_log
 
-__all__ = ["TunesmithTrainerMixin", "checkpoint_step", "first_eval_record"]
+__all__ = ["TunesmithTrainerMixin", "checkpoint_step", "first_eval_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
             self._jsonl.resumed_from = checkpoint_step(checkpoint)
         forget_decoder(self.model)  # a static KV cache held from generating before would only take memory
         self._before_training(checkpoint)
+        self._wrap_after_evaluation()
         try:
             output = super().train(
                 resume_from_checkpoint=checkpoint,
@@ -103,17 +104,19 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         return self.base_summary(output)
 
     # -- shared pieces ----------------------------------------------------------------------------------
-    def _evaluates_at_step_0(self) -> bool:
-        """With several processes, leave the held-out "before" to the Trainer's own step-0 evaluation
-        (``eval_on_start``; read back with :func:`first_eval_record`) and return True.
+    def _wrap_after_evaluation(self) -> None:
+        """Let training wrap the model in DDP although it was evaluated first (held-out measures before).
 
-        An evaluation before ``train()`` would prepare the model alone: FSDP2 shards model and optimizer in
-        one prepare call, and accelerate (1.15) would then also skip the DDP wrap (each rank would train
-        alone on its own rows; ``tests/training/test_ddp_api.py`` checks that it does not)."""
-        if self.accelerator.num_processes > 1 or self.is_fsdp_enabled:
-            self.args.eval_on_start = True
-            return True
-        return False
+        accelerate (1.15) marks a model it prepared for evaluation as prepared, and its guard against wrapping
+        twice then skips the DDP wrap when training starts: each rank would train alone on its own rows.
+        Forgetting the mark (on our own model object) lets ``prepare`` wrap it as on a fresh start.
+        """
+        if (
+            self.accelerator.num_processes > 1
+            and not self.is_fsdp_enabled
+            and self.model_wrapped is self.model
+        ):
+            vars(self.model).pop("_is_accelerate_prepared", None)
 
     def _release_model(self) -> None:
         """Hand the user's model back as it was: training wraps its forward in (bf16) autocast, which
@@ -171,9 +174,9 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
         return None
 
 
-def first_eval_record(history: list[dict]) -> dict:
-    """The held-out metrics the Trainer logged first (at step 0 with ``eval_on_start``), or {}."""
-    return next((h for h in history if "eval_loss" in h), {})
+def first_eval_loss(history: list[dict]) -> float | None:
+    """The held-out loss the Trainer logged first (at step 0 with ``eval_on_start``), or None."""
+    return next((h["eval_loss"] for h in history if "eval_loss" in h), None)
 
 
 def _say_global_batch(args) -> None:

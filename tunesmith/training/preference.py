@@ -18,7 +18,7 @@ import trl
 from tunesmith.data.preference import ROW_COLUMN, prepare_preference_dataset
 from tunesmith.errors import TunesmithError
 from tunesmith.training.arguments import as_tunesmith_arguments
-from tunesmith.training.base import TunesmithTrainerMixin, first_eval_record
+from tunesmith.training.base import TunesmithTrainerMixin
 from tunesmith.training.lora import keep_4bit_trainable
 from tunesmith.training.method_arguments import DPOConfig
 from tunesmith.training.plot import plot_metric_panels
@@ -80,8 +80,7 @@ class PreferenceTrainerMixin(TunesmithTrainerMixin):
         if self.eval_dataset is None or not self.args.held_out_eval:
             return
         if checkpoint is None:
-            if not self._evaluates_at_step_0():
-                self.held_out["before"] = self._measure()
+            self.held_out["before"] = self._measure()
             return
         for record in self.records():  # measured by the run that wrote the checkpoint
             if record.get("step") == 0 and "eval_loss" in record:
@@ -90,9 +89,6 @@ class PreferenceTrainerMixin(TunesmithTrainerMixin):
 
     def _after_training(self) -> None:
         if self.eval_dataset is not None and self.args.held_out_eval:
-            if not self.held_out["before"]:  # several processes: measured by the Trainer at step 0
-                first = first_eval_record(self.state.log_history)
-                self.held_out["before"] = {name: first.get(key) for name, key in HELD_OUT_KEYS.items()}
             self.held_out["after"] = self._measure()
 
     def plot_curves(self):

@@ -22,7 +22,7 @@ from tunesmith.data.stats import DataStats
 from tunesmith.data.text_template import COLUMN_PLACEHOLDERS, adopt_text_template
 from tunesmith.errors import TunesmithError
 from tunesmith.training.arguments import as_tunesmith_arguments
-from tunesmith.training.base import TunesmithTrainerMixin, first_eval_record
+from tunesmith.training.base import TunesmithTrainerMixin, first_eval_loss
 from tunesmith.training.lora import keep_4bit_trainable
 
 __all__ = ["SFTTrainer"]
@@ -141,16 +141,21 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
     # -- the method's measurements (tunesmith.training.base runs the loop) -------------------------------
     def _after_training(self) -> None:
         if self.eval_dataset is not None and self.args.held_out_eval:
-            if self.held_out_loss["before"] is None:  # several processes: measured by the Trainer at step 0
-                self.held_out_loss["before"] = first_eval_record(self.state.log_history).get("eval_loss")
+            if self.held_out_loss["before"] is None:  # FSDP2: measured by the Trainer at step 0
+                self.held_out_loss["before"] = first_eval_loss(self.state.log_history)
             self.held_out_loss["after"] = self.evaluate().get("eval_loss")
 
     def _before_training(self, checkpoint: str | None) -> None:
         if self.eval_dataset is None or not self.args.held_out_eval:
             return
         if checkpoint is None:
-            if not self._evaluates_at_step_0():
-                self.held_out_loss["before"] = self.evaluate().get("eval_loss")
+            if self.is_fsdp_enabled:
+                # FSDP2 shards the model and its optimizer in one prepare call, so an evaluation before
+                # training cannot prepare the model alone: the Trainer's own evaluation at step 0 runs
+                # once both are prepared.
+                self.args.eval_on_start = True
+                return
+            self.held_out_loss["before"] = self.evaluate().get("eval_loss")
             return
         for record in self.records():  # measured by the run that wrote the checkpoint
             if record.get("step") == 0 and "eval_loss" in record:
