@@ -48,7 +48,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
 
     def _init_trl(self, args, kwargs: dict, **arguments) -> None:
         """The TRL trainer's ``__init__`` with ``arguments`` and the caller's other ``kwargs``: tunesmith's
-        callbacks go in before it, transformers' progress printing comes out after it (every trainer's tail)."""
+        callbacks go in before it, transformers' progress printing comes out after (every trainer's tail)."""
         callbacks = self._tunesmith_callbacks(args.output_dir, kwargs.pop("callbacks", None))
         super().__init__(args=args, callbacks=callbacks, **arguments, **kwargs)
         self._drop_default_callbacks()
