@@ -176,10 +176,8 @@ def _decode(model, input_ids, attention_mask, streamer, settings: DecodeSettings
             finished |= torch.isin(tokens, choose.eos)
         last = index + 1 == settings.max_new_tokens
         shown = _copy_to_host(tokens) if streamer is not None else None
-        if not last:
-            logits = decoder.step(
-                tokens
-            )  # queued before the host looks at this token, so the GPU never waits
+        if not last:  # queued before the host looks at this token, so the GPU never waits
+            logits = decoder.step(tokens)
         if shown is not None:
             streamer.put(shown())
         if last or ((streamer is not None or index % _CHECK_EVERY == 0) and bool(finished.all())):

@@ -6,8 +6,8 @@ a CUDA graph and replayed for every new token (one launch instead of a few thous
 built here, as the 4-D additive mask transformers passes through unchanged: key slot ``j`` of row ``b`` is
 visible once it holds a real token (left padding stays hidden), and every slot at or before the query's own.
 The model is called as it is (PEFT wrapper, LoRA unmerged, 4-bit layers); while the step is recorded,
-``decode_kernels`` puts tunesmith's NF4 matrix-vector kernel and fused norms in, and the model gets its own
-modules back before the first replay, so training can go on afterwards with nothing to undo.
+``decode_kernels`` puts tunesmith's fused RMSNorm in, and the model gets its own modules back before the
+first replay, so training can go on afterwards with nothing to undo.
 """
 
 from __future__ import annotations
