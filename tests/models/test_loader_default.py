@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -87,3 +89,24 @@ def test_gguf_path_converts_once_and_rebuilds_when_the_file_changes(tmp_path, al
         "no half-written folders left"
     )
     shutil.rmtree(cache)
+
+
+def test_processes_converting_at_once_convert_once_and_all_load(tmp_path):
+    # The ranks of `tunesmith run --gpus 2` ask for the same uncached file at the same moment.
+    gguf = tmp_path / "shared.gguf"
+    shutil.copyfile(alias_gguf_path(ALIASES["smollm2-135m-instruct"]), gguf)
+    script = (
+        "import sys; from tunesmith.models.loader import load; "
+        "model, _ = load(sys.argv[1]); print(model.config.num_hidden_layers)"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(gguf)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for _ in range(3)
+    ]
+    results = [(p.wait(timeout=600), p.stdout.read().decode(), p.stderr.read().decode()) for p in procs]
+    for code, out, err in results:
+        assert code == 0 and out.strip() == "30", err[-2000:]
+    assert sum("converting shared.gguf once" in err for _, _, err in results) == 1
+    shutil.rmtree(cache_dir_for(gguf))

@@ -3,7 +3,9 @@
 Parsing a GGUF file in Python takes tens of seconds; the converted folder reloads in well under a
 second. The folder carries a fingerprint of its source (size, modification time and a hash of the first
 and last MiB), so a changed source file is converted again. The folder is written under a temporary
-name and renamed when complete, so a crash never leaves a half-written cache.
+name and renamed when complete, so a crash never leaves a half-written cache. Processes that need the
+same folder at once (the ranks of ``tunesmith run --gpus``, two runs) take a lock: one converts, the
+others wait and reuse its folder instead of replacing it under a reader.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-from tunesmith._atomic import atomic_dir
+from filelock import FileLock
+
+from tunesmith._atomic import atomic_dir, remove_stale_partials
 from tunesmith._home import tunesmith_home
 from tunesmith.errors import TunesmithError
 from tunesmith.models.registry import FAMILIES
@@ -57,7 +61,7 @@ def _is_fresh(folder: Path, expected: dict) -> bool:
         stored = json.loads((folder / FINGERPRINT_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return stored == expected and (folder / "config.json").is_file()
+    return stored == expected and (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
 
 
 def gguf_architecture(gguf_path: Path) -> str:
@@ -103,16 +107,29 @@ def convert_gguf(gguf_path: str | os.PathLike) -> Path:
     if _is_fresh(target, expected):
         return target
     _check_supported(gguf_path, gguf_architecture(gguf_path))
-    print(
-        f"tunesmith: converting {gguf_path.name} once into {target} (later loads reuse it)", file=sys.stderr
-    )
     try:
-        with atomic_dir(target) as tmp:
-            _convert_into(gguf_path, tmp)
-            (tmp / FINGERPRINT_FILE).write_text(json.dumps(expected, indent=2) + "\n")
+        with FileLock(_lock_file(target)):
+            if _is_fresh(target, expected):  # another process converted it while this one waited
+                return target
+            remove_stale_partials(target.parent)  # conversions whose process was killed
+            print(
+                f"tunesmith: converting {gguf_path.name} once into {target} (later loads reuse it)",
+                file=sys.stderr,
+            )
+            with atomic_dir(target) as tmp:
+                _convert_into(gguf_path, tmp)
+                (tmp / FINGERPRINT_FILE).write_text(json.dumps(expected, indent=2) + "\n")
     except OSError as err:
         raise _unwritable(err) from None
     return target
+
+
+def _lock_file(target: Path) -> Path:
+    """The lock taken while ``target`` is converted (kept out of the cache folder, whose hidden names are
+    half-written conversions)."""
+    locks = tunesmith_home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return locks / f"{target.name}.lock"
 
 
 def _unwritable(err: OSError) -> TunesmithError:
@@ -144,3 +161,11 @@ def _convert_into(gguf_path: Path, folder: Path) -> None:
         model.hf_quantizer.remove_quantization_config(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    if not any(
+        folder.glob("*.safetensors")
+    ):  # save_pretrained skips the weights off rank 0 of a process group
+        raise TunesmithError(
+            f"transformers wrote no weights while converting {gguf_path} (this process is not rank 0 of its "
+            "process group, where save_pretrained writes nothing). Load the .gguf file once on rank 0 before "
+            "the other processes, or convert it in one process first."
+        )

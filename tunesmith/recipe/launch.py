@@ -102,13 +102,17 @@ def _failure_message(tmp: Path, gpus: int, code: int, folder: Path) -> str:
         "command resumes from the last checkpoint."
     )
     errors = sorted(tmp.glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
-    if errors:
+    failed = json.loads((tmp / _FAILURES).read_text()) if (tmp / _FAILURES).is_file() else []
+    # A rank killed from outside (not by the agent's own SIGTERM) left no error of its own, and the errors
+    # the other ranks wrote are its echo (a peer's connection reset): the killed rank is the cause.
+    with_error = {int(p.stem.split("-")[1]) for p in errors}
+    killed = [f for f in failed if f["signal"] not in (None, "SIGTERM") and f["rank"] not in with_error]
+    if errors and not killed:
         first = errors[0]
         text = first.read_text(encoding="utf-8").strip()
         return f"Process {first.stem.replace('-', ' ')} of {gpus} stopped: {text}"
-    failed = json.loads((tmp / _FAILURES).read_text()) if (tmp / _FAILURES).is_file() else []
     if failed:
-        f = failed[0]
+        f = (killed or failed)[0]
         how = f"was killed by {f['signal']}" if f["signal"] else f"exited with code {f['exitcode']}"
         cause = " (out of memory, or killed from outside)" if f["signal"] == "SIGKILL" else ""
         return f"Training process rank {f['rank']} of {gpus} {how}{cause}. {resume}"

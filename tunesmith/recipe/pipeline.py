@@ -24,7 +24,7 @@ from tunesmith.models.sources import HubUnreachable, alias_gguf_path, check_sour
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
-from tunesmith.recipe.ranks import open_state, process_group
+from tunesmith.recipe.ranks import main_first, open_state, process_group
 from tunesmith.recipe.report import ExportFile, ProbeAnswer, report_paths
 from tunesmith.recipe.results import (
     CheckResult,
@@ -160,7 +160,8 @@ def load_base_model(ctx: RunContext) -> None:
 
     m = ctx.config.model
     dtype = None if m.dtype == "auto" else m.dtype
-    ctx.model, ctx.tokenizer = load(m.name, dtype=dtype, **m.model_dump(exclude={"name", "dtype"}))
+    with main_first():
+        ctx.model, ctx.tokenizer = load(m.name, dtype=dtype, **m.model_dump(exclude={"name", "dtype"}))
     template = prompt_format(ctx.config)
     if isinstance(template, PromptTemplate):
         ctx.tokenizer.chat_template = template.to_chat_template()  # probes, training and export share it

@@ -17,7 +17,7 @@ from tunesmith._distributed import is_distributed, is_main_process
 from tunesmith.recipe.launch import ERROR_DIR_ENV
 from tunesmith.recipe.state import RunState, open_output_folder
 
-__all__ = ["process_group", "open_state"]
+__all__ = ["process_group", "open_state", "main_first"]
 
 
 @contextlib.contextmanager
@@ -55,3 +55,17 @@ def open_state(folder: Path, fingerprint: str, overwrite: bool) -> RunState:
     state = RunState.read(folder)
     state.writer = False
     return state
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0, then on the other ranks together, so that what it caches (a GGUF converted
+    to a folder, a hub download) is made once. transformers' ``save_pretrained`` writes no weights on a rank
+    other than 0, so a conversion made there would be empty."""
+    from tunesmith.training.distributed import barrier
+
+    if not is_main_process():
+        barrier()
+    yield
+    if is_main_process():
+        barrier()
