@@ -230,3 +230,27 @@ def test_a_second_ctrl_c_stops_at_once_and_says_where_a_rerun_resumes(tmp_path: 
     assert "Stopped at once during stage 6/" in text and "Run the same command again to resume" in text
     assert _state(folder)["status"] == "interrupted"
     assert "interrupted" in (folder / "report.md").read_text()
+
+
+def test_held_out_answers_are_scored_with_rouge_l_before_and_after(
+    crashed_verification, finished_run
+) -> None:
+    folder, _ = finished_run
+    _, first = crashed_verification  # the run that measured it (the second resumed at verification)
+    from tunesmith.recipe.quality import mean_rouge_l
+
+    lora, after = _state(folder)["results"]["lora"], _state(folder)["results"]["eval_after"]
+    references, before = lora["held_out_references"], lora["held_out_answers"]
+    assert 1 <= len(before) == len(after["held_out_answers"]) == len(references) <= 8
+    data = Path(__file__).parents[2] / "tunesmith/assets/data/medquad_en.jsonl"
+    answers = [" ".join(json.loads(line)["output"].split()) for line in data.read_text().splitlines()]
+    for reference in references:  # the rows' own answers (cut where max_seq_length cut the row)
+        assert any(a.startswith(" ".join(reference.split())[:60]) for a in answers), reference
+    rouge_before = mean_rouge_l(references, before)
+    rouge_after = mean_rouge_l(references, after["held_out_answers"])
+    assert f"{rouge_before:.4f} before -> {rouge_after:.4f} after" in first.stdout
+    md = (folder / "report.md").read_text()
+    assert "## Answer quality: ROUGE-L" in md
+    assert (
+        f"| before training | {rouge_before:.4f} |" in md and f"| after training | {rouge_after:.4f} |" in md
+    )

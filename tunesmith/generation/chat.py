@@ -19,7 +19,7 @@ from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 from tunesmith.generation.generate import fast_generate
 
-__all__ = ["chat", "answer_all", "build_prompt", "prompt_ids", "as_messages"]
+__all__ = ["chat", "answer_all", "answer_prompts", "build_prompt", "prompt_ids", "as_messages"]
 
 
 def as_messages(message_or_messages, system: str | None = None) -> list[dict]:
@@ -150,10 +150,26 @@ def answer_all(
     system: str | None = None,
 ) -> list[str]:
     """Answer every question in one batch (prompts left-padded), in the order given."""
-    decoding = _decoding(max_new_tokens, temperature, top_p)
-    if not questions:
-        return []
     rows = [prompt_ids(tokenizer, as_messages(q, system))[0] for q in questions]
+    return answer_prompts(
+        model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+    )
+
+
+def answer_prompts(
+    model,
+    tokenizer,
+    prompts: list[list[int]] | list[torch.Tensor],
+    *,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> list[str]:
+    """Continue every prompt (token ids, already formatted) in one left-padded batch; the answers in order."""
+    decoding = _decoding(max_new_tokens, temperature, top_p)
+    if not prompts:
+        return []
+    rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]
     width = max(len(r) for r in rows)
     pad = _pad_id(tokenizer)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)

@@ -277,6 +277,12 @@ class GenerationConfig(_Section):
     """How probe answers are generated (greedy, so before/after differ only by training)."""
 
     max_new_tokens: int = Field(128, ge=1, le=4096)
+    held_out_questions: int = Field(
+        8,
+        ge=0,
+        le=256,
+        description="held-out questions answered before and after training, scored with ROUGE-L",
+    )
 
 
 class ExportConfig(_Section):

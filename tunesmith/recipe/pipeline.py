@@ -24,6 +24,7 @@ from tunesmith.models.sources import HubUnreachable, alias_gguf_path, check_sour
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
+from tunesmith.recipe.quality import HeldOutQuestion, held_out_questions, mean_rouge_l
 from tunesmith.recipe.ranks import main_first, open_state, process_group
 from tunesmith.recipe.report import ExportFile, ProbeAnswer, report_paths
 from tunesmith.recipe.results import (
@@ -52,6 +53,8 @@ class RunResult:
     report_html: Path | None = None
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
+    rouge_l_before: float | None = None  # mean over the held-out questions (None: not measured)
+    rouge_l_after: float | None = None
     probes: list[ProbeAnswer] = field(default_factory=list)
     exports: list[ExportFile] = field(default_factory=list)
     verification: dict[str, Any] | None = None
@@ -209,7 +212,13 @@ def add_lora(ctx: RunContext) -> LoraResult:
         return earlier
     loss = _eval_loss(ctx)
     print(f"    held-out loss before training: {_fmt(loss)}")
-    return LoraResult(eval_loss_before=loss)
+    result = LoraResult(eval_loss_before=loss)
+    if is_main_process():  # the untrained adapters add nothing: these are the base model's answers
+        sample = _held_out_sample(ctx)
+        result.held_out_questions = [q.question for q in sample]
+        result.held_out_references = [q.reference for q in sample]
+        result.held_out_answers = _answer_held_out(ctx, sample)
+    return result
 
 
 def train(ctx: RunContext) -> TrainResult:
@@ -235,13 +244,22 @@ def eval_after(ctx: RunContext) -> EvalResult:
     loss = _eval_loss(ctx)  # every rank: the held-out rows are split over them
     if not is_main_process():
         return EvalResult(eval_loss_after=loss)
-    before = ctx.state.results.lora.eval_loss_before if ctx.state.results.lora else None
+    lora = ctx.state.results.lora
+    before = lora.eval_loss_before if lora else None
     print(f"    held-out loss: {_fmt(before)} before -> {_fmt(loss)} after")
+    answers = _answer_held_out(ctx, _held_out_sample(ctx)) if lora and lora.held_out_answers else []
+    if answers:
+        rouge_before = mean_rouge_l(lora.held_out_references, lora.held_out_answers)
+        rouge_after = mean_rouge_l(lora.held_out_references, answers)
+        print(
+            f"    answer quality (ROUGE-L against {len(answers)} held-out answers): "
+            f"{_fmt(rouge_before)} before -> {_fmt(rouge_after)} after"
+        )
     records = [r for r in read_log(ctx.folder / TRAINING_DIR / LOG_NAME) if "eval_loss" not in r]
     held_out = [(0, before), (ctx.trainer.state.global_step, loss)]
     records += [{"step": step, "eval_loss": value} for step, value in held_out if value is not None]
     plot_loss_curve(records, ctx.folder / LOSS_PNG)
-    return EvalResult(eval_loss_after=loss)
+    return EvalResult(eval_loss_after=loss, held_out_answers=answers)
 
 
 def probe_after(ctx: RunContext) -> ProbeResult:
@@ -391,6 +409,23 @@ def _ask(ctx: RunContext) -> list[str]:
     return answers
 
 
+def _held_out_sample(ctx: RunContext) -> list[HeldOutQuestion]:
+    """The held-out questions scored before and after training (SFT data only: it has reference answers)."""
+    if ctx.config.training.method != "sft":
+        return []
+    return held_out_questions(ctx.prepared.eval, ctx.tokenizer, ctx.config.generation.held_out_questions)
+
+
+def _answer_held_out(ctx: RunContext, sample: list[HeldOutQuestion]) -> list[str]:
+    """Greedy answers to the held-out questions, in one batch, as the probes are answered."""
+    from tunesmith.generation.chat import answer_prompts
+
+    prompts = [q.prompt_ids for q in sample]
+    return answer_prompts(
+        ctx.model, ctx.tokenizer, prompts, max_new_tokens=ctx.config.generation.max_new_tokens
+    )
+
+
 def _one_line(text: str, width: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 3] + "..."
@@ -438,6 +473,10 @@ def _eval_loss(ctx: RunContext) -> float | None:
     return float(ctx.trainer.evaluate()["eval_loss"])
 
 
+def _mean(values: list[float | None]) -> float | None:
+    return sum(values) / len(values) if values and None not in values else None
+
+
 def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in ctx.trainer.state.log_history if "loss" in h and "step" in h]
 
@@ -453,6 +492,8 @@ def _result(ctx: RunContext, finished: bool, status: str) -> RunResult:
         report_html=html,
         eval_loss_before=data.eval_loss_before,
         eval_loss_after=data.eval_loss_after,
+        rouge_l_before=_mean([h.rouge_l_before for h in data.held_out]),
+        rouge_l_after=_mean([h.rouge_l_after for h in data.held_out]),
         probes=data.probes,
         exports=data.exports,
         verification=data.verification,

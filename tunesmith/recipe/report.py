@@ -43,6 +43,19 @@ class ProbeAnswer:
 
 
 @dataclass
+class HeldOutAnswer:
+    """A held-out question, its reference answer, and the greedy answers before and after training with
+    their ROUGE-L against the reference (``after`` None: not reached)."""
+
+    question: str
+    reference: str
+    before: str
+    after: str | None
+    rouge_l_before: float
+    rouge_l_after: float | None
+
+
+@dataclass
 class ExportFile:
     """A file or folder the run wrote (path relative to the output folder)."""
 
@@ -68,6 +81,7 @@ class ReportData:
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     probes: list[ProbeAnswer] = field(default_factory=list)
+    held_out: list[HeldOutAnswer] = field(default_factory=list)
     exports: list[ExportFile] = field(default_factory=list)
     verification: dict[str, object] | None = None
     ollama_name: str | None = None
@@ -148,10 +162,10 @@ class Code:
 
 @dataclass(frozen=True)
 class Answers:
-    """Each question with the answers before and after fine-tuning, side by side."""
+    """Each question with its answers side by side (before and after fine-tuning; a reference first)."""
 
-    labels: tuple[str, str, str]  # question, before, after
-    rows: list[tuple[str, str, str]]
+    labels: tuple[str, ...]  # question, then one label per answer column
+    rows: list[tuple[str, ...]]
 
 
 Block = Paragraph | Table | Image | Code | Answers
@@ -171,6 +185,11 @@ def report_sections(data: ReportData, folder: Path) -> list[Section]:
     """The whole report, in order; each renderer only maps the block kinds to its markup."""
     sections = [
         Section("probes", "Probes: before and after", "Probes", _probes(data)),
+        *(
+            [Section("quality", "Answer quality: ROUGE-L", "Quality", _quality(data))]
+            if data.held_out
+            else []
+        ),
         Section("loss", "Loss", "Loss", _loss(data, folder)),
         *([Section("rewards", "Rewards", "Rewards", _rewards(data, folder))] if data.method != "sft" else []),
         Section("data", "Data", "Data", [_pairs(data.data_stats)]),
@@ -192,6 +211,49 @@ def _probes(data: ReportData) -> list[Block]:
         return [Paragraph("No probes were configured.")]
     rows = [(p.question, _answer(p.before), _answer(p.after)) for p in data.probes]
     return [Answers(("question", "before fine-tuning", "after fine-tuning"), rows)]
+
+
+def _quality(data: ReportData) -> list[Block]:
+    """The mean ROUGE-L before and after, the answers that repeat a sentence, and each held-out answer."""
+    from tunesmith.recipe.quality import repeated_sentences
+
+    rows, n = data.held_out, len(data.held_out)
+    before = sum(r.rouge_l_before for r in rows) / n
+    after = [r.rouge_l_after for r in rows if r.rouge_l_after is not None]
+    blocks: list[Block] = [
+        Paragraph(
+            f"The greedy answers to {n} held-out question(s), each scored against the held-out row's own "
+            "answer with ROUGE-L (the longest run of the reference's words the answer keeps in order, as an "
+            "F-measure: 0 shares nothing, 1 is the reference)."
+        )
+    ]
+    table: list[tuple[Cell, ...]] = [("before training", f"{before:.4f}")]
+    if len(after) == n:
+        mean_after = sum(after) / n
+        table += [("after training", f"{mean_after:.4f}"), ("change", f"{mean_after - before:+.4f}")]
+    blocks.append(Table(("", "mean ROUGE-L"), table))
+    answers = [(p.before, p.after) for p in data.probes] + [(r.before, r.after) for r in rows]
+    repeats = [
+        (when, sum(bool(text and repeated_sentences(text)) for text in texts))
+        for when, texts in (("before", [a for a, _ in answers]), ("after", [b for _, b in answers]))
+    ]
+    blocks.append(
+        Paragraph(
+            "Answers that repeat a sentence (probes and held-out questions, "
+            f"{len(answers)} in all): {repeats[0][1]} before training, {repeats[1][1]} after."
+        )
+    )
+    labels = ("held-out question", "reference answer", "before fine-tuning", "after fine-tuning")
+    answers_block = [
+        (r.question, r.reference, _scored(r.before, r.rouge_l_before), _scored(r.after, r.rouge_l_after))
+        for r in rows
+    ]
+    blocks.append(Answers(labels, answers_block))
+    return blocks
+
+
+def _scored(answer: str | None, score: float | None) -> str:
+    return _answer(answer) if score is None else f"{_answer(answer)}\n\n(ROUGE-L {score:.3f})"
 
 
 def _answer(text: str | None) -> str:
@@ -418,10 +480,11 @@ def _html_cell(cell: Cell) -> str:
     return html.escape(cell)
 
 
-def _html_answers(labels: tuple[str, str, str], row: tuple[str, str, str]) -> str:
-    question, before, after = (html.escape(text) for text in row)
+def _html_answers(labels: tuple[str, ...], row: tuple[str, ...]) -> str:
+    question, *texts = (html.escape(text) for text in row)
     pair = "".join(
         f'<div><div class="label">{html.escape(label)}</div>{text}</div>'
-        for label, text in zip(labels[1:], (before, after), strict=True)
+        for label, text in zip(labels[1:], texts, strict=True)
     )
-    return f'<div class="probe"><h3>{question}</h3><div class="pair">{pair}</div></div>'
+    columns = f' style="grid-template-columns:repeat({len(texts)},1fr)"' if len(texts) != 2 else ""
+    return f'<div class="probe"><h3>{question}</h3><div class="pair"{columns}>{pair}</div></div>'

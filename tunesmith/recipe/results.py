@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import types
 import typing
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from tunesmith.data.stats import DataStats
@@ -41,9 +41,13 @@ class ProbeResult:
 
 @dataclass
 class LoraResult:
-    """The held-out loss of the untrained adapters (None: no held-out rows)."""
+    """The held-out loss of the untrained adapters (None: no held-out rows), and the base model's greedy
+    answers to a sample of held-out questions beside their reference answers (empty: not measured)."""
 
     eval_loss_before: float | None
+    held_out_questions: list[str] = field(default_factory=list)
+    held_out_references: list[str] = field(default_factory=list)
+    held_out_answers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,9 +63,11 @@ class TrainResult:
 
 @dataclass
 class EvalResult:
-    """The held-out loss after training (None: no held-out rows)."""
+    """The held-out loss after training (None: no held-out rows), and the trained model's answers to the
+    held-out questions ``LoraResult`` asked."""
 
     eval_loss_after: float | None
+    held_out_answers: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -8,8 +8,9 @@ from pathlib import Path
 from tunesmith.data.stats import DataStats
 from tunesmith.recipe.config import dump_config
 from tunesmith.recipe.context import LOSS_PNG, REWARDS_PNG, SAMPLES_JSON, RunContext, model_name
-from tunesmith.recipe.report import ExportFile, ProbeAnswer, ReportData, write_report
-from tunesmith.recipe.results import ExportResult, ProbeResult, VerifyResult
+from tunesmith.recipe.quality import rouge_l
+from tunesmith.recipe.report import ExportFile, HeldOutAnswer, ProbeAnswer, ReportData, write_report
+from tunesmith.recipe.results import EvalResult, ExportResult, LoraResult, ProbeResult, VerifyResult
 
 __all__ = ["report_data", "write_run_report"]
 
@@ -40,6 +41,7 @@ def report_data(ctx: RunContext, status: str) -> ReportData:
         eval_loss_before=res.lora.eval_loss_before if res.lora else None,
         eval_loss_after=res.eval_after.eval_loss_after if res.eval_after else None,
         probes=_probes(ctx.config.probes, res.probes_before, res.probes_after),
+        held_out=_held_out(res.lora, res.eval_after),
         exports=_export_files(ctx.folder, exported),
         verification=_verification_rows(res.verify),
         ollama_name=model_name(ctx) if exported.modelfile else None,
@@ -65,6 +67,21 @@ def _probes(questions: list[str], before: ProbeResult | None, after: ProbeResult
         return result.answers[i] if result and i < len(result.answers) else None
 
     return [ProbeAnswer(q, nth(before, i), nth(after, i)) for i, q in enumerate(questions)]
+
+
+def _held_out(lora: LoraResult | None, after: EvalResult | None) -> list[HeldOutAnswer]:
+    """Each held-out question asked before training, with its answers and ROUGE-L scores."""
+    if lora is None:
+        return []
+    later = after.held_out_answers if after else []
+    rows = []
+    for i, (question, reference, before) in enumerate(
+        zip(lora.held_out_questions, lora.held_out_references, lora.held_out_answers, strict=True)
+    ):
+        answer = later[i] if i < len(later) else None
+        score = rouge_l(reference, answer) if answer is not None else None
+        rows.append(HeldOutAnswer(question, reference, before, answer, rouge_l(reference, before), score))
+    return rows
 
 
 def _data_rows(stats: DataStats | None) -> dict[str, object]:
