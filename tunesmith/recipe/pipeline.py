@@ -421,6 +421,8 @@ def _answer_held_out(ctx: RunContext, sample: list[HeldOutQuestion]) -> list[str
     from tunesmith.generation.chat import answer_prompts
 
     prompts = [q.prompt_ids for q in sample]
+    if prompts:
+        print(f"    answering {len(prompts)} held-out question(s), to score against their reference answers")
     return answer_prompts(
         ctx.model, ctx.tokenizer, prompts, max_new_tokens=ctx.config.generation.max_new_tokens
     )
