@@ -61,7 +61,11 @@ def _is_fresh(folder: Path, expected: dict) -> bool:
         stored = json.loads((folder / FINGERPRINT_FILE).read_text())
     except (OSError, ValueError):
         return False
-    return stored == expected and (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    return stored == expected and (folder / "config.json").is_file() and _has_weights(folder)
+
+
+def _has_weights(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
 
 
 def gguf_architecture(gguf_path: Path) -> str:
@@ -161,9 +165,8 @@ def _convert_into(gguf_path: Path, folder: Path) -> None:
         model.hf_quantizer.remove_quantization_config(model)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    if not any(
-        folder.glob("*.safetensors")
-    ):  # save_pretrained skips the weights off rank 0 of a process group
+    # save_pretrained skips the weights off rank 0 of a process group
+    if not _has_weights(folder):
         raise TunesmithError(
             f"transformers wrote no weights while converting {gguf_path} (this process is not rank 0 of its "
             "process group, where save_pretrained writes nothing). Load the .gguf file once on rank 0 before "

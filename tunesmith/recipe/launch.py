@@ -101,11 +101,11 @@ def _failure_message(tmp: Path, gpus: int, code: int, folder: Path) -> str:
         f"The other processes were stopped; what earlier steps produced is kept in {folder}, and the same "
         "command resumes from the last checkpoint."
     )
-    errors = sorted(tmp.glob("rank-*.txt"), key=lambda p: int(p.stem.split("-")[1]))
+    errors = sorted(tmp.glob("rank-*.txt"), key=_rank_of)
     failed = json.loads((tmp / _FAILURES).read_text()) if (tmp / _FAILURES).is_file() else []
     # A rank killed from outside (not by the agent's own SIGTERM) left no error of its own, and the errors
     # the other ranks wrote are its echo (a peer's connection reset): the killed rank is the cause.
-    with_error = {int(p.stem.split("-")[1]) for p in errors}
+    with_error = {_rank_of(p) for p in errors}
     killed = [f for f in failed if f["signal"] not in (None, "SIGTERM") and f["rank"] not in with_error]
     if errors and not killed:
         first = errors[0]
@@ -117,3 +117,8 @@ def _failure_message(tmp: Path, gpus: int, code: int, folder: Path) -> str:
         cause = " (out of memory, or killed from outside)" if f["signal"] == "SIGKILL" else ""
         return f"Training process rank {f['rank']} of {gpus} {how}{cause}. {resume}"
     return f"The launcher of the {gpus} training processes exited with code {code}. {resume}"
+
+
+def _rank_of(error_file: Path) -> int:
+    """The rank that wrote ``rank-N.txt``."""
+    return int(error_file.stem.split("-")[1])

@@ -24,7 +24,7 @@ from tunesmith.models.sources import HubUnreachable, alias_gguf_path, check_sour
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
-from tunesmith.recipe.quality import HeldOutQuestion, held_out_questions, mean_rouge_l
+from tunesmith.recipe.quality import HeldOutQuestion, held_out_questions, mean_rouge_l, mean_score
 from tunesmith.recipe.ranks import main_first, open_state, process_group
 from tunesmith.recipe.report import ExportFile, ProbeAnswer, report_paths
 from tunesmith.recipe.results import (
@@ -475,10 +475,6 @@ def _eval_loss(ctx: RunContext) -> float | None:
     return float(ctx.trainer.evaluate()["eval_loss"])
 
 
-def _mean(values: list[float | None]) -> float | None:
-    return sum(values) / len(values) if values and None not in values else None
-
-
 def _train_losses(ctx: RunContext) -> list[tuple[int, float]]:
     return [(h["step"], h["loss"]) for h in ctx.trainer.state.log_history if "loss" in h and "step" in h]
 
@@ -494,8 +490,8 @@ def _result(ctx: RunContext, finished: bool, status: str) -> RunResult:
         report_html=html,
         eval_loss_before=data.eval_loss_before,
         eval_loss_after=data.eval_loss_after,
-        rouge_l_before=_mean([h.rouge_l_before for h in data.held_out]),
-        rouge_l_after=_mean([h.rouge_l_after for h in data.held_out]),
+        rouge_l_before=mean_score([h.rouge_l_before for h in data.held_out]),
+        rouge_l_after=mean_score([h.rouge_l_after for h in data.held_out]),
         probes=data.probes,
         exports=data.exports,
         verification=data.verification,

@@ -13,9 +13,17 @@ import os
 import re
 from dataclasses import dataclass, replace
 
-__all__ = ["HeldOutQuestion", "held_out_questions", "rouge_l", "mean_rouge_l", "repeated_sentences"]
+from tunesmith.constants import IGNORE_INDEX
 
-_IGNORED = -100  # the label of a token that is not trained on (the prompt, padding)
+__all__ = [
+    "HeldOutQuestion",
+    "held_out_questions",
+    "rouge_l",
+    "mean_rouge_l",
+    "mean_score",
+    "repeated_sentences",
+]
+
 # Han, kana and hangul have no spaces between words: each character counts as one word, as is usual
 # for ROUGE on Chinese; every other script is split into runs of letters and digits.
 _WORDS = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+")
@@ -43,10 +51,10 @@ def held_out_questions(eval_set, tokenizer, limit: int) -> list[HeldOutQuestion]
         if len(found) == limit:
             break
         ids, labels = list(row["input_ids"]), list(row["labels"])
-        start = next((i for i, label in enumerate(labels) if label != _IGNORED), 0)
+        start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), 0)
         if start == 0:
             continue
-        end = next((i for i in range(start, len(labels)) if labels[i] == _IGNORED), len(labels))
+        end = next((i for i in range(start, len(labels)) if labels[i] == IGNORE_INDEX), len(labels))
         reference = tokenizer.decode(ids[start:end], skip_special_tokens=True).strip()
         if reference:
             question = " ".join(tokenizer.decode(ids[:start], skip_special_tokens=True).split())
@@ -83,10 +91,12 @@ def rouge_l(reference: str, answer: str) -> float:
 
 def mean_rouge_l(references: list[str], answers: list[str]) -> float | None:
     """The mean ROUGE-L of the answers against their references; None when there are none."""
-    if not answers:
-        return None
-    scores = [rouge_l(r, a) for r, a in zip(references, answers, strict=True)]
-    return sum(scores) / len(scores)
+    return mean_score([rouge_l(r, a) for r, a in zip(references, answers, strict=True)])
+
+
+def mean_score(scores: list[float | None]) -> float | None:
+    """The mean of ``scores``; None when there are none or one was not measured."""
+    return sum(scores) / len(scores) if scores and None not in scores else None
 
 
 def repeated_sentences(answer: str) -> list[str]:

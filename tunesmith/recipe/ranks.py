@@ -43,16 +43,10 @@ def process_group(timeout_s: float) -> Iterator[None]:
 
 def open_state(folder: Path, fingerprint: str, overwrite: bool) -> RunState:
     """The run's state: rank 0 opens (or resumes) the folder, the others then read it without writing."""
-    from tunesmith.training.distributed import barrier
-
-    if not is_distributed():
-        return open_output_folder(folder, fingerprint, overwrite)
-    if is_main_process():
-        state = open_output_folder(folder, fingerprint, overwrite)
-        barrier()
-        return state
-    barrier()
-    state = RunState.read(folder)
+    with main_first():
+        if is_main_process():
+            return open_output_folder(folder, fingerprint, overwrite)
+        state = RunState.read(folder)
     state.writer = False
     return state
 

@@ -215,11 +215,11 @@ def _probes(data: ReportData) -> list[Block]:
 
 def _quality(data: ReportData) -> list[Block]:
     """The mean ROUGE-L before and after, the answers that repeat a sentence, and each held-out answer."""
-    from tunesmith.recipe.quality import repeated_sentences
+    from tunesmith.recipe.quality import mean_score, repeated_sentences
 
     rows, n = data.held_out, len(data.held_out)
-    before = sum(r.rouge_l_before for r in rows) / n
-    after = [r.rouge_l_after for r in rows if r.rouge_l_after is not None]
+    before = mean_score([r.rouge_l_before for r in rows])
+    mean_after = mean_score([r.rouge_l_after for r in rows])
     blocks: list[Block] = [
         Paragraph(
             f"The greedy answers to {n} held-out question(s), each scored against the held-out row's own "
@@ -228,19 +228,19 @@ def _quality(data: ReportData) -> list[Block]:
         )
     ]
     table: list[tuple[Cell, ...]] = [("before training", f"{before:.4f}")]
-    if len(after) == n:
-        mean_after = sum(after) / n
+    if mean_after is not None:
         table += [("after training", f"{mean_after:.4f}"), ("change", f"{mean_after - before:+.4f}")]
     blocks.append(Table(("", "mean ROUGE-L"), table))
-    answers = [(p.before, p.after) for p in data.probes] + [(r.before, r.after) for r in rows]
-    repeats = [
-        (when, sum(bool(text and repeated_sentences(text)) for text in texts))
-        for when, texts in (("before", [a for a, _ in answers]), ("after", [b for _, b in answers]))
-    ]
+    asked = [*data.probes, *rows]
+
+    def repeating(texts: list[str | None]) -> int:
+        return sum(bool(text and repeated_sentences(text)) for text in texts)
+
     blocks.append(
         Paragraph(
-            "Answers that repeat a sentence (probes and held-out questions, "
-            f"{len(answers)} in all): {repeats[0][1]} before training, {repeats[1][1]} after."
+            f"Answers that repeat a sentence (probes and held-out questions, {len(asked)} in all): "
+            f"{repeating([a.before for a in asked])} before training, {repeating([a.after for a in asked])} "
+            "after."
         )
     )
     labels = ("held-out question", "reference answer", "before fine-tuning", "after fine-tuning")
