@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from tunesmith.fast_path.checkpointing import SAFETY, layer_bytes_per_token, plan_checkpointing
+import torch
+
+from tunesmith.fast_path.checkpointing import (
+    SAFETY,
+    layer_bytes_per_token,
+    plain_layer_bytes_per_token,
+    plan_checkpointing,
+)
 
 GIB = 2**30
 
@@ -38,3 +45,28 @@ def test_offload_only_when_even_full_checkpointing_does_not_fit():
     assert not plan_checkpointing(32, 4096, full, kept, 0.1 * GIB, offload=False).offload
     plan = plan_checkpointing(32, 4096, full, kept, 0.1 * GIB, offload=True)
     assert plan.offload and plan.checkpointed == 32
+
+
+def test_plain_path_count_bounds_what_a_layer_keeps_on_transformers_path(tiny):
+    """What autograd saves inside one decoder layer with LoRA (float32), against the plan's count."""
+    from _models import with_lora
+
+    model, _ = tiny
+    lora = with_lora(model).train()
+    layer = lora.base_model.model.model.layers[0]
+    saved, inside = [], []
+    layer.register_forward_pre_hook(lambda *_: inside.append(True))
+    layer.register_forward_hook(lambda *_: inside.clear())
+
+    def pack(tensor):
+        if inside:
+            saved.append(tensor.numel() * tensor.element_size())
+        return tensor
+
+    tokens = 2 * 64
+    ids = torch.randint(0, 100, (2, 64))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lora(input_ids=ids, labels=ids, use_cache=False)
+    measured = sum(saved) / tokens
+    estimate, _ = plain_layer_bytes_per_token(model.config, element_bytes=4)
+    assert measured <= estimate <= 4 * measured, (measured, estimate)

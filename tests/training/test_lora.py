@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import peft
 import pytest
 import torch
@@ -57,6 +59,26 @@ def test_checkpointing_modes(tiny, mode, expected):
     model, _ = tiny
     lora = get_peft_model(model, r=4, use_gradient_checkpointing=mode)
     assert lora.base_model.model.is_activation_checkpointing is expected
+
+
+@pytest.mark.parametrize(("max_memory_gb", "recomputed"), [(None, 0), (1e-6, 2)])
+def test_unsloth_checkpointing_on_a_cpu_recomputes_only_what_memory_requires(
+    tiny, max_memory_gb, recomputed, caplog
+):
+    model, _ = tiny
+    always = get_peft_model(copy.deepcopy(model), r=4, use_gradient_checkpointing=True).train()
+    smart = get_peft_model(model, r=4, use_gradient_checkpointing="unsloth", max_memory_gb=max_memory_gb)
+    smart.train()
+    ids = torch.randint(0, 100, (2, 32))
+    smart(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    layers = smart.base_model.model.model.layers
+    assert sum(bool(layer.gradient_checkpointing) for layer in layers) == recomputed
+    assert f"checkpointing plan: {recomputed} of 2 layers recompute" in caplog.text  # the user sees the plan
+    always(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    expected = dict(always.named_parameters())
+    for name, param in smart.named_parameters():  # the plan changes the memory, not the gradients
+        if param.requires_grad:
+            assert torch.allclose(param.grad, expected[name].grad, atol=1e-6), name
 
 
 def test_bad_arguments_get_clear_errors(tiny):

@@ -153,6 +153,14 @@ class TrainingArguments(TunesmithArgumentsMixin, trl.SFTConfig):
         default="truncate",
         metadata={"help": "Rows longer than max_length: 'truncate' (counted) or 'error' (refuse)."},
     )
+    padding_free: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Put a batch's rows back to back in one row, without padding (positions restart per "
+            "row, so no row sees another). None: on when SFTTrainer prepares the rows itself, packing is off "
+            "and no data_collator is given."
+        },
+    )
 
     def __post_init__(self):
         if self.max_seq_length is not None:

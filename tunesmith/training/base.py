@@ -19,6 +19,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from tunesmith._distributed import world_size
 from tunesmith.generation.generate import forget_decoder
+from tunesmith.training.attention import varying_length_attention
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
 from tunesmith.training.checkpoint import AtomicCheckpointMixin, find_checkpoint, remove_partial_checkpoints
 from tunesmith.training.distributed import fault_injection
@@ -55,7 +56,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
 
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
         """Train (resuming if asked) with the method's measurements before and after; writes the log and
-        the plots, also when interrupted."""
+        the plots, also when interrupted. Attention runs on kernels that need no plan per row length."""
         output_dir = Path(self.args.output_dir)
         if self.args.should_save:
             removed = remove_partial_checkpoints(output_dir)
@@ -68,20 +69,21 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         else:
             self._jsonl.resumed_from = checkpoint_step(checkpoint)
         forget_decoder(self.model)  # a static KV cache held from generating before would only take memory
-        self._before_training(checkpoint)
-        self._wrap_after_evaluation()
-        try:
-            output = super().train(
-                resume_from_checkpoint=checkpoint,
-                trial=trial,
-                ignore_keys_for_eval=ignore_keys_for_eval,
-                **kwargs,
-            )
-        except BaseException:
-            self.plot_curves()  # the curves so far, on interruption too
-            self._release_model()
-            raise
-        self._after_training()
+        with varying_length_attention():
+            self._before_training(checkpoint)
+            self._wrap_after_evaluation()
+            try:
+                output = super().train(
+                    resume_from_checkpoint=checkpoint,
+                    trial=trial,
+                    ignore_keys_for_eval=ignore_keys_for_eval,
+                    **kwargs,
+                )
+            except BaseException:
+                self.plot_curves()  # the curves so far, on interruption too
+                self._release_model()
+                raise
+            self._after_training()
         self.plot_curves()
         self.summary = self._summarize(output)
         self._release_model()

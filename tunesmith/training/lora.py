@@ -15,6 +15,7 @@ import torch
 from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
+from tunesmith.models.unwrap import base_model_of
 
 __all__ = [
     "get_peft_model",
@@ -28,8 +29,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # "unsloth" names the best mode: on the GPU fast path, smart checkpointing that may also use pinned CPU
-# memory (offloaded layer inputs and, for long sequences, attention results); elsewhere ordinary
-# checkpointing.
+# memory (offloaded layer inputs and, for long sequences, attention results); on a CPU, smart checkpointing
+# against the host's memory (a CPU is bound by arithmetic, and recompute adds a third to it); on a GPU
+# without the fast path, ordinary checkpointing.
 CHECKPOINTING_MODES = ("unsloth", True, False)
 
 
@@ -211,7 +213,28 @@ def get_peft_model(
         apply_fast_path(
             peft_model, max_memory_gb=max_memory_gb, offload=use_gradient_checkpointing == "unsloth"
         )
+    elif checkpointing == "unsloth" and not on_cuda:
+        _smart_checkpointing_on_cpu(peft_model, max_memory_gb)
     return peft_model
+
+
+def _smart_checkpointing_on_cpu(model: torch.nn.Module, max_memory_gb: float | None) -> None:
+    """Recompute only the layers whose activations would not fit a share of the host's memory (for the
+    tutorial's batches, none), planned before every training forward from its real token count."""
+    from tunesmith.fast_path.checkpointing import SmartCheckpointing, plain_layer_bytes_per_token
+
+    causal_lm = base_model_of(model)
+    decoder = getattr(causal_lm, "model", None)
+    if decoder is None or not hasattr(decoder, "layers"):
+        return  # ordinary checkpointing stays on
+    model.__dict__["_tunesmith_cpu_checkpointing"] = SmartCheckpointing(
+        decoder,
+        decoder.layers,
+        causal_lm.config,
+        max_memory_gb,
+        offload=False,
+        bytes_per_token=plain_layer_bytes_per_token,
+    )
 
 
 def family_has_fast_path(model: torch.nn.Module) -> bool:

@@ -8,7 +8,8 @@ tutorial uses (``tokenizer=``, ``dataset_text_field=``, ``max_seq_length=``, ``d
 ``trainer.data_stats``). Texts formatted by the user, with their source columns kept beside them, declare
 the prompt template they follow on the tokenizer (:mod:`tunesmith.data.text_template`). Training writes
 ``training_log.jsonl`` and ``loss.png`` into the output folder, checkpoints atomically, and with an eval set
-measures held-out loss before and after (``trainer.summary``).
+measures held-out loss before and after (``trainer.summary``). A batch's rows go back to back without
+padding where that is exact (``padding_free``, on by default for rows tunesmith prepares).
 """
 
 from __future__ import annotations
@@ -87,6 +88,9 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
         )
         if len(train_dataset) < _MULTIPROCESS_MIN_ROWS:
             args.dataset_num_proc = None
+        args.padding_free = _padding_free(args, data_collator, (train_dataset, eval_dataset))
+        if args.padding_free:
+            args.max_length = None  # the rows are cut already; TRL refuses a length it would not enforce
         self._init_trl(
             args,
             kwargs,
@@ -115,7 +119,7 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
             train = _apply_formatting(train, formatting_func, args.dataset_text_field)
             evaluation = _apply_formatting(evaluation, formatting_func, args.dataset_text_field)
         options = {
-            "max_seq_length": args.max_length or _UNLIMITED,
+            "max_seq_length": args.max_seq_length or _UNLIMITED,
             "on_too_long": args.on_too_long,
             "duplicates": "keep",
             "responses_only": responses_only,
@@ -170,6 +174,44 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
             "eval_loss_after": self.held_out_loss["after"],
             "data": self.data_stats.to_dict() if self.data_stats else None,
         }
+
+
+def _padding_free(args, data_collator, datasets) -> bool:
+    """Whether batches go without padding: as asked, or by default where it is exact and TRL's collator
+    runs (no packing, no collator of the user's) on rows no longer than ``max_length``.
+
+    A flattened batch does the arithmetic of a padded one minus the padding: transformers and the fast path
+    keep the rows apart by their restarting positions, and TRL trains without a KV cache, the one case in
+    which transformers would not (tests/training/test_padding_free.py).
+    """
+    asked = args.padding_free
+    if asked is False or (asked is None and (args.packing or data_collator is not None)):
+        return False
+    limit = args.max_length or _UNLIMITED
+    for dataset in (d for d in datasets if d is not None):
+        longest = _longest_row(dataset)
+        if longest is not None and longest <= limit:
+            continue
+        if asked:
+            found = f"rows of up to {longest} tokens" if longest is not None else "rows of unknown length"
+            raise TunesmithError(
+                f"padding_free=True needs every row cut to max_length={args.max_length} tokens, and this "
+                f"tokenized data set has {found}. Pass raw rows (SFTTrainer cuts them), cut the rows "
+                "yourself, or set padding_free=False."
+            )
+        return False
+    return True
+
+
+def _longest_row(dataset) -> int | None:
+    """The longest ``input_ids`` in ``dataset``'s Arrow table (over the whole table: a selection of it is
+    no longer), or None where there is no table (a streamed data set)."""
+    import pyarrow.compute as pc
+
+    table = getattr(dataset, "data", None)
+    if table is None or "input_ids" not in table.column_names:
+        return None
+    return pc.max(pc.list_value_length(table.column("input_ids"))).as_py() or 0
 
 
 def _refuse_sharded_4bit(model, args) -> None:

@@ -1,0 +1,31 @@
+#!/bin/bash
+# The tutorial-flow benchmark in one device call: tunesmith, Unsloth and transformers + peft + TRL, each in
+# its own process, on the same random-init Llama-3.1-8B-shape model with the real Llama-3.1 tokenizer;
+# ends with the table. Run from the repository root on the GPU machine, carrying .anchor-whl, .anchors (as
+# for run_all.sh) and .bench-data (../shared/tokenizers/llama3_1 as llama3_1, and the first 200 rows of
+# ../shared/data/medical_dialogue_zh.jsonl):
+#   bash bench/run_tutorial.sh "75 4 en ts unsloth hf" "75 16 en ts unsloth"
+# Each spec: STEPS BITS DATA VARIANT...; a variant ts@N runs tunesmith with max_memory_gb=N, ts-padded with
+# padding_free=False.
+# BENCH_BUDGET_S=N skips variants not started within N seconds.
+set -u
+LOGS=${BENCH_LOGS:-/tmp/tutorial-logs}; mkdir -p $LOGS /tmp/anchor-site
+OUTDIR=${OUT:-/tmp}
+[ -f /tmp/anchor-site/.done ] || { for f in .anchor-whl/*.whl .anchor-whl/*.zip; do python3 -m zipfile -e "$f" /tmp/anchor-site; done; touch /tmp/anchor-site/.done; }
+export PYTHONPATH=/tmp/anchor-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+[ -f /tmp/model-8b/config.json ] || ARCH=8b python3 .anchors/anchor_bench.py prep /tmp/model-8b 2>&1 | tail -1
+[ -f /tmp/tut-8b/config.json ] || python3 bench/bench_tutorial.py prep /tmp/model-8b .bench-data/llama3_1 /tmp/tut-8b
+for spec in "$@"; do
+  set -- $spec; steps=$1 bits=$2 data=$3; shift 3
+  for v in "$@"; do
+    if [ -n "${BENCH_BUDGET_S:-}" ] && [ $SECONDS -gt "$BENCH_BUDGET_S" ]; then echo "skipped $v $bits $data (BENCH_BUDGET_S)"; continue; fi
+    engine=${v%@*}; cap=""; [ "$engine" != "$v" ] && cap=${v#*@}
+    pf=""; [ "$engine" = ts-padded ] && { engine=ts; pf=0; }
+    log=$LOGS/$data-$bits-$v.log
+    BENCH_4BIT=$([ "$bits" = 4 ] && echo 1 || echo 0) BENCH_DATA=$data BENCH_MAX_MEMORY_GB=$cap BENCH_PADDING_FREE=$pf \
+      timeout 400 python3 bench/bench_tutorial.py run /tmp/tut-8b $engine $steps > $log 2>&1
+    echo "rc=$? $v $bits $data"; grep -E "RESULT|PROFILE" $log || tail -8 $log
+  done
+done
+for f in $LOGS/*.log; do echo "=== $f"; cat $f; done > $OUTDIR/tutorial.log
+python3 bench/bench_tutorial.py table $LOGS | tee $OUTDIR/tutorial-table.md
