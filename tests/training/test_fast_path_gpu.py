@@ -77,3 +77,41 @@ def test_memory_lean_setting_trains_through_the_trainer(tiny_llama_folder, tmp_p
     assert model.__dict__["_tunesmith_fast_path"].checkpointing.last_plan.offload
     before, after = trainer.held_out_loss["before"], trainer.held_out_loss["after"]
     assert after < before - 0.2, (before, after)
+
+
+@pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
+def test_padding_free_batches_give_the_padded_loss_and_gradients_on_the_fast_path(
+    tiny_llama_folder, tmp_path, qlora
+):
+    """Rows of different lengths, flattened by the trainer's default collator, through the fused path:
+    the same loss and LoRA gradients as the padded batch (the packed rows kept apart by their positions)."""
+    from datasets import Dataset
+
+    from tunesmith import FastLanguageModel
+    from tunesmith.training import SFTTrainer, TrainingArguments
+
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        str(tiny_llama_folder), dtype=torch.bfloat16, load_in_4bit=qlora
+    )
+    model = FastLanguageModel.get_peft_model(model, r=16, lora_alpha=16, init_lora_weights="gaussian")
+    assert "_tunesmith_fast_path" in model.__dict__
+    texts = ["Fever is a high temperature. " * n for n in (1, 9, 4, 15)]  # very different lengths
+    rows = Dataset.from_list([{"text": t} for t in texts])
+    results = []
+    for padding_free in (True, False):
+        args = TrainingArguments(output_dir=str(tmp_path / str(padding_free)), per_device_train_batch_size=4,
+                                 max_steps=1, bf16=True, shuffle_dataset=False, padding_free=padding_free)  # fmt: skip
+        trainer = SFTTrainer(model=model, tokenizer=tokenizer, train_dataset=rows, args=args)
+        batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+        assert ("attention_mask" in batch) is not padding_free
+        model.zero_grad(set_to_none=True)
+        model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.requires_grad}
+        results.append((loss.item(), grads))
+    (flat_loss, flat_grads), (padded_loss, padded_grads) = results
+    assert abs(flat_loss - padded_loss) / padded_loss < 5e-3
+    for name, ref in padded_grads.items():
+        assert rel_err(flat_grads[name], ref) < 2e-2, name
