@@ -144,10 +144,14 @@ class SmartCheckpointing:
         max_memory_gb: float | None,
         offload: bool,
         bytes_per_token=layer_bytes_per_token,
+        on_cpu: bool = False,
     ):
         self.decoder, self.layers, self.config = decoder, list(layers), config
         self.max_memory_gb, self.offload = max_memory_gb, offload
         self.bytes_per_token = bytes_per_token  # (config) -> (full, checkpointed) bytes per token and layer
+        # Which devices' forwards it plans: the GPU's, and a CPU's on transformers' own path (the fast path
+        # on a CPU runs only under Triton's interpreter, in tests that set their plan by hand).
+        self.devices = ("cuda", "cpu") if on_cpu else ("cuda",)
         self.last_plan: CheckpointPlan | None = None
         self.keep_attention = False
         self._saved = [
@@ -182,7 +186,7 @@ class SmartCheckpointing:
             x = kwargs.get("inputs_embeds")
         if x is None and args:
             x = args[0]
-        if x is None or x.device.type not in ("cuda", "cpu") or not module.training:
+        if x is None or x.device.type not in self.devices or not module.training:
             return None
         if not torch.is_grad_enabled():
             return None

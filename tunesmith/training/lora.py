@@ -234,6 +234,7 @@ def _smart_checkpointing_on_cpu(model: torch.nn.Module, max_memory_gb: float | N
         max_memory_gb,
         offload=False,
         bytes_per_token=plain_layer_bytes_per_token,
+        on_cpu=True,
     )
 
 
