@@ -186,9 +186,12 @@ class SmartCheckpointing:
             x = kwargs.get("inputs_embeds")
         if x is None and args:
             x = args[0]
-        if x is None or x.device.type not in self.devices or not module.training:
-            return None
-        if not torch.is_grad_enabled():
+        if (
+            x is None
+            or x.device.type not in self.devices
+            or not module.training
+            or not torch.is_grad_enabled()
+        ):
             return None
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)

@@ -227,7 +227,8 @@ def _smart_checkpointing_on_cpu(model: torch.nn.Module, max_memory_gb: float | N
     decoder = getattr(causal_lm, "model", None)
     if decoder is None or not hasattr(decoder, "layers"):
         return  # ordinary checkpointing stays on
-    model.__dict__["_tunesmith_cpu_checkpointing"] = SmartCheckpointing(
+    # The decoder's forward hook holds the planner; nothing else needs a handle on it.
+    SmartCheckpointing(
         decoder,
         decoder.layers,
         causal_lm.config,
