@@ -211,8 +211,10 @@ def trained(page, app):
     checkpoints = sorted(p.name for p in state.current_run.glob("output/training/checkpoint-*"))
     page.click("#ts-resume")
     expect(page.locator("#ts-message")).to_contain_text("Resuming the run", timeout=90_000)  # after it ends
-    page.wait_for_selector("#ts-progress [data-status=finished]", timeout=TRAINING_S * 1000)
+    ended = "#ts-progress :is([data-status=finished], [data-status=failed], [data-status=unverified])"
+    page.wait_for_selector(ended, timeout=TRAINING_S * 1000)
     log = (state.current_run / "ui-run.log").read_text()
+    assert _progress(page).get("status") == "finished", log[-4000:]  # the run's own words when it did not
     return {"second_start": second_start, "stopped": stopped, "checkpoints": checkpoints, "log": log}
 
 
