@@ -18,7 +18,9 @@ usage (GPU machine, from the repository root, anchors on PYTHONPATH as in run_al
 Environment: BENCH_4BIT=0 for bf16 LoRA (default 1, QLoRA); BENCH_DATA=en|zh (the shipped MedQuAD rows, or
 the Chinese medical dialogues in .bench-data/medical_dialogue_zh.jsonl); BENCH_MAX_LENGTH (default 2048);
 BENCH_PADDING_FREE=0|1 overrides tunesmith's own choice; BENCH_MAX_MEMORY_GB=N passes ``max_memory_gb`` to
-tunesmith's get_peft_model; BENCH_PROFILE=K profiles optimizer steps K and K+1 (top kernels, host time).
+tunesmith's get_peft_model; BENCH_PROFILE=K profiles optimizer steps K and K+1 (top kernels, host time);
+BENCH_EXPORT=QUANT (tunesmith only) then times ``model.save_pretrained_gguf(dir, tokenizer, QUANT)`` and
+samples the process's resident host memory while it runs.
 MODEL_DIR ``embedded`` is the model tunesmith ships: the CPU part, the same flow with adamw_torch and the
 precision the CPU has (bf16 autocast only with bf16 instructions), e.g.
 ``BENCH_MAX_LENGTH=512 python bench/bench_tutorial.py run embedded ts 4``.
@@ -173,6 +175,38 @@ def _profiler(first_step: int, out_dir: Path, variant: str):
     return Profile()
 
 
+def _resident_gb() -> float:
+    """This process's resident host memory now, in GB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024 / 1e9
+    return 0.0
+
+
+def export_gguf(model, tokenizer, quant: str) -> dict:
+    """Time the tutorial's ``save_pretrained_gguf`` after training: wall seconds, file size, and the
+    resident host memory before and at its highest (sampled every 0.1 s) while it ran."""
+    import threading
+
+    before, peak, done = _resident_gb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            peak[0] = max(peak[0], _resident_gb())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    t0 = time.perf_counter()
+    path = model.save_pretrained_gguf(
+        "/tmp/tutorial-export", tokenizer, quantization_method=quant, overwrite=True
+    )
+    export_s = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    return dict(export_quant=quant, export_s=round(export_s, 1), gguf_gb=round(Path(path).stat().st_size / 1e9, 2),
+                host_gb_before_export=round(before, 2), host_gb_peak_export=round(max(peak[0], before), 2))  # fmt: skip
+
+
 def run(model_dir: str, variant: str, steps: int) -> None:
     """Time the tutorial's calls for ``variant`` (``ts``, ``unsloth`` or ``hf``) and print the RESULT line."""
     import torch
@@ -261,6 +295,11 @@ def run(model_dir: str, variant: str, steps: int) -> None:
         padding_free=bool(getattr(trainer.args, "padding_free", False)),
         max_memory_gb=os.environ.get("BENCH_MAX_MEMORY_GB") or None, gpu=torch.cuda.get_device_name(0) if cuda else "cpu",
     )  # fmt: skip
+    if variant == "ts" and os.environ.get("BENCH_EXPORT"):
+        try:  # the training numbers are printed whatever the export does
+            result.update(export_gguf(model, tokenizer, os.environ["BENCH_EXPORT"]))
+        except Exception as error:  # noqa: BLE001
+            result["export_error"] = f"{type(error).__name__}: {error}"
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -291,6 +330,10 @@ def table(log_dir: str) -> None:
         print(f"| {name} | {r['bits']} | {r['data']} | {r['train_s']} | {r['real_tok_per_s']} | "
               f"{r['step_s_median']} | {r['step_s_p90'] / r['step_s_median']:.2f} | {r['peak_gib']} | "
               f"{_ratio(unsloth, r)} | {_ratio(hf, r)} | {gap} |")  # fmt: skip
+    for r in (r for r in results if "export_s" in r):
+        print(f"\nExport after training ({r['bits']}-bit, {r['data']}): save_pretrained_gguf {r['export_quant']} "
+              f"{r['export_s']} s, {r['gguf_gb']} GB file, host memory {r['host_gb_before_export']} GB before, "
+              f"{r['host_gb_peak_export']} GB at its peak.")  # fmt: skip
 
 
 if __name__ == "__main__":
