@@ -26,9 +26,12 @@ QUICK = [
     "--set", "training.gradient_accumulation_steps=1",
     "--set", "training.save_steps=1",
     "--set", "data.max_rows=120",
+    "--set", "model.max_seq_length=128",
     "--set", "generation.max_new_tokens=16",
     "--set", "probes=[What are common causes of fatigue?, What is anemia?]",
 ]  # fmt: skip
+# the tests of stopping and resuming answer no held-out questions (that stage is checked by the finished run)
+NO_SCORING = ["--set", "generation.held_out_questions=0"]
 
 
 def _command(folder: Path, *extra: str) -> list[str]:
@@ -177,8 +180,8 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 60
 
 def test_ctrl_c_during_training_then_the_same_command_resumes(tmp_path: Path) -> None:
     folder = tmp_path / "medical-en"
-    # this test is about stopping and resuming: the adapter alone is exported, nothing is verified
-    cmd = _command(folder, "--set", "training.max_steps=4", "--set", "export.formats=[lora]")
+    # this test is about stopping and resuming: the adapter alone is exported, nothing is verified or scored
+    cmd = _command(folder, "--set", "training.max_steps=4", "--set", "export.formats=[lora]", *NO_SCORING)
     log = tmp_path / "first.log"
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True, env=_env())
@@ -214,7 +217,7 @@ def test_a_second_ctrl_c_stops_at_once_and_says_where_a_rerun_resumes(tmp_path: 
     cmd = _command(
         folder,
         *("--set", "training.max_steps=50", "--set", "training.gradient_accumulation_steps=16"),
-        *("--set", "export.formats=[lora]"),
+        *("--set", "export.formats=[lora]", *NO_SCORING),
     )
     log = tmp_path / "run.log"
     with log.open("w") as out:

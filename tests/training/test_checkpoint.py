@@ -19,10 +19,19 @@ RUNNER = Path(__file__).with_name("resume_runner.py")
 
 
 def _run(tiny_dir, out, *extra, wait=True):
+    """The runner to its end, or (``wait=False``) started in the background with its output in ``out``.log
+    (a pipe nobody reads could fill and stall it); ``_output`` reads that log."""
     command = [sys.executable, str(RUNNER), str(tiny_dir), str(out), *extra]
+    # one thread each: the uninterrupted run trains beside the one that is killed, on a 2-core machine
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if wait:
-        return subprocess.run(command, capture_output=True, text=True, timeout=300)
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    with open(f"{out}.log", "w") as log:
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _output(out: Path) -> str:
+    return Path(f"{out}.log").read_text()[-3000:]
 
 
 def _final_loss(out: Path) -> tuple[int, float]:
@@ -32,18 +41,14 @@ def _final_loss(out: Path) -> tuple[int, float]:
 
 
 def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_llama_dir, tmp_path):
-    whole = _run(tiny_llama_dir, tmp_path / "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
+    whole = _run(tiny_llama_dir, tmp_path / "whole", wait=False)  # the reference, trained alongside
     killed = tmp_path / "killed"
     process = _run(tiny_llama_dir, killed, "--hang-after-save", wait=False)
     marker = killed / "saved.marker"
     deadline = time.monotonic() + 240
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert marker.exists(), (
-        process.stdout.read()[-3000:] if process.poll() is not None else "no checkpoint in time"
-    )
+    assert marker.exists(), _output(killed) if process.poll() is not None else "no checkpoint in time"
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
@@ -51,6 +56,7 @@ def test_sigkill_after_checkpoint_then_resume_matches_uninterrupted(tiny_llama_d
 
     resumed = _run(tiny_llama_dir, killed, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=300) == 0, _output(tmp_path / "whole")
     step_whole, loss_whole = _final_loss(tmp_path / "whole")
     step_resumed, loss_resumed = _final_loss(killed)
     assert step_whole == step_resumed == 8

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_checkpoint import _run
+from test_checkpoint import _output, _run
 
 from tunesmith.data import builtin_dataset_path, load_dataset_file
 
@@ -58,23 +58,20 @@ def test_preference_training_raises_margin_and_accuracy(smollm, tmp_path, method
 
 
 def test_dpo_sigkill_then_resume_matches_uninterrupted(tiny_llama_dir, tmp_path):
-    whole = _run(tiny_llama_dir, tmp_path / "whole", "--method", "dpo")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-
+    whole = _run(tiny_llama_dir, tmp_path / "whole", "--method", "dpo", wait=False)  # trained alongside
     killed = tmp_path / "killed"
     process = _run(tiny_llama_dir, killed, "--method", "dpo", "--hang-after-save", wait=False)
     deadline = time.monotonic() + 240
     while not (killed / "saved.marker").exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert (killed / "saved.marker").exists(), (
-        process.stdout.read()[-3000:] if process.poll() is not None else ""
-    )
+    assert (killed / "saved.marker").exists(), _output(killed) if process.poll() is not None else ""
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=30)
     assert (killed / "checkpoint-4").is_dir() and not (killed / "checkpoint-8").exists()
 
     resumed = _run(tiny_llama_dir, killed, "--method", "dpo", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert whole.wait(timeout=300) == 0, _output(tmp_path / "whole")
 
     def log(folder: Path) -> list[dict]:
         return [json.loads(line) for line in (folder / "training_log.jsonl").read_text().splitlines()]
