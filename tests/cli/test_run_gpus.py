@@ -130,7 +130,8 @@ def test_two_processes_match_one_and_resume_exactly(single_process, killed_then_
 
 def test_global_batch_is_stated_and_every_rank_saved_its_state(killed_then_resumed) -> None:
     folder, proc, _ = killed_then_resumed
-    assert "global batch 2 = 1 per device x 1 accumulation x 2 process(es) (DDP)" in proc.stderr
+    batch = "global batch 2 = 1 per device x 1 accumulation x 2 process(es) (DDP)"
+    assert batch in proc.stderr and f"4 optimizer step(s); {batch}." in (folder / "report.md").read_text()
     checkpoints = sorted(p.name for p in (folder / "training").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2", "checkpoint-4"]
     last = folder / "training" / "checkpoint-4"

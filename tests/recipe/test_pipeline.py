@@ -114,6 +114,7 @@ def test_report_has_answers_before_and_after_and_the_losses(finished_run) -> Non
     assert f"| before training | {loss_before:.4f} |" in md and f"| after training | {loss_after:.4f} |" in md
     assert (folder / "training" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![training loss](training/loss.png)" in md
+    assert "3 optimizer step(s); global batch 2 = 2 per device x 1 accumulation x 1 process(es)" in md
 
 
 def test_gguf_passed_verification_and_modelfile_points_at_it(finished_run) -> None:

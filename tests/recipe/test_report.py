@@ -45,6 +45,8 @@ def finished(tmp_path: Path) -> ReportData:
         loss_png=_loss_png(tmp_path / "loss.png"),
         eval_loss_before=2.5,
         eval_loss_after=2.0,
+        train_steps=60,
+        train_batch="global batch 16 = 4 per device x 2 accumulation x 2 process(es) (DDP)",
         probes=[
             ProbeAnswer(
                 "What are common causes of fatigue?", "Fatigue is <complex> | hard", "Anemia and poor sleep."
@@ -71,6 +73,9 @@ def test_markdown_shows_what_changed_and_how_to_run_it(finished: ReportData, tmp
     assert "Fatigue is &lt;complex&gt; \\| hard" in md  # answers cannot break the table or inject HTML
     assert "| before training | 2.5000 |" in md and "| after training | 2.0000 |" in md and "-20.0%" in md
     assert "![training loss](loss.png)" in md
+    assert (
+        "60 optimizer step(s); global batch 16 = 4 per device x 2 accumulation x 2 process(es) (DDP)." in md
+    )
     assert "ollama create medical-en -f Modelfile" in md and "ollama run medical-en" in md
     assert "llama-cli -m gguf/medical-en.Q8_0.gguf" in md
     assert "| truncated rows | 3 |" in md and "| duplicate rows | 1 |" in md
@@ -123,5 +128,5 @@ def test_unfinished_run_says_what_was_not_reached(tmp_path: Path) -> None:
     md_path, html_path = write_report(data, tmp_path)
     md = md_path.read_text()
     assert "| Q? | A. | (not reached) |" in md
-    assert "No loss curve" in md and "Nothing was exported." in md
+    assert "No loss curve" in md and "Nothing was exported." in md and "optimizer step" not in md
     assert 'class="status bad"' in html_path.read_text()

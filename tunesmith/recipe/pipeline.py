@@ -223,6 +223,7 @@ def add_lora(ctx: RunContext) -> LoraResult:
 
 def train(ctx: RunContext) -> TrainResult:
     """Train with a progress bar; Ctrl-C stops after a checkpoint; a re-run resumes from the last one."""
+    from tunesmith.training.base import global_batch_text
     from tunesmith.training.interrupt import StopOnInterrupt, graceful_interrupt
 
     stopper = StopOnInterrupt()
@@ -233,7 +234,8 @@ def train(ctx: RunContext) -> TrainResult:
     with graceful_interrupt(stopper):
         ctx.trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     ctx.interrupted = stopper.requested and ctx.trainer.state.global_step < ctx.config.training.max_steps
-    return TrainResult(losses=_train_losses(ctx), steps=ctx.trainer.state.global_step)
+    batch = global_batch_text(ctx.trainer.args)
+    return TrainResult(losses=_train_losses(ctx), steps=ctx.trainer.state.global_step, batch=batch)
 
 
 def eval_after(ctx: RunContext) -> EvalResult:

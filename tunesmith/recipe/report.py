@@ -78,6 +78,8 @@ class ReportData:
     rewards_png: Path | None = None  # DPO/ORPO reward margin and accuracy; GRPO rewards and lengths
     samples: dict[str, list[dict]] = field(default_factory=dict)  # GRPO: {"start": [...], "end": [...]}
     train_losses: list[tuple[int, float]] = field(default_factory=list)
+    train_steps: int | None = None
+    train_batch: str | None = None  # "global batch 8 = 2 per device x 4 accumulation x 1 process(es) ..."
     eval_loss_before: float | None = None
     eval_loss_after: float | None = None
     probes: list[ProbeAnswer] = field(default_factory=list)
@@ -266,10 +268,12 @@ def _loss(data: ReportData, folder: Path) -> list[Block]:
     if before is not None and after is not None:
         change = after - before
         rows.append(("change", f"{change:+.4f} ({change / before:+.1%})" if before else f"{change:+.4f}"))
-    table = Table(("", "held-out loss"), rows)
+    blocks: list[Block] = [Table(("", "held-out loss"), rows)]
+    if data.train_steps is not None and data.train_batch:
+        blocks.append(Paragraph(f"{data.train_steps} optimizer step(s); {data.train_batch}."))
     if data.loss_png and Path(data.loss_png).is_file():
-        return [table, Image(Path(data.loss_png), _rel(data.loss_png, folder), "training loss")]
-    return [table, Paragraph("No loss curve: training did not log a step.")]
+        return [*blocks, Image(Path(data.loss_png), _rel(data.loss_png, folder), "training loss")]
+    return [*blocks, Paragraph("No loss curve: training did not log a step.")]
 
 
 def _rewards(data: ReportData, folder: Path) -> list[Block]:

@@ -52,10 +52,12 @@ class LoraResult:
 
 @dataclass
 class TrainResult:
-    """The logged training loss per step, and the optimizer steps done."""
+    """The logged training loss per step, the optimizer steps done, and how many rows each step saw
+    (``global_batch_text``; None in a state file written before it was kept)."""
 
     losses: list[tuple[int, float]]
     steps: int
+    batch: str | None = None
 
     def __post_init__(self) -> None:
         self.losses = [(int(step), float(loss)) for step, loss in self.losses]  # JSON gives lists

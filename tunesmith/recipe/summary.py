@@ -38,6 +38,8 @@ def report_data(ctx: RunContext, status: str) -> ReportData:
         rewards_png=ctx.folder / REWARDS_PNG if (ctx.folder / REWARDS_PNG).is_file() else None,
         samples=_samples(ctx.folder / SAMPLES_JSON),
         train_losses=list(res.train.losses) if res.train else [],
+        train_steps=res.train.steps if res.train else None,
+        train_batch=res.train.batch if res.train else None,
         eval_loss_before=res.lora.eval_loss_before if res.lora else None,
         eval_loss_after=res.eval_after.eval_loss_after if res.eval_after else None,
         probes=_probes(ctx.config.probes, res.probes_before, res.probes_after),

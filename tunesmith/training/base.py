@@ -26,7 +26,7 @@ from tunesmith.training.distributed import fault_injection
 from tunesmith.training.no_telemetry import NoTelemetryMixin
 from tunesmith.training.plot import plot_loss_curve, read_log
 
-__all__ = ["TunesmithTrainerMixin", "checkpoint_step", "first_eval_loss"]
+__all__ = ["TunesmithTrainerMixin", "checkpoint_step", "first_eval_loss", "global_batch_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,14 +181,16 @@ def first_eval_loss(history: list[dict]) -> float | None:
     return next((h["eval_loss"] for h in history if "eval_loss" in h), None)
 
 
-def _say_global_batch(args) -> None:
-    """One line on the main process: how many rows each optimizer step sees, and from where."""
+def global_batch_text(args) -> str:
+    """How many rows each optimizer step sees, and from where: ``global batch 8 = 2 per device x 4
+    accumulation x 1 process(es) (one process)``."""
     mode = "FSDP2" if args.fsdp else "DDP" if world_size() > 1 else "one process"
-    logger.warning(
-        "global batch %d = %d per device x %d accumulation x %d process(es) (%s)",
-        args.global_batch,
-        args.per_device_train_batch_size,
-        args.gradient_accumulation_steps,
-        world_size(),
-        mode,
+    return (
+        f"global batch {args.global_batch} = {args.per_device_train_batch_size} per device x "
+        f"{args.gradient_accumulation_steps} accumulation x {world_size()} process(es) ({mode})"
     )
+
+
+def _say_global_batch(args) -> None:
+    """One line on the main process (the log and the report say the same)."""
+    logger.warning("%s", global_batch_text(args))
