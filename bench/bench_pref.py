@@ -7,7 +7,8 @@ the timed steps, each variant in its own process, peak = ``torch.cuda.max_memory
 - ``ts_dpo``: ``tunesmith.FastLanguageModel`` + ``tunesmith.DPOTrainer``;
   ``unsloth_dpo``: Unsloth's ``FastLanguageModel`` + ``PatchDPOTrainer()`` + TRL's ``DPOTrainer``.
 - ``ts_grpo``: ``tunesmith.GRPOTrainer``; ``unsloth_grpo``: Unsloth's ``FastLanguageModel`` + TRL's
-  ``GRPOTrainer``; both generate with the model's own ``generate`` (``use_vllm=False``), LoRA unmerged.
+  ``GRPOTrainer``; ``hf_grpo``: transformers + peft (non-reentrant checkpointing) + TRL's ``GRPOTrainer``; all
+  generate with the model's own ``generate`` (``use_vllm=False``), LoRA unmerged.
   A step includes its generation; ``gen_tok_per_s`` is one timed sampling call of the same shape afterwards.
 
 usage:  python bench/bench_pref.py run DIR VARIANT [STEPS]      (one variant; prints its RESULT line)
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ["ts_dpo", "unsloth_dpo", "ts_grpo", "unsloth_grpo"]
+VARIANTS = ["ts_dpo", "unsloth_dpo", "ts_grpo", "unsloth_grpo", "hf_grpo"]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SEQ, BS = int(os.environ.get("SEQ", 1024)), int(os.environ.get("BS", 4))
 GEN, GROUP = int(os.environ.get("GEN", 256)), int(os.environ.get("GROUP", 8))
@@ -59,17 +60,36 @@ def load(d: str, variant: str):
     """(model, tokenizer) with LoRA, as each side's users load them."""
     import torch
 
+    if variant.startswith("hf"):
+        return _load_hf(d)
     if variant.startswith("unsloth"):
         from unsloth import FastLanguageModel
     else:
         from tunesmith import FastLanguageModel
-    length = SEQ if variant.endswith("dpo") else 128 + GEN
+    # GRPO: a 128-word prompt is ~141 tokens with the real tokenizer; Unsloth truncates past max_seq_length
+    # and then indexes out of bounds (its GRPO run failed at 128 + GEN)
+    length = SEQ if variant.endswith("dpo") else 256 + GEN
     m, tok = FastLanguageModel.from_pretrained(
         d, max_seq_length=length, dtype=torch.bfloat16, load_in_4bit=False
     )
     m = FastLanguageModel.get_peft_model(m, r=16, target_modules=TARGETS, lora_alpha=16, lora_dropout=0,
                                          bias="none", use_gradient_checkpointing="unsloth", random_state=3407)  # fmt: skip
     return m, tok
+
+
+def _load_hf(d: str):
+    """transformers + peft as the anchors set them up: bf16, the same LoRA, non-reentrant checkpointing."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(d)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    m = AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).cuda()
+    m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    m.enable_input_require_grads()
+    config = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+    return get_peft_model(m, config), tok
 
 
 def trainer(variant: str, m, tok, steps: int):

@@ -60,6 +60,7 @@ def test_run_that_runs_out_of_room_at_a_checkpoint_fails_clearly_then_resumes(tm
     quick = [
         "--set", "training.max_steps=2", "--set", "training.save_steps=1", "--set", "training.warmup_steps=0",
         "--set", "training.gradient_accumulation_steps=1", "--set", "data.max_rows=60",
+        "--set", "model.max_seq_length=128", "--set", "generation.held_out_questions=0",
         "--set", "generation.max_new_tokens=4", "--set", "probes=[What is anemia?]",
         "--set", "export.formats=[lora]", "--set", "output.folder=run",
     ]  # fmt: skip

@@ -108,3 +108,42 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tiny, tmp_path):
     )
     with pytest.raises(TunesmithError, match="holds no checkpoint-N folder"):
         trainer.train(resume_from_checkpoint=True)
+
+
+def test_resuming_a_finished_training_loads_its_weights_and_trains_no_further(tiny_llama_dir, tmp_path):
+    # `tunesmith run` resumes training to get the trained model back (verification after a llama.cpp
+    # crash); transformers would run one optimizer step past max_steps from such a checkpoint.
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.training import get_peft_model
+
+    rows = datasets.Dataset.from_list([{"text": f"Row number {i} says hello."} for i in range(8)])
+
+    def trainer() -> SFTTrainer:
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        model = get_peft_model(model, r=4, random_state=0, use_gradient_checkpointing=False)
+        args = TrainingArguments(
+            output_dir=str(tmp_path), max_steps=2, save_steps=2, logging_steps=1, warmup_steps=0,
+            per_device_train_batch_size=2, learning_rate=1e-2, lr_scheduler_type="constant", bf16=False,
+            max_seq_length=32,
+        )  # fmt: skip
+        return SFTTrainer(model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_llama_dir),
+                          train_dataset=rows, args=args)  # fmt: skip
+
+    def lora(t: SFTTrainer) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in t.model.named_parameters() if "lora_" in n}
+
+    first = trainer()
+    first.train()
+    trained = lora(first)
+    again = trainer()
+    assert any(not torch.equal(trained[n], w) for n, w in lora(again).items()), "a fresh adapter differs"
+    again.train(resume_from_checkpoint=True)
+    assert again.state.global_step == 2 and sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-2"
+    ]
+    assert all(torch.equal(trained[n], w) for n, w in lora(again).items()), "the trained adapter is back"
+    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2]

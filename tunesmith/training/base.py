@@ -14,8 +14,10 @@ import json
 import logging
 from pathlib import Path
 
+from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
+from transformers.trainer_utils import TrainOutput
 
 from tunesmith._distributed import world_size
 from tunesmith.generation.generate import forget_decoder
@@ -73,12 +75,15 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
             self._before_training(checkpoint)
             self._wrap_after_evaluation()
             try:
-                output = super().train(
-                    resume_from_checkpoint=checkpoint,
-                    trial=trial,
-                    ignore_keys_for_eval=ignore_keys_for_eval,
-                    **kwargs,
-                )
+                if _finished_at(checkpoint, self.args.max_steps):
+                    output = self._restore_finished(checkpoint)
+                else:
+                    output = super().train(
+                        resume_from_checkpoint=checkpoint,
+                        trial=trial,
+                        ignore_keys_for_eval=ignore_keys_for_eval,
+                        **kwargs,
+                    )
             except BaseException:
                 self.plot_curves()  # the curves so far, on interruption too
                 self._release_model()
@@ -88,6 +93,31 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         self.summary = self._summarize(output)
         self._release_model()
         return output
+
+    def _restore_finished(self, checkpoint: str) -> TrainOutput:
+        """The model and trainer state of a checkpoint saved at ``max_steps``, without a step.
+
+        transformers (5.24) resumed from such a checkpoint runs one optimizer step past ``max_steps`` before
+        it looks at the step count, so a re-run of a finished training would train on; the adapter weights
+        are loaded through PEFT instead. A model without LoRA adapters resumes the transformers way.
+        """
+        from peft import PeftModel, set_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import TrainerState
+
+        weights = Path(checkpoint) / ADAPTER_SAFE_WEIGHTS_NAME
+        if not isinstance(self.model, PeftModel) or not weights.is_file():
+            return super().train(resume_from_checkpoint=checkpoint)
+        set_peft_model_state_dict(self.model, load_file(weights, device=str(self.model.device)))
+        self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
+        losses = [r["loss"] for r in self.state.log_history if "loss" in r]
+        logger.warning(
+            "%s was saved at step %d of %d: training is complete, its adapter weights are loaded.",
+            checkpoint,
+            self.state.global_step,
+            self.args.max_steps,
+        )
+        return TrainOutput(self.state.global_step, losses[-1] if losses else 0.0, {"train_runtime": 0.0})
 
     # -- hooks ------------------------------------------------------------------------------------------
     def _before_training(self, checkpoint: str | None) -> None:
@@ -174,6 +204,12 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
         return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _finished_at(checkpoint: str | None, max_steps: int) -> bool:
+    """Whether ``checkpoint`` was saved at (or past) the last step of a run of ``max_steps``."""
+    step = checkpoint_step(checkpoint)
+    return step is not None and max_steps > 0 and step >= max_steps
 
 
 def first_eval_loss(history: list[dict]) -> float | None:
