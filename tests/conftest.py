@@ -19,6 +19,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault(
     "TUNESMITH_HOME", str(Path(os.environ.get("TMPDIR", "/tmp")) / f"tunesmith-test-home-{os.getuid()}")
 )
+# Under the README's two pytest-xdist workers, one OpenMP thread each: two workers of two spinning threads
+# on 2 cores made the in-process training tests up to 11x slower (test_qlora: 18 s alone, 198 s beside
+# another worker). Set before torch is imported; child processes inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Subprocesses (CLI tests) import this checkout even when the package is not installed.
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
 
