@@ -75,7 +75,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
             self._before_training(checkpoint)
             self._wrap_after_evaluation()
             try:
-                if _finished_at(checkpoint, self.args.max_steps):
+                if self._finished_adapter(checkpoint) is not None:
                     output = self._restore_finished(checkpoint)
                 else:
                     output = super().train(
@@ -99,15 +99,13 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
 
         transformers (5.24) resumed from such a checkpoint runs one optimizer step past ``max_steps`` before
         it looks at the step count, so a re-run of a finished training would train on; the adapter weights
-        are loaded through PEFT instead. A model without LoRA adapters resumes the transformers way.
+        are loaded through PEFT instead.
         """
-        from peft import PeftModel, set_peft_model_state_dict
+        from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
         from transformers import TrainerState
 
-        weights = Path(checkpoint) / ADAPTER_SAFE_WEIGHTS_NAME
-        if not isinstance(self.model, PeftModel) or not weights.is_file():
-            return super().train(resume_from_checkpoint=checkpoint)
+        weights = self._finished_adapter(checkpoint)
         set_peft_model_state_dict(self.model, load_file(weights, device=str(self.model.device)))
         self.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME))
         losses = [r["loss"] for r in self.state.log_history if "loss" in r]
@@ -118,6 +116,17 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
             self.args.max_steps,
         )
         return TrainOutput(self.state.global_step, losses[-1] if losses else 0.0, {"train_runtime": 0.0})
+
+    def _finished_adapter(self, checkpoint: str | None) -> Path | None:
+        """The LoRA weights of ``checkpoint`` when it was saved at (or past) ``max_steps``; None otherwise
+        (a model without adapters then resumes the transformers way)."""
+        from peft import PeftModel
+
+        step = checkpoint_step(checkpoint)
+        if step is None or self.args.max_steps <= 0 or step < self.args.max_steps:
+            return None
+        weights = Path(checkpoint) / ADAPTER_SAFE_WEIGHTS_NAME
+        return weights if isinstance(self.model, PeftModel) and weights.is_file() else None
 
     # -- hooks ------------------------------------------------------------------------------------------
     def _before_training(self, checkpoint: str | None) -> None:
@@ -204,12 +213,6 @@ def checkpoint_step(checkpoint: str | None) -> int | None:
         return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-def _finished_at(checkpoint: str | None, max_steps: int) -> bool:
-    """Whether ``checkpoint`` was saved at (or past) the last step of a run of ``max_steps``."""
-    step = checkpoint_step(checkpoint)
-    return step is not None and max_steps > 0 and step >= max_steps
 
 
 def first_eval_loss(history: list[dict]) -> float | None:
