@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,6 +158,56 @@ def test_a_rank_killed_mid_run_gives_one_clear_error(tmp_path: Path) -> None:
     assert "same command resumes" in error[0] and "Traceback" not in proc.stderr
     assert took < FAILURE_BOUND_S
     assert _wait_until_gone(str(folder), timeout=5) == []
+
+
+def _ctrl_c_during_training(folder: Path, log: Path, presses: int, after_step: int) -> int:
+    """Run on 2 processes; once the log has a step past ``after_step``, press Ctrl-C ``presses`` times as a
+    terminal does (SIGINT to the launcher's process group: the launcher and the agent, not the ranks, which
+    torch starts in sessions of their own). Returns the launcher's exit status."""
+    longer = ["--set", "training.max_steps=40", "--set", "training.save_steps=100"]
+    with log.open("w") as out:
+        launcher = subprocess.Popen(
+            _command(folder, *GPUS, *longer), stdout=out, stderr=subprocess.STDOUT, env=_env(),
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 600
+        while launcher.poll() is None and time.monotonic() < deadline:
+            if (folder / "training" / "training_log.jsonl").is_file() and any(
+                step > after_step for step, _ in _losses(folder)
+            ):
+                break
+            time.sleep(0.1)
+        for _ in range(presses):
+            os.killpg(launcher.pid, signal.SIGINT)
+            time.sleep(0.05)
+        return launcher.wait(timeout=FAILURE_BOUND_S)
+
+
+def test_ctrl_c_stops_every_rank_after_one_step_and_twice_stops_at_once(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    first = tmp_path / "first.log"
+    code = _ctrl_c_during_training(folder, first, presses=1, after_step=0)
+    text = first.read_text()
+    assert code == 130, text[-3000:]
+    stopped = re.findall(r"Stopped at step (\d+): a checkpoint and the loss curve are in", text)
+    assert len(stopped) == 1 and text.count("Ctrl-C: stopping after this step") == 1, "rank 0 alone speaks"
+    step = int(stopped[0])
+    checkpoint = folder / "training" / f"checkpoint-{step}"
+    assert sorted(p.name for p in (folder / "training").glob("checkpoint-*")) == [checkpoint.name]
+    assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
+    assert {"rng_state_0.pth", "rng_state_1.pth"} <= {p.name for p in checkpoint.iterdir()}, "both ranks"
+    assert json.loads((folder / "run-state.json").read_text())["status"] == "interrupted"
+    assert "Traceback" not in text and _wait_until_gone(str(folder), timeout=5) == []
+
+    # the same command resumes there; two presses then stop it at once, and it says where to resume
+    second = tmp_path / "second.log"
+    code = _ctrl_c_during_training(folder, second, presses=2, after_step=step)
+    text = second.read_text()
+    assert code == 130 and f"resuming from training/checkpoint-{step}" in text, text[-3000:]
+    assert text.count("Stopped at once during stage 6/11") == 1, text[-3000:]
+    assert f"training continues from training/checkpoint-{step}" in text
+    assert json.loads((folder / "run-state.json").read_text())["status"] == "interrupted"
+    assert "Traceback" not in text and _wait_until_gone(str(folder), timeout=5) == []
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-EXIT_INTERRUPTED = 130  # the shell's code for a process stopped by Ctrl-C (128 + SIGINT)
+from tunesmith.constants import EXIT_INTERRUPTED
 
 # Each name is a module tunesmith.cli.<name> with `add_parser(subparsers)` and `run(args) -> int`.
 COMMANDS = ["check", "chat", "run", "export", "verify", "ui"]
@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
+        from tunesmith._distributed import is_main_process
+
+        if not is_main_process():  # see cli.run: rank 0 reports the stop, the other ranks end cleanly
+            return 0
         print("interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
 

@@ -92,7 +92,8 @@ class RunContext:
             raise TunesmithError(f"Stage {where} failed: {err} {self._kept()}") from err
         except KeyboardInterrupt:
             self.stop("interrupted", f"interrupted during stage {where}")
-            print(self._stopped_at_once(where), file=sys.stderr, flush=True)
+            if is_main_process():  # rank 0 speaks for the run
+                print(self._stopped_at_once(where), file=sys.stderr, flush=True)
             raise
         except Exception as err:
             self.stop("failed", f"failed at stage {where}")

@@ -6,27 +6,38 @@ The command checks ``--gpus`` against the cards it sees, then starts :mod:`tunes
 tests do. Each rank that fails with an error writes it to a shared temporary folder; a rank that dies is
 reported by the agent; either way the launcher raises one :class:`TunesmithError` and the agent has
 already stopped the other ranks.
+
+Ctrl-C is this process's to pass on. A terminal sends it to this process and the agent (torch starts each
+rank in a session of its own, out of the terminal's reach), and the agent, left to itself, would end
+every rank at once with SIGTERM. So the agent ignores it, and this process sends each Ctrl-C to every rank
+(each leaves its process id in the shared folder): the first makes all ranks stop after the same step with
+a checkpoint, the second stops them at once, as in one process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith._distributed import rank
+from tunesmith.constants import EXIT_INTERRUPTED
 from tunesmith.errors import TunesmithError
 
-__all__ = ["launch", "check_gpus", "write_rank_error", "ERROR_DIR_ENV", "DEVICES"]
+__all__ = ["launch", "check_gpus", "write_rank_error", "write_rank_pid", "ERROR_DIR_ENV", "DEVICES"]
 
 ERROR_DIR_ENV = "TUNESMITH_RANK_ERRORS"  # where ranks started by `tunesmith run --gpus` leave their errors
 DEVICES = ("cuda", "cpu")
 _FAILURES = "failures.json"
-_STOP_WAIT_S = 30
+# After a second Ctrl-C the ranks have this long to write their state before the agent stops them.
+_AT_ONCE_S = 10.0
 
 
 def check_gpus(gpus: int, device: str) -> None:
@@ -69,22 +80,56 @@ def launch(rank_arguments: list[str], gpus: int, device: str, folder: Path) -> i
         env[ERROR_DIR_ENV] = tmp
         cmd = [sys.executable, "-m", "tunesmith.recipe._agent", str(Path(tmp) / _FAILURES), str(gpus)]
         agent = subprocess.Popen([*cmd, *rank_arguments], env=env)
-        try:
+        with _passing_ctrl_c_to_ranks(Path(tmp), agent) as interrupts:
             code = agent.wait()
-        except KeyboardInterrupt:  # the agent saw the same Ctrl-C and stops its ranks
-            _stop(agent)
-            raise
         if code == 0:
             return 0
+        if interrupts:  # rank 0 has said where the run stopped and how to resume it
+            return EXIT_INTERRUPTED
         raise TunesmithError(_failure_message(Path(tmp), gpus, code, folder))
 
 
-def _stop(agent: subprocess.Popen) -> None:
+@contextlib.contextmanager
+def _passing_ctrl_c_to_ranks(tmp: Path, agent: subprocess.Popen) -> Iterator[list[int]]:
+    """While inside, every SIGINT goes on to the ranks; the yielded list counts them."""
+    interrupts: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum, frame):
+        interrupts.append(signum)
+        pids = _rank_pids(tmp)
+        if not pids:  # no rank has started yet: nothing to save, so the agent stops them all
+            agent.terminate()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
+        if len(interrupts) == 2:  # "at once": a rank caught inside a collective cannot see its Ctrl-C
+            timer = threading.Timer(_AT_ONCE_S, agent.terminate)
+            timer.daemon = True
+            timer.start()
+
+    previous = signal.signal(signal.SIGINT, handler)
     try:
-        agent.wait(timeout=_STOP_WAIT_S)
-    except subprocess.TimeoutExpired:
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
+        yield interrupts
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def write_rank_pid() -> None:
+    """In a rank started by ``tunesmith run --gpus``, leave this process's id for the launcher's Ctrl-C."""
+    folder = os.environ.get(ERROR_DIR_ENV)
+    if folder:
+        (Path(folder) / f"pid-{rank()}.txt").write_text(str(os.getpid()), encoding="utf-8")
+
+
+def _rank_pids(tmp: Path) -> list[int]:
+    pids = []
+    for path in tmp.glob("pid-*.txt"):
+        with contextlib.suppress(OSError, ValueError):  # a file being written: that rank is just starting
+            pids.append(int(path.read_text(encoding="utf-8")))
+    return pids
 
 
 def write_rank_error(err: BaseException) -> bool:

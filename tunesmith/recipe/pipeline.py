@@ -518,9 +518,10 @@ def _interrupted(ctx: RunContext) -> RunResult:
     step = ctx.trainer.state.global_step
     status = f"interrupted at training step {step} of {ctx.config.training.max_steps}"
     ctx.stop("interrupted", status)
-    print(
-        f"Stopped at step {step}: a checkpoint and the loss curve are in {ctx.folder}. "
-        "Run the same command again to resume.",
-        file=sys.stderr,
-    )
+    if is_main_process():  # rank 0 speaks for the run
+        print(
+            f"Stopped at step {step}: a checkpoint and the loss curve are in {ctx.folder}. "
+            "Run the same command again to resume.",
+            file=sys.stderr,
+        )
     return _result(ctx, finished=False, status=status)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith._distributed import is_distributed, is_main_process
-from tunesmith.recipe.launch import ERROR_DIR_ENV
+from tunesmith.recipe.launch import ERROR_DIR_ENV, write_rank_pid
 from tunesmith.recipe.state import RunState, open_output_folder
 
 __all__ = ["process_group", "open_state", "main_first"]
@@ -30,6 +30,7 @@ def process_group(timeout_s: float) -> Iterator[None]:
         return
     if os.environ.get(ERROR_DIR_ENV):  # started by `tunesmith run --gpus`: end with the launcher
         exit_with_parent()
+        write_rank_pid()
     start_process_group(timeout_s)
     if is_main_process():
         yield

@@ -25,6 +25,7 @@ __all__ = [
     "start_process_group",
     "end_process_group",
     "barrier",
+    "any_process",
     "exit_with_parent",
     "require_nccl",
     "require_one_card_type",
@@ -88,6 +89,16 @@ def barrier() -> None:
     """Wait until every process gets here (no-op alone); bounded by the group's timeout."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether ``flag`` is set on any process (``flag`` itself alone); ``device`` is the one the group's
+    backend talks through (the rank's GPU under NCCL)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def exit_with_parent() -> None:
