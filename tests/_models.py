@@ -21,6 +21,10 @@ FAMILY_TINY = {
     "gemma2": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16),
     "gemma3_text": dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=16),
     "phi3": dict(pad_token_id=None, original_max_position_embeddings=512),  # its default pad id is 32000
+    # four experts of width 32, two chosen per token (their weights renormalised), in every layer
+    "qwen3_moe": dict(
+        head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True
+    ),  # as the real checkpoints (its config default is False)
 }
 # Odd sizes for the fast-path tests: head size 12, MLP width 80 and 97 vocabulary columns leave partial
 # blocks in every kernel.
@@ -49,6 +53,7 @@ def tiny_model(family: str = "llama", *, tokenizer=None, seed: int = 0, **config
         "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
         "gemma3_text": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
     }[family]
     config = {**FAMILY_TINY.get(family, {}), **config}
     if tokenizer is not None:

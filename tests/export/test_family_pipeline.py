@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import re
 
 import pytest
@@ -16,7 +17,7 @@ from _models import FAMILY_TINY, TEXT, TINY, tiny_model, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
-from tunesmith.data.chat_templates import get_chat_template
+from tunesmith.data.chat_templates import EMPTY_REASONING, get_chat_template
 from tunesmith.errors import TunesmithError
 from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.merge import save_pretrained_merged
@@ -42,6 +43,7 @@ CASES = [
     ("gemma3_text", "gemma3", None, {"num_hidden_layers": 6, "tie_word_embeddings": True}),
     ("gemma2", "gemma3", GEMMA2_TEMPLATE, {"num_hidden_layers": 2, "tie_word_embeddings": True}),
     ("phi3", "llama2", "phi-3", {}),
+    ("qwen3_moe", "qwen3", None, {"tie_word_embeddings": True}),
 ]
 CONVERSATION = [
     {"role": "user", "content": "What are common causes of fatigue?"},
@@ -97,10 +99,15 @@ def trained(case):
 def test_loads_in_4bit_and_trains_qlora(case):
     family, tokenizer, folder = case
     ids = tokenizer("Hello, world!", return_tensors="pt")["input_ids"]
-    quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
+    if FAMILIES[family].lora_parameters:  # the user is told what 4-bit does not shrink
+        with pytest.warns(UserWarning, match=r"experts of this Qwen3-MoE .* stay in 16-bit \(0\.00 GB\)"):
+            quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
+    else:
+        quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
     layer = quantized.model.layers[0]
     projections = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in layer.named_modules()}
-    assert all(projections[t] == "Linear4bit" for t in FAMILIES[family].lora_targets), projections
+    linear = [t for t in FAMILIES[family].lora_targets if t in projections]  # the MoE's are experts'
+    assert linear and all(projections[t] == "Linear4bit" for t in linear), projections
     qlora = get_peft_model(quantized, r=8, use_gradient_checkpointing=False)
     loss = qlora(input_ids=ids, labels=ids).loss
     loss.backward()
@@ -109,11 +116,47 @@ def test_loads_in_4bit_and_trains_qlora(case):
 
 def test_lora_adapts_the_seven_projections_and_the_loss_falls(trained, case):
     model, _, losses = trained
-    family = FAMILIES[case[0]]
-    assert set(model.peft_config["default"].target_modules) == set(family.lora_targets)
+    family, config = FAMILIES[case[0]], model.peft_config["default"]
+    if family.lora_parameters:  # attention layers, and every expert through its 3-D parameters
+        assert set(config.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+        assert set(config.target_parameters) == set(family.lora_parameters)
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        assert sum("experts" in n for n in trainable) == 4 * TINY["num_hidden_layers"], trainable  # A, B x 2
+        assert not any(".mlp.gate." in n for n in trainable), "the router stays frozen"
+    else:
+        assert set(config.target_modules) == set(family.lora_targets)
     assert all(b < a for a, b in zip(losses, losses[1:], strict=False)) and losses[-1] < losses[0] - 0.3, (
         losses
     )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("four_bit", [False, True], ids=["bf16", "4bit"])
+def test_trains_on_a_gpu_through_the_plain_path(case, four_bit):
+    """On CUDA these families have no fused kernels: the default get_peft_model (fast path asked for, smart
+    checkpointing) falls back to transformers + PEFT and trains, in bf16 and in 4-bit."""
+    family, tokenizer, folder = case
+    model, _ = load(folder, load_in_4bit=four_bit)
+    assert next(model.parameters()).device.type == "cuda"
+    model = get_peft_model(model, r=8, lora_alpha=16, random_state=0)
+    ids = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_tensors="pt")
+    ids = ids["input_ids"].cuda()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    model.train()
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.3, (family, four_bit, losses)
+
+
+def test_lora_dropout_on_the_experts_is_refused_with_what_to_do():
+    model = tiny_model("qwen3_moe")
+    with pytest.raises(TunesmithError, match="works without dropout only .* Set lora_dropout=0"):
+        get_peft_model(model, r=8, lora_dropout=0.05, use_gradient_checkpointing=False)
 
 
 def test_merged_folder_computes_the_lora_models_logits(trained, tmp_path):
@@ -162,7 +205,8 @@ def test_modelfile_template_renders_the_chat_template_in_go(case, go_render):
             add_generation_prompt=not last_is_assistant,
             continue_final_message=last_is_assistant,
         )
-        bos = tokenizer.bos_token if jinja.startswith(tokenizer.bos_token) else ""  # llama.cpp adds BOS
+        adds_bos = tokenizer.bos_token and jinja.startswith(tokenizer.bos_token)  # Qwen3 has none
+        bos = tokenizer.bos_token if adds_bos else ""  # llama.cpp adds BOS
         assert bos + go_render(template, messages) == jinja
 
 
@@ -171,6 +215,8 @@ def test_modelfile_template_renders_the_chat_template_in_go(case, go_render):
     [
         ("gemma2", {"query_pre_attn_scalar": 32}, "1/sqrt(32)"),  # head size 16: llama.cpp uses 1/sqrt(16)
         ("gemma3_text", {"layer_types": ["full_attention", "sliding_attention"]}, "layer_types"),
+        ("qwen3_moe", {"norm_topk_prob": False}, "norm_topk_prob=false"),
+        ("qwen3_moe", {"mlp_only_layers": [1]}, "a plain MLP instead of experts"),
     ],
 )
 def test_gguf_export_refuses_what_llama_cpp_would_compute_differently(family, config, says, tmp_path):
@@ -216,5 +262,6 @@ def test_train_on_responses_only_finds_the_answer_in_the_familys_template(case):
     text = tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
     masked = train_on_responses_only(datasets.Dataset.from_dict({"text": [text]}), tokenizer=tokenizer)
     kept = [t for t, label in zip(masked[0]["input_ids"], masked[0]["labels"], strict=True) if label != -100]
-    assert tokenizer.decode(kept).strip().startswith(CONVERSATION[1]["content"])
+    # Qwen3 writes an empty reasoning block before an answer: it is the answer's start, and trained
+    assert tokenizer.decode(kept).strip().removeprefix(EMPTY_REASONING).startswith(CONVERSATION[1]["content"])
     assert CONVERSATION[0]["content"] not in tokenizer.decode(kept)

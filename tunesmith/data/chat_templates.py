@@ -16,6 +16,8 @@ from tunesmith.errors import TunesmithError, closest_name
 __all__ = [
     "get_chat_template",
     "template_family",
+    "turn_markers_family",
+    "EMPTY_REASONING",
     "chat_family",
     "follows_chat_template",
     "OWN_TEMPLATE_NAMES",
@@ -120,13 +122,18 @@ def _render(template: str, messages: list[dict], eos: str = "</s>", bos: str = "
     return rendered[0]
 
 
-def _has_markers(text: str, family: ChatFamily) -> bool:
-    """True if the user and assistant probe texts follow the family's turn markers."""
+# What Qwen3's template writes before an answer that has no reasoning (the answer's own first tokens).
+EMPTY_REASONING = "<think>\n\n</think>\n\n"
+
+
+def _has_markers(text: str, family: ChatFamily, reasoning: str = "") -> bool:
+    """True if the user and assistant probe texts follow the family's turn markers (with ``reasoning``
+    allowed between the assistant marker and the answer)."""
     u, a = text.find(_PROBE_USER), text.find(_PROBE_ASSISTANT)
     if u < 0 or a < u:
         return False
     before_user = text[:u].rstrip(" ")
-    between = text[u + len(_PROBE_USER) : a].rstrip(" ")
+    between = text[u + len(_PROBE_USER) : a].rstrip(" ").removesuffix(reasoning)
     return before_user.endswith(family.instruction_part.rstrip(" ")) and between.endswith(
         family.response_part.rstrip(" ")
     )
@@ -159,6 +166,21 @@ def template_family(tokenizer_or_template) -> str | None:
         if family.name == "qwen-2.5" and "You are Qwen" not in no_system:
             continue
         return family.name
+    return None
+
+
+def turn_markers_family(template: str) -> str | None:
+    """The known family whose turn markers a chat template uses, also where it writes an empty reasoning
+    block before each answer (Qwen3: ChatML markers): for finding answers, not for rendering."""
+    full = [
+        {"role": "system", "content": _PROBE_SYSTEM},
+        {"role": "user", "content": _PROBE_USER},
+        {"role": "assistant", "content": _PROBE_ASSISTANT},
+    ]
+    rendered = _render(template, full) or _render(template, full[1:])
+    for family in CHAT_FAMILIES.values():
+        if rendered and family.name != "alpaca" and _has_markers(rendered, family, EMPTY_REASONING):
+            return family.name
     return None
 
 

@@ -11,7 +11,7 @@ import logging
 
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
-from tunesmith.data.chat_templates import template_family
+from tunesmith.data.chat_templates import template_family, turn_markers_family
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 
@@ -31,7 +31,7 @@ def response_markers(tokenizer) -> tuple[str | None, str]:
         return (head.replace("{{", "{").replace("}}", "}") or None), between.replace("{{", "{").replace(
             "}}", "}"
         )
-    family = template_family(template) if template else None
+    family = (template_family(template) or turn_markers_family(template)) if template else None
     if family is None:
         raise TunesmithError(
             "train_on_responses_only cannot tell where answers start in this tokenizer's chat template. Pass "

@@ -6,7 +6,8 @@ epsilon, rope), Gemma adds: attention and final-logit soft-capping (Gemma 2), th
 its local layers, and (Gemma 3) the rope base of those local layers. llama.cpp does not read everything a
 transformers config can say: for ``gemma2`` / ``gemma3`` it places the local layers itself (every 2nd / 6th
 layer global), scales queries by 1/sqrt(head size) except in the 27B models (1/sqrt(hidden / heads)), and
-runs Gemma 3's local layers at rope base 10,000 without scaling. :func:`check_llama_cpp_assumptions`
+runs Gemma 3's local layers at rope base 10,000 without scaling; for ``qwen3moe`` every layer has experts,
+whose chosen weights it renormalises. :func:`check_llama_cpp_assumptions`
 refuses, before any byte is written, a config that differs from those assumptions, since llama.cpp would
 compute another model from that file.
 """
@@ -49,6 +50,10 @@ def add_hparams(
     writer.add_context_length(int(context_length or config.max_position_embeddings))
     writer.add_embedding_length(config.hidden_size)
     writer.add_feed_forward_length(config.intermediate_size)
+    if getattr(config, "num_experts", None):  # mixture of experts: llama.cpp sizes each expert from these
+        writer.add_expert_count(int(config.num_experts))
+        writer.add_expert_used_count(int(config.num_experts_per_tok))
+        writer.add_expert_feed_forward_length(int(config.moe_intermediate_size))
     writer.add_block_count(config.num_hidden_layers)
     writer.add_head_count(n_head)
     writer.add_head_count_kv(getattr(config, "num_key_value_heads", None) or n_head)
@@ -104,8 +109,21 @@ def _refuse(config, what: str, arch: ArchInfo) -> TunesmithError:
     )
 
 
+def _check_experts(config, arch: ArchInfo) -> None:
+    """llama.cpp's ``qwen3moe`` routes every layer through the experts and renormalises the chosen experts'
+    weights to sum to 1."""
+    if getattr(config, "mlp_only_layers", None) or int(getattr(config, "decoder_sparse_step", 1)) != 1:
+        raise _refuse(config, "some of its layers have a plain MLP instead of experts", arch)
+    if not getattr(config, "norm_topk_prob", True):
+        raise _refuse(
+            config, "it does not renormalise the chosen experts' weights (norm_topk_prob=false)", arch
+        )
+
+
 def check_llama_cpp_assumptions(config, arch: ArchInfo) -> None:
     """Refuse a config that llama.cpp's architecture would read differently (see the module docstring)."""
+    if arch.arch == gguf.MODEL_ARCH.QWEN3MOE:
+        _check_experts(config, arch)
     period = _SWA_PERIOD.get(arch.arch)
     if period is None:
         return

@@ -1,16 +1,19 @@
 """Transformers tensors -> GGUF tensors: names (through ``gguf.TensorNameMap``) and layout changes.
 
-Two layout changes. Gemma's RMSNorm weights are stored as ``1 + weight`` (``ArchInfo.norm_weight_offset``:
-Gemma multiplies by ``1 + w``, llama.cpp by the stored tensor). And llama.cpp's ``llama`` architecture
-applies rotary embeddings to adjacent pairs of dimensions, Hugging Face's Llama to the two halves of each
-head. Rows of ``q_proj``/``k_proj`` are
-reordered per head from ``[x0..x(d/2-1), y0..y(d/2-1)]`` to ``[x0, y0, x1, y1, ...]`` so both compute
+Three layout changes. A mixture-of-experts layer's experts, written one per tensor as transformers saves
+them (``mlp.experts.{e}.gate_proj.weight``), go into llama.cpp as one 3-D tensor per projection
+(``ffn_gate_exps``: experts x rows x columns, in expert order). Gemma's RMSNorm weights are stored as
+``1 + weight`` (``ArchInfo.norm_weight_offset``: Gemma multiplies by ``1 + w``, llama.cpp by the stored
+tensor). And llama.cpp's ``llama`` architecture applies rotary embeddings to adjacent pairs of dimensions,
+Hugging Face's Llama to the two halves of each head. Rows of ``q_proj``/``k_proj`` are reordered per head
+from ``[x0..x(d/2-1), y0..y(d/2-1)]`` to ``[x0, y0, x1, y1, ...]`` so both compute
 the same thing. Qwen2/Qwen3 use llama.cpp's NEOX rope (halves), so they are left as they are.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +28,7 @@ from tunesmith.models.registry import head_dim_of
 __all__ = [
     "GGUFTensor",
     "gguf_tensors",
+    "stack_experts",
     "permute_for_rope",
     "llama3_rope_factors",
     "rope_parameters",
@@ -81,6 +85,42 @@ def _transform(
     return lambda: source.load().float()
 
 
+_EXPERT_WEIGHT = re.compile(
+    r"^(?P<experts>.+\.experts)\.(?P<e>\d+)\.(?P<kind>gate_proj|up_proj|down_proj)\.weight$"
+)
+
+
+def stack_experts(sources: list[TensorSource]) -> list[TensorSource]:
+    """``sources`` with each layer's per-expert weights of one projection stacked into one 3-D tensor
+    (``...mlp.experts.gate_proj.weight``: experts x rows x columns, as ``gguf``'s name map knows it), at the
+    place of its first expert; other tensors unchanged."""
+    groups: dict[str, list[TensorSource]] = {}
+    order: list[TensorSource | str] = []
+    for source in sources:
+        match = _EXPERT_WEIGHT.match(source.name)
+        if match is None:
+            order.append(source)
+            continue
+        key = f"{match['experts']}.{match['kind']}.weight"
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        if int(match["e"]) != len(groups[key]):
+            raise TunesmithError(
+                f"The experts of '{match['experts']}' are not numbered 0, 1, 2, ... in order."
+            )
+        groups[key].append(source)
+
+    def stacked(key: str) -> TensorSource:
+        parts = groups[key]
+        shape = (len(parts), *parts[0].shape)
+        return TensorSource(
+            key, shape, parts[0].dtype, lambda: torch.stack([p.load().float() for p in parts])
+        )
+
+    return [item if isinstance(item, TensorSource) else stacked(item) for item in order]
+
+
 def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GGUFTensor]:
     """GGUF names and loaders for every model tensor (plus ``rope_freqs`` for Llama 3.1-style scaling)."""
     n_layers = config.num_hidden_layers
@@ -88,7 +128,7 @@ def gguf_tensors(sources: list[TensorSource], arch: ArchInfo, config) -> list[GG
     n_head_kv = getattr(config, "num_key_value_heads", None) or n_head
     names = gguf.get_tensor_name_map(arch.arch, n_layers)
     out = []
-    for source in sources:
+    for source in stack_experts(sources):
         name = names.get_name(source.name, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise TunesmithError(

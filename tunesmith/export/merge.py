@@ -19,6 +19,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export._output import check_free_space, check_output_dir, disk_full_as_error
 from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
 from tunesmith.export.tensor_source import TensorSource
+from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
 from tunesmith.models.unwrap import base_model_of
 
 __all__ = ["merged_tensors", "save_pretrained_merged", "SAVE_METHODS"]
@@ -75,6 +76,54 @@ def _lora_sources(name: str, layer: torch.nn.Module) -> Iterator[TensorSource]:
         yield TensorSource(f"{name}.bias", tuple(base.bias.shape), base.bias.dtype, base.bias.detach)
 
 
+def _experts_of(module: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, list]] | None:
+    """A mixture-of-experts layer's experts (fused 3-D ``gate_up_proj`` / ``down_proj``, transformers 5)
+    under any PEFT ``ParamWrapper`` s, and the wrappers by the parameter they adapt; None for other
+    modules."""
+    from peft.tuners.lora import ParamWrapper
+
+    wrappers: dict[str, list] = {}
+    while isinstance(module, ParamWrapper):
+        wrappers.setdefault(module.parameter_name, []).append(module)
+        module = module.base_layer
+    params = dict(module.named_parameters(recurse=False))
+    if not all(getattr(params.get(p.rsplit(".", 1)[-1]), "ndim", 0) == 3 for p in FUSED_EXPERT_PARAMETERS):
+        return None
+    return module, wrappers
+
+
+def _expert_sources(name: str, experts: torch.nn.Module, wrappers: dict[str, list]) -> Iterator[TensorSource]:
+    """Each expert's ``gate_proj`` / ``up_proj`` / ``down_proj`` weight, named and shaped as transformers'
+    ``save_pretrained`` writes them (``experts.{e}.gate_proj.weight``), from the merged 3-D parameters.
+
+    The writers read tensors in order, so the merged 3-D parameter is computed once and kept until the next
+    one is asked for (about one layer's experts of memory)."""
+    cache: dict[str, torch.Tensor] = {}
+
+    def merged(parameter: str) -> torch.Tensor:
+        if parameter not in cache:
+            cache.clear()
+            weight = _dense(getattr(experts, parameter)).float()
+            for wrapper in wrappers.get(parameter, []):
+                if getattr(wrapper, "merged", False) or getattr(wrapper, "disable_adapters", False):
+                    continue
+                for adapter in wrapper.active_adapters:
+                    if adapter in wrapper.lora_A:
+                        weight = weight + wrapper.get_delta_weight(adapter).float()
+            cache[parameter] = weight
+        return cache[parameter]
+
+    gate_up, down = experts.gate_up_proj, experts.down_proj
+    n_experts, rows, cols = gate_up.shape
+    half = rows // 2  # gate first, then up (the experts' forward splits the product in two halves)
+    for e in range(n_experts):
+        for kind, part in (("gate_proj", slice(0, half)), ("up_proj", slice(half, rows))):
+            yield TensorSource(f"{name}.{e}.{kind}.weight", (half, cols), gate_up.dtype,
+                               lambda e=e, part=part: merged("gate_up_proj")[e, part])  # fmt: skip
+        yield TensorSource(f"{name}.{e}.down_proj.weight", tuple(down.shape[1:]), down.dtype,
+                           lambda e=e: merged("down_proj")[e])  # fmt: skip
+
+
 def _plain_sources(prefix: str, module: torch.nn.Module) -> Iterator[tuple[TensorSource, torch.Tensor]]:
     for pname, param in module.named_parameters(recurse=False):
         shape, dtype = _shape_dtype(param)
@@ -96,6 +145,11 @@ def merged_tensors(model: torch.nn.Module) -> list[TensorSource]:
     done: list[str] = []
     for name, module in base.named_modules():
         if any(name.startswith(prefix) for prefix in done):
+            continue
+        experts = _experts_of(module)
+        if experts is not None:
+            sources.extend(_expert_sources(name, *experts))
+            done.append(name + ".")
             continue
         if isinstance(module, LoraLayer):
             sources.extend(_lora_sources(name, module))

@@ -172,7 +172,25 @@ def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bi
         )
     if quantization is not None:
         keep_4bit_weights_unpacked(model)
+        _warn_unquantized_experts(model, family)
     return model
+
+
+def _warn_unquantized_experts(model, family) -> None:
+    """bitsandbytes quantizes linear layers only: a mixture-of-experts model's experts (3-D parameters in
+    transformers 5) keep their 16-bit size, which is most of the model."""
+    sizes = [
+        p.numel() * p.element_size()
+        for n, p in model.named_parameters()
+        if n.endswith(family.lora_parameters)
+    ]
+    if family.lora_parameters and sizes:
+        warnings.warn(
+            f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
+            f"({sum(sizes) / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the attention "
+            "and embedding layers are 4-bit. Plan GPU memory for the experts' full size.",
+            stacklevel=4,
+        )
 
 
 def _finish(model, tokenizer, max_seq_length: int, full_finetuning: bool) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "FAMILIES",
     "LLAMA_STYLE_TARGETS",
     "PHI3_TARGETS",
+    "FUSED_EXPERT_PARAMETERS",
     "ALIASES",
     "Alias",
     "family_of",
@@ -25,6 +26,10 @@ __all__ = [
 LLAMA_STYLE_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # Phi-3 fuses q/k/v into one projection and gate/up into another: the same seven, as four layers.
 PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+# transformers 5 keeps a mixture-of-experts layer's experts as two 3-D parameters (experts x out x in), not
+# as linear layers: LoRA reaches them through PEFT's target_parameters, one adapter per expert. The router
+# (``mlp.gate``) stays frozen.
+FUSED_EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
 
 
 @dataclass(frozen=True)
@@ -45,14 +50,17 @@ class Family:
     # A multimodal checkpoint whose text model tunesmith loads alone: (regex, replacement) pairs that rename
     # its language-model weights to the text model's names; the vision weights are left unread.
     text_part_weights: tuple[tuple[str, str], ...] = ()
+    # Parameters (not layers) LoRA adapts besides lora_targets: a mixture-of-experts model's experts.
+    lora_parameters: tuple[str, ...] = ()
 
     @property
     def capabilities(self) -> str:
         """What tunesmith has for this family, as ``tunesmith check`` and the README list it."""
         yes = {True: "yes", False: "no"}
+        experts = ", LoRA on attention and every expert (router frozen)" if self.lora_parameters else ""
         return (
             f"{self.display_name}: fast path {yes[self.fast_path]}, GGUF {yes[bool(self.gguf_arch)]}, "
-            f"Ollama template {'verified' if self.ollama_template_verified else 'not verified'}"
+            f"Ollama template {'verified' if self.ollama_template_verified else 'not verified'}{experts}"
         )
 
 
@@ -74,6 +82,13 @@ FAMILIES: dict[str, Family] = {
             text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
         ),
         Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),
+        Family(
+            "qwen3_moe",
+            "Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B)",
+            "qwen3moe",
+            fast_path=False,
+            lora_parameters=FUSED_EXPERT_PARAMETERS,
+        ),
     )
 }
 

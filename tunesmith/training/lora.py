@@ -20,6 +20,7 @@ from tunesmith.models.unwrap import base_model_of
 __all__ = [
     "get_peft_model",
     "default_target_modules",
+    "default_target_parameters",
     "keep_4bit_trainable",
     "enable_checkpointing",
     "family_has_fast_path",
@@ -48,6 +49,15 @@ def default_target_modules(model: torch.nn.Module) -> list[str]:
             f"of its linear layers, for example {', '.join(sorted(present)[:6]) or '(none found)'}."
         )
     return found
+
+
+def default_target_parameters(model: torch.nn.Module) -> list[str]:
+    """The parameters (not layers) LoRA adapts for ``model``'s family: a mixture-of-experts model's experts,
+    where the model has them; empty for every other family."""
+    family = family_of(getattr(getattr(model, "config", None), "model_type", "") or "")
+    names = {name for name, _ in model.named_parameters()}
+    wanted = family.lora_parameters if family else ()
+    return [p for p in wanted if any(name.endswith(p) for name in names)]
 
 
 def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
@@ -145,7 +155,9 @@ def get_peft_model(
 ):
     """Wrap ``model`` in LoRA adapters and return the ``peft.PeftModel`` (Unsloth's signature).
 
-    ``target_modules=None`` takes the family's projections from ``tunesmith.models.registry``.
+    ``target_modules=None`` takes the family's projections from ``tunesmith.models.registry`` (for a
+    mixture-of-experts model also every expert, through PEFT's ``target_parameters``; the router stays
+    frozen).
     ``use_gradient_checkpointing`` is ``"unsloth"`` (best mode), ``True`` or ``False``. A 4-/8-bit
     (bitsandbytes) base is prepared for k-bit training first (QLoRA). ``random_state`` seeds the adapter init.
     On CUDA, Llama-family and Qwen2 models get tunesmith's fused kernels and smart checkpointing
@@ -165,6 +177,15 @@ def get_peft_model(
     targets = (
         default_target_modules(model) if target_modules is None else _check_targets(model, target_modules)
     )
+    if target_modules is None and "target_parameters" not in kwargs:
+        kwargs["target_parameters"] = default_target_parameters(model) or None
+    if kwargs.get("target_parameters") and lora_dropout:
+        raise TunesmithError(
+            f"lora_dropout={lora_dropout}: LoRA on the experts of this mixture-of-experts model "
+            f"({', '.join(kwargs['target_parameters'])}) works without dropout only (PEFT cannot drop "
+            "inputs inside the experts). Set lora_dropout=0, or pass target_modules=[...] to adapt the "
+            "attention layers alone."
+        )
     kwargs.pop("max_seq_length", None)  # Unsloth accepts (and ignores) it here
     use_fast_path = kwargs.pop("fast_path", True)
     max_memory_gb = kwargs.pop("max_memory_gb", None)
