@@ -72,17 +72,10 @@ def case(request, shared_dir, tmp_path_factory):
     return family, tokenizer, folder
 
 
-@pytest.fixture(scope="module")
-def trained(case):
-    """The model (loaded in bf16, trained in fp32) with LoRA after five AdamW steps on one chat-formatted
-    answer, and its losses."""
-    family, _, folder = case
-    model, tokenizer = load(folder, dtype=torch.bfloat16)
-    assert model.config.model_type == family and model.dtype == torch.bfloat16
-    model = model.float()
-    model = get_peft_model(model, r=8, lora_alpha=16, use_gradient_checkpointing=False, random_state=0)
+def _five_adamw_steps(model, tokenizer, device: str) -> list[float]:
+    """Train ``model`` (in train mode afterwards) five AdamW steps on the chat-formatted CONVERSATION."""
     ids = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_tensors="pt")
-    ids = ids["input_ids"]
+    ids = ids["input_ids"].to(device)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
     model.train()
     losses = []
@@ -92,6 +85,19 @@ def trained(case):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+    return losses
+
+
+@pytest.fixture(scope="module")
+def trained(case):
+    """The model (loaded in bf16, trained in fp32) with LoRA after five AdamW steps on one chat-formatted
+    answer, and its losses."""
+    family, _, folder = case
+    model, tokenizer = load(folder, dtype=torch.bfloat16)
+    assert model.config.model_type == family and model.dtype == torch.bfloat16
+    model = model.float()
+    model = get_peft_model(model, r=8, lora_alpha=16, use_gradient_checkpointing=False, random_state=0)
+    losses = _five_adamw_steps(model, tokenizer, "cpu")
     model.eval()
     return model, tokenizer, losses
 
@@ -139,17 +145,7 @@ def test_trains_on_a_gpu_through_the_plain_path(case, four_bit):
     model, _ = load(folder, load_in_4bit=four_bit)
     assert next(model.parameters()).device.type == "cuda"
     model = get_peft_model(model, r=8, lora_alpha=16, random_state=0)
-    ids = tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=True, return_tensors="pt")
-    ids = ids["input_ids"].cuda()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
-    model.train()
-    losses = []
-    for _ in range(5):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
+    losses = _five_adamw_steps(model, tokenizer, "cuda")
     assert all(map(math.isfinite, losses)) and losses[-1] < losses[0] - 0.3, (family, four_bit, losses)
 
 
