@@ -54,8 +54,9 @@ def main(argv: list[str]) -> int:
     """Run the ranks; on failure write what failed to ``argv[0]`` and return 1."""
     failures_path, processes, rank_arguments = Path(argv[0]), int(argv[1]), argv[2:]
     exit_with_parent()
-    # torch's agent ends every rank on SIGINT unless told which signals to handle (launch_config); a Python
-    # handler, not SIG_IGN (which the ranks would inherit), leaves Ctrl-C to the launcher
+    # The launcher starts this process in its own session, out of a terminal's reach; a SIGINT sent here all
+    # the same would make torch's agent end every rank, unless told which signals to handle (launch_config).
+    # A Python handler, not SIG_IGN (which the ranks would inherit), leaves Ctrl-C to the launcher.
     signal.signal(signal.SIGINT, lambda signum, frame: None)
     config, entrypoint, arguments = launch_config(processes, rank_arguments)
     try:

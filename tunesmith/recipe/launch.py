@@ -7,11 +7,11 @@ tests do. Each rank that fails with an error writes it to a shared temporary fol
 reported by the agent; either way the launcher raises one :class:`TunesmithError` and the agent has
 already stopped the other ranks.
 
-Ctrl-C is this process's to pass on. A terminal sends it to this process and the agent (torch starts each
-rank in a session of its own, out of the terminal's reach), and the agent, left to itself, would end
-every rank at once with SIGTERM. So the agent ignores it, and this process sends each Ctrl-C to every rank
-(each leaves its process id in the shared folder): the first makes all ranks stop after the same step with
-a checkpoint, the second stops them at once, as in one process.
+Ctrl-C is this process's to pass on. The agent runs in a session of its own, as torch starts each rank,
+so a terminal's Ctrl-C reaches this process alone (the agent, left to itself, would end every rank at once
+with SIGTERM, and while it starts up it would print a traceback). This process sends each Ctrl-C to every
+rank (each leaves its process id in the shared folder): the first makes all ranks stop after the same step
+with a checkpoint, the second stops them at once, as in one process.
 """
 
 from __future__ import annotations
@@ -79,12 +79,14 @@ def launch(rank_arguments: list[str], gpus: int, device: str, folder: Path) -> i
     with tempfile.TemporaryDirectory(prefix="tunesmith-ranks-") as tmp:
         env[ERROR_DIR_ENV] = tmp
         cmd = [sys.executable, "-m", "tunesmith.recipe._agent", str(Path(tmp) / _FAILURES), str(gpus)]
-        agent = subprocess.Popen([*cmd, *rank_arguments], env=env)
+        agent = subprocess.Popen([*cmd, *rank_arguments], env=env, start_new_session=True)
         with _passing_ctrl_c_to_ranks(Path(tmp), agent) as interrupts:
             code = agent.wait()
         if code == 0:
             return 0
-        if interrupts:  # rank 0 has said where the run stopped and how to resume it
+        if interrupts:  # rank 0 has said where the run stopped and how to resume it, if it had started
+            if not _rank_pids(Path(tmp)):
+                print("Stopped before the training processes had started.", file=sys.stderr)
             return EXIT_INTERRUPTED
         raise TunesmithError(_failure_message(Path(tmp), gpus, code, folder))
 
