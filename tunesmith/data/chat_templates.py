@@ -139,6 +139,19 @@ def _has_markers(text: str, family: ChatFamily, reasoning: str = "") -> bool:
     )
 
 
+_PROBE_CONVERSATION = [
+    {"role": "system", "content": _PROBE_SYSTEM},
+    {"role": "user", "content": _PROBE_USER},
+    {"role": "assistant", "content": _PROBE_ASSISTANT},
+]
+
+
+def _rendered_probe(template: str) -> str | None:
+    """The probe conversation rendered by ``template`` (without its system turn where the template refuses
+    one, as Gemma 2's does); None when it cannot render it."""
+    return _render(template, _PROBE_CONVERSATION) or _render(template, _PROBE_CONVERSATION[1:])
+
+
 def template_family(tokenizer_or_template) -> str | None:
     """Which known family (``"chatml"``, ``"llama-3"``, ...) a chat template renders like, else None.
 
@@ -148,12 +161,8 @@ def template_family(tokenizer_or_template) -> str | None:
     template = getattr(tokenizer_or_template, "chat_template", tokenizer_or_template)
     if not isinstance(template, str) or not template or PromptTemplate.from_chat_template(template):
         return None
-    full = [
-        {"role": "system", "content": _PROBE_SYSTEM},
-        {"role": "user", "content": _PROBE_USER},
-        {"role": "assistant", "content": _PROBE_ASSISTANT},
-    ]
-    rendered = _render(template, full) or _render(template, full[1:])  # Gemma 2's refuses a system turn
+    full = _PROBE_CONVERSATION
+    rendered = _rendered_probe(template)
     if rendered is None:
         return None
     no_system = _render(template, full[1:]) or ""
@@ -172,12 +181,7 @@ def template_family(tokenizer_or_template) -> str | None:
 def turn_markers_family(template: str) -> str | None:
     """The known family whose turn markers a chat template uses, also where it writes an empty reasoning
     block before each answer (Qwen3: ChatML markers): for finding answers, not for rendering."""
-    full = [
-        {"role": "system", "content": _PROBE_SYSTEM},
-        {"role": "user", "content": _PROBE_USER},
-        {"role": "assistant", "content": _PROBE_ASSISTANT},
-    ]
-    rendered = _render(template, full) or _render(template, full[1:])
+    rendered = _rendered_probe(template)
     for family in CHAT_FAMILIES.values():
         if rendered and family.name != "alpaca" and _has_markers(rendered, family, EMPTY_REASONING):
             return family.name

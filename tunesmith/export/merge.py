@@ -53,6 +53,12 @@ def _shape_dtype(weight: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype]:
 def _merged_weight(layer: torch.nn.Module) -> torch.Tensor:
     """``dequant(W) + delta`` of every active, not-yet-merged LoRA adapter of one PEFT layer."""
     weight = _dense(layer.get_base_layer().weight)
+    return _with_deltas(weight, layer).to(weight.dtype)
+
+
+def _with_deltas(weight: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    """``weight`` (float32, out of place) plus the delta of every active, not-yet-merged LoRA adapter of
+    one PEFT layer (a linear layer's, or a ``ParamWrapper``'s parameter)."""
     if getattr(layer, "merged", False) or getattr(layer, "disable_adapters", False):
         return weight  # already folded into W (or switched off): adding again would double it
     out = weight.float()  # may be ``weight`` itself: only out-of-place sums below
@@ -65,7 +71,7 @@ def _merged_weight(layer: torch.nn.Module) -> torch.Tensor:
                 "alone with save_method='lora', or train without use_dora."
             )
         out = out + layer.get_delta_weight(adapter).float()
-    return out.to(weight.dtype)
+    return out
 
 
 def _lora_sources(name: str, layer: torch.nn.Module) -> Iterator[TensorSource]:
@@ -105,11 +111,7 @@ def _expert_sources(name: str, experts: torch.nn.Module, wrappers: dict[str, lis
             cache.clear()
             weight = _dense(getattr(experts, parameter)).float()
             for wrapper in wrappers.get(parameter, []):
-                if getattr(wrapper, "merged", False) or getattr(wrapper, "disable_adapters", False):
-                    continue
-                for adapter in wrapper.active_adapters:
-                    if adapter in wrapper.lora_A:
-                        weight = weight + wrapper.get_delta_weight(adapter).float()
+                weight = _with_deltas(weight, wrapper)
             cache[parameter] = weight
         return cache[parameter]
 

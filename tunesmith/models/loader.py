@@ -179,12 +179,14 @@ def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bi
 def _warn_unquantized_experts(model, family) -> None:
     """bitsandbytes quantizes linear layers only: a mixture-of-experts model's experts (3-D parameters in
     transformers 5) keep their 16-bit size, which is most of the model."""
+    if not family.lora_parameters:
+        return
     sizes = [
         p.numel() * p.element_size()
         for n, p in model.named_parameters()
         if n.endswith(family.lora_parameters)
     ]
-    if family.lora_parameters and sizes:
+    if sizes:
         warnings.warn(
             f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
             f"({sum(sizes) / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the attention "
