@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
+from tunesmith._offline_bitsandbytes import import_bitsandbytes_offline
+
 __all__ = ["lazy_exports"]
 
 
@@ -17,6 +19,7 @@ def lazy_exports(package: str, table: dict[str, str]) -> tuple[list[str], Callab
     def __getattr__(name: str):
         if name not in table:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        import_bitsandbytes_offline()  # before the name's module can import peft, which imports it
         module = importlib.import_module(table[name])
         return module if table[name] == f"{package}.{name}" else getattr(module, name)
 

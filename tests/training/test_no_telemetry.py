@@ -1,8 +1,10 @@
-"""Creating a trainer sends nothing over the network: TRL's usage ping is refused.
+"""Creating a trainer sends nothing over the network: TRL's usage ping is refused, and bitsandbytes does
+not fetch its CPU kernel from the hub when it is imported (``tunesmith._offline_bitsandbytes``).
 
 A real HTTP server on 127.0.0.1 stands in for the hub (``HF_ENDPOINT``), and a child process creates the
 trainers with every opt-out removed from its environment (TRL also skips the ping when ``CI`` is set). The
 same child creating TRL's own trainer does reach the server, so the test can see a ping when one is sent.
+The kernel fetch happens only on CPUs with AVX512-BF16, such as the one CI runs on.
 """
 
 from __future__ import annotations
@@ -67,14 +69,19 @@ def fake_hub():
     server.shutdown()
 
 
-def _create_trainers(folder, tmp_path, endpoint: str, first: str) -> None:
+def _online(endpoint: str, hf_home) -> dict[str, str]:
+    """This environment without any opt-out, with ``endpoint`` as the hub and a hub cache of its own."""
     env = {k: v for k, v in os.environ.items() if k not in OPT_OUTS}
-    env["HF_ENDPOINT"] = endpoint
+    return {**env, "HF_ENDPOINT": endpoint, "HF_HOME": str(hf_home)}
+
+
+def _create_trainers(folder, tmp_path, endpoint: str, first: str) -> None:
     child = subprocess.run(
         [sys.executable, "-c", CHILD, str(folder), str(tmp_path), endpoint, first],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True, text=True, timeout=300, env=_online(endpoint, tmp_path / "hf"),
     )  # fmt: skip
     assert child.returncode == 0, child.stderr[-3000:]
+    assert "kernels-community" not in child.stderr, child.stderr[-3000:]
 
 
 def test_tunesmith_trainer_sends_no_ping_even_after_transformers_was_imported_first(
@@ -93,3 +100,14 @@ def test_importing_tunesmith_first_silences_trls_own_trainers_too(tiny_llama_dir
     endpoint, paths = fake_hub
     _create_trainers(tiny_llama_dir, tmp_path, endpoint, first="tunesmith")
     assert paths == [], f"a trainer reached the network: {paths}"
+
+
+def test_the_cli_reaches_no_server_and_warns_of_no_kernel_download(tmp_path, fake_hub):
+    endpoint, paths = fake_hub
+    child = subprocess.run(
+        [sys.executable, "-m", "tunesmith", "check"],
+        capture_output=True, text=True, timeout=300, env=_online(endpoint, tmp_path / "hf"),
+    )  # fmt: skip
+    assert "4-bit" in child.stdout, child.stdout + child.stderr[-3000:]
+    assert paths == [], f"tunesmith check reached the network: {paths}"
+    assert "kernels-community" not in child.stderr, child.stderr[-3000:]

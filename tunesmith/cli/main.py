@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         # A bare `tunesmith` is `tunesmith run`: the built-in example config.
         args = parser.parse_args([*argv, "run"])
+    from tunesmith._offline_bitsandbytes import import_bitsandbytes_offline
     from tunesmith.errors import TunesmithError, out_of_space
 
+    import_bitsandbytes_offline()  # before a command imports peft, which imports it
     try:
         return int(args.func(args) or 0)
     except TunesmithError as err:
