@@ -29,6 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    from tunesmith._distributed import is_main_process
+
+    code = _dispatch(argv)
+    if code == EXIT_INTERRUPTED and not is_main_process():
+        # a rank other than 0 ends cleanly when stopped: torch's agent stops every rank as soon as one exits
+        # non-zero, and rank 0, which speaks for the run, may still be writing the state and the report
+        return 0
+    return code
+
+
+def _dispatch(argv: list[str] | None) -> int:
+    """Parse ``argv``, run its command, and turn errors and Ctrl-C into exit codes."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     parser = build_parser()
@@ -36,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         # A bare `tunesmith` is `tunesmith run`: the built-in example config.
         args = parser.parse_args([*argv, "run"])
+    from tunesmith._distributed import is_main_process
     from tunesmith._offline_bitsandbytes import import_bitsandbytes_offline
     from tunesmith.errors import TunesmithError, out_of_space
 
@@ -56,11 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         if debug:
             raise
-        from tunesmith._distributed import is_main_process
-
-        if not is_main_process():  # see cli.run: rank 0 reports the stop, the other ranks end cleanly
-            return 0
-        print("interrupted.", file=sys.stderr)
+        if is_main_process():  # rank 0 reports the stop
+            print("interrupted.", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 

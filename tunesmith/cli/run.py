@@ -57,7 +57,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, then print it, check it, or run it."""
-    from tunesmith._distributed import is_main_process
     from tunesmith.constants import EXIT_INTERRUPTED
     from tunesmith.errors import TunesmithError
     from tunesmith.recipe.config import dump_config, load_config
@@ -87,11 +86,7 @@ def run(args: argparse.Namespace) -> int:
         if write_rank_error(err):  # a rank of `--gpus N`: the launcher reports it, once
             return 2
         raise
-    if result.finished or not is_main_process():
-        # a rank other than 0 ends cleanly even when stopped: torch's agent stops every rank as soon as one
-        # exits non-zero, and rank 0 may still be writing the state and the report
-        return 0
-    return EXIT_INTERRUPTED
+    return 0 if result.finished else EXIT_INTERRUPTED
 
 
 def _launch(args: argparse.Namespace, config) -> int:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tunesmith._distributed import rank
+from tunesmith._signals import sigint_handler
 from tunesmith.constants import EXIT_INTERRUPTED
 from tunesmith.errors import TunesmithError
 
@@ -95,9 +96,6 @@ def launch(rank_arguments: list[str], gpus: int, device: str, folder: Path) -> i
 def _passing_ctrl_c_to_ranks(tmp: Path, agent: subprocess.Popen) -> Iterator[list[int]]:
     """While inside, every SIGINT goes on to the ranks; the yielded list counts them."""
     interrupts: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield interrupts  # signal handlers can only be set from the main thread
-        return
 
     def handler(signum, frame):
         interrupts.append(signum)
@@ -112,11 +110,8 @@ def _passing_ctrl_c_to_ranks(tmp: Path, agent: subprocess.Popen) -> Iterator[lis
             timer.daemon = True
             timer.start()
 
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
+    with sigint_handler(handler):
         yield interrupts
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def write_rank_pid() -> None:

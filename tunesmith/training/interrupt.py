@@ -12,14 +12,13 @@ that stopped alone would leave the others waiting inside the next step's gradien
 from __future__ import annotations
 
 import contextlib
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 
 from transformers import TrainerCallback
 
 from tunesmith._distributed import is_distributed, is_main_process
+from tunesmith._signals import sigint_handler
 from tunesmith.training.distributed import any_process
 
 __all__ = ["StopOnInterrupt", "graceful_interrupt"]
@@ -46,14 +45,9 @@ class StopOnInterrupt(TrainerCallback):
 @contextlib.contextmanager
 def graceful_interrupt(callback: StopOnInterrupt) -> Iterator[StopOnInterrupt]:
     """While inside, the first SIGINT sets ``callback.requested``; the second raises KeyboardInterrupt."""
-    if threading.current_thread() is not threading.main_thread():
-        yield callback  # signal handlers can only be set from the main thread
-        return
-    previous = signal.getsignal(signal.SIGINT)
 
     def handler(signum, frame):
         if callback.requested:
-            signal.signal(signal.SIGINT, previous)
             raise KeyboardInterrupt
         callback.requested = True
         if not is_main_process():  # rank 0 speaks for the run
@@ -65,8 +59,5 @@ def graceful_interrupt(callback: StopOnInterrupt) -> Iterator[StopOnInterrupt]:
             flush=True,
         )
 
-    signal.signal(signal.SIGINT, handler)
-    try:
+    with sigint_handler(handler):
         yield callback
-    finally:
-        signal.signal(signal.SIGINT, previous)
