@@ -11,6 +11,7 @@ non-reentrant gradient checkpointing. tunesmith trains on the whole text here, a
 (``responses_only=False``), so the three losses can be compared step by step.
 
 usage (GPU machine, from the repository root, anchors on PYTHONPATH as in run_all.sh):
+    python3 bench/random_model.py qwen3-4b MODEL_DIR                      # another family's shape
     python3 bench/bench_tutorial.py prep MODEL_DIR TOKENIZER_DIR OUT_DIR   # weights + real tokenizer
     python3 bench/bench_tutorial.py run OUT_DIR ts|unsloth|hf STEPS        # one RESULT {json} line
     python3 bench/bench_tutorial.py table LOG_DIR                          # markdown table of RESULT lines
@@ -75,9 +76,12 @@ def prep(model_dir: str, tokenizer_dir: str, out_dir: str) -> None:
                 os.symlink(f.resolve(), target) if f.suffix == ".safetensors" else shutil.copy(f, target)
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
+    from transformers import AutoTokenizer
+
     config = json.loads((out / "config.json").read_text())
     tok = json.loads((out / "tokenizer_config.json").read_text())
-    config["bos_token_id"], config["eos_token_id"] = 128000, 128001  # the real tokenizer's ids
+    real = AutoTokenizer.from_pretrained(out)  # the real tokenizer's ids (Llama 3.1: 128000, 128001)
+    config["bos_token_id"], config["eos_token_id"] = real.bos_token_id, real.eos_token_id
     config.pop("pad_token_id", None)
     (out / "config.json").unlink()
     (out / "config.json").write_text(json.dumps(config))

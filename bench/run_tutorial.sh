@@ -13,17 +13,23 @@ LOGS=${BENCH_LOGS:-/tmp/tutorial-logs}; mkdir -p $LOGS /tmp/anchor-site
 OUTDIR=${OUT:-/tmp}
 [ -f /tmp/anchor-site/.done ] || { for f in .anchor-whl/*.whl .anchor-whl/*.zip; do python3 -m zipfile -e "$f" /tmp/anchor-site; done; touch /tmp/anchor-site/.done; }
 export PYTHONPATH=/tmp/anchor-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
-[ -f /tmp/model-8b/config.json ] || ARCH=8b python3 .anchors/anchor_bench.py prep /tmp/model-8b 2>&1 | tail -1
-[ -f /tmp/tut-8b/config.json ] || python3 bench/bench_tutorial.py prep /tmp/model-8b .bench-data/llama3_1 /tmp/tut-8b
+# BENCH_SHAPE=qwen3-4b (a bench/random_model.py shape) with BENCH_TOKENIZER=.bench-data/qwen3: another family
+SHAPE=${BENCH_SHAPE:-llama3.1-8b}; MODEL=/tmp/model-$SHAPE; TUT=/tmp/tut-$SHAPE
+if [ "$SHAPE" = llama3.1-8b ]; then
+  [ -f $MODEL/config.json ] || ARCH=8b python3 .anchors/anchor_bench.py prep $MODEL 2>&1 | tail -1
+else
+  [ -f $MODEL/config.json ] || python3 bench/random_model.py $SHAPE $MODEL 2>&1 | tail -1
+fi
+[ -f $TUT/config.json ] || python3 bench/bench_tutorial.py prep $MODEL ${BENCH_TOKENIZER:-.bench-data/llama3_1} $TUT
 for spec in "$@"; do
   set -- $spec; steps=$1 bits=$2 data=$3; shift 3
   for v in "$@"; do
     if [ -n "${BENCH_BUDGET_S:-}" ] && [ $SECONDS -gt "$BENCH_BUDGET_S" ]; then echo "skipped $v $bits $data (BENCH_BUDGET_S)"; continue; fi
     engine=${v%@*}; cap=""; [ "$engine" != "$v" ] && cap=${v#*@}
     pf=""; [ "$engine" = ts-padded ] && { engine=ts; pf=0; }
-    log=$LOGS/$data-$bits-$v.log
+    log=$LOGS/$SHAPE-$data-$bits-$v.log
     BENCH_4BIT=$([ "$bits" = 4 ] && echo 1 || echo 0) BENCH_DATA=$data BENCH_MAX_MEMORY_GB=$cap BENCH_PADDING_FREE=$pf \
-      timeout 400 python3 bench/bench_tutorial.py run /tmp/tut-8b $engine $steps > $log 2>&1
+      timeout 400 python3 bench/bench_tutorial.py run $TUT $engine $steps > $log 2>&1
     echo "rc=$? $v $bits $data"; grep -E "RESULT|PROFILE" $log || tail -8 $log
   done
 done

@@ -1,4 +1,5 @@
-"""``apply_fast_path`` / ``unpatch`` on tiny random Llamas on CPU (the references run there)."""
+"""``apply_fast_path`` / ``unpatch`` on tiny random Llamas, Qwen2s and Qwen3s on CPU (the references run
+there)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,25 @@ def test_qwen2_gets_the_fast_path_with_its_qkv_bias():
     assert apply_fast_path(model)
     loss1, grads1 = loss_and_grads(model, x, labels)
     assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+
+
+def test_qwen3_gets_the_fast_path_with_its_per_head_norms():
+    # head size 16 with hidden 48: the heads' width (64) is not the hidden size, as in Qwen3-4B
+    model = with_lora(tiny_model("qwen3", **{**ODD, "head_dim": 16})).train()
+    with torch.no_grad():  # the norms start at 1: make them matter
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.normal_(1.0, 0.3)
+    x, labels = _batch()
+    keys = list(model.state_dict())
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    assert apply_fast_path(model)
+    attention = model.get_base_model().model.layers[0].self_attn
+    assert isinstance(attention, FastAttention) and isinstance(attention.q_norm, FastRMSNorm)
+    assert isinstance(attention.k_norm, FastRMSNorm) and list(model.state_dict()) == keys
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+    unpatch(model)
+    attention = model.get_base_model().model.layers[0].self_attn
+    assert type(attention).__name__ == "Qwen3Attention" and type(attention.q_norm).__name__ == "Qwen3RMSNorm"
+    assert list(model.state_dict()) == keys

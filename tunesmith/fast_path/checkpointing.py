@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunesmith._distributed import is_main_process
 from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer, available_host_bytes
-from tunesmith.models.registry import head_dim_of
+from tunesmith.models.registry import family_of, head_dim_of
 
 __all__ = [
     "CheckpointPlan",
@@ -65,11 +65,15 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     """(bytes one decoder layer keeps per token without checkpointing, bytes it keeps when checkpointed).
 
     Without recompute the fast path keeps: the layer input and the mid-layer residual (2h), the two norm
-    outputs (2h), q and the attention output (2h), k and v (2 x kv), gate and up (2 x I).
+    outputs (2h), q and the attention output (2 x q, the heads' width, which is h in most families), k and v
+    (2 x kv), gate and up (2 x I); with per-head norms (Qwen3) also q and k before their norm.
     """
     h = config.hidden_size
+    q = config.num_attention_heads * head_dim_of(config)
     kv = config.num_key_value_heads * head_dim_of(config)
-    full = (6 * h + 2 * kv + 2 * config.intermediate_size) * element_bytes
+    family = family_of(getattr(config, "model_type", "") or "")
+    head_norms = q + kv if family is not None and family.head_norms else 0
+    full = (4 * h + 2 * q + 2 * kv + 2 * config.intermediate_size + head_norms) * element_bytes
     return full, h * element_bytes
 
 

@@ -1,4 +1,4 @@
-"""The modules the fast path swaps into a loaded Llama/Qwen2 model.
+"""The modules the fast path swaps into a loaded Llama, Mistral, Qwen2 or Qwen3 model.
 
 Each wrapper registers the original module's children (or parameters) under their original names,
 so ``state_dict`` keys, PEFT adapter names and ``named_modules`` paths stay exactly as they were
@@ -85,17 +85,20 @@ class FastRMSNorm(nn.Module):
 
 
 class FastAttention(nn.Module):
-    """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention.
+    """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention; where the
+    model normalises each head's query and key before RoPE (Qwen3's ``q_norm`` / ``k_norm``), so does this.
 
     Falls back to the original module for generation with a cache, other attention backends, sliding
     windows, or projections the fused path cannot read.
     """
 
     CHILDREN = ("q_proj", "k_proj", "v_proj", "o_proj")
+    HEAD_NORMS = ("q_norm", "k_norm")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
-        keep_base(self, base_layer, self.CHILDREN)
+        self.has_head_norms = all(getattr(base_layer, n, None) is not None for n in self.HEAD_NORMS)
+        keep_base(self, base_layer, self.CHILDREN + (self.HEAD_NORMS if self.has_head_norms else ()))
         self.head_dim = base_layer.head_dim
         self.scaling = base_layer.scaling
         self.config = base_layer.config
@@ -137,6 +140,9 @@ class FastAttention(nn.Module):
             )
         b, t, _ = hidden_states.shape
         q, k, v = lora_projections(hidden_states, projections[:3])
+        if self.has_head_norms:  # (B, T, H, D) tensors of their own, which RoPE then rotates in place
+            q = self.q_norm(q.view(b, t, -1, self.head_dim))
+            k = self.k_norm(k.view(b, t, -1, self.head_dim))
         cos, sin = position_embeddings
         q, k = apply_rope(q, k, cos, sin, self.head_dim)  # (B, T, Hq, D), (B, T, Hkv, D)
         v = v.view(b, t, -1, self.head_dim)

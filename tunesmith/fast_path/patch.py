@@ -3,10 +3,10 @@
 The fast path swaps modules of the model instance (``setattr`` on their parents), never the library:
 RMSNorms, each decoder layer's attention and MLP, and the output projection, whose loss becomes the
 fused chunked cross-entropy through transformers' own ``loss_function`` setter. It also installs smart
-checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). Llama-family
-and Qwen2 models get it; other architectures keep the plain path with a one-line notice. Apply it after
-``get_peft_model`` (the wrappers read the LoRA layers at every step, so adapters added later are used too, but
-the model you call must be the one patched).
+checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). The
+registry's families with ``fast_path`` (Llama, Mistral, Qwen2, Qwen3) get it; other architectures keep the
+plain path with a one-line notice. Apply it after ``get_peft_model`` (the wrappers read the LoRA layers at
+every step, so adapters added later are used too, but the model you call must be the one patched).
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def _swap_layers(state: FastPathState, decoder: nn.Module) -> None:
         for name in ("input_layernorm", "post_attention_layernorm"):
             _swap(state, layer, name, FastRMSNorm)
         _swap(state, layer, "self_attn", FastAttention)
+        if layer.self_attn.has_head_norms:
+            for name in FastAttention.HEAD_NORMS:
+                _swap(state, layer.self_attn, name, FastRMSNorm)
         _swap(state, layer, "mlp", FastMLP)
     _swap(state, decoder, "norm", FastRMSNorm)
 

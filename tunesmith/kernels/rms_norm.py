@@ -83,13 +83,15 @@ def rms_norm_forward(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tuple
     shape = x.shape
     x2 = x.reshape(-1, shape[-1]).contiguous()
     n_rows, n_cols = x2.shape
-    y = torch.empty_like(x2)
+    # y is a tensor of its own in x's shape, not a view: a kernel may then change it in place (RoPE on
+    # Qwen3's normalised heads)
+    y = torch.empty(shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty(n_rows, dtype=torch.float32, device=x.device)
     block = next_power_of_2(n_cols)
     kernel_for(_rms_norm_forward_kernel, x.device)[(n_rows,)](
         x2, weight, y, rstd, x2.stride(0), n_cols, eps, BLOCK=block, num_warps=num_warps_for(block)
     )
-    return y.view(shape), rstd
+    return y, rstd
 
 
 def rms_norm_backward(

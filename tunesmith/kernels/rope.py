@@ -81,8 +81,8 @@ def rope_reference(
 
 
 class RoPEFunction(torch.autograd.Function):
-    """Rotates Q and K in place. ``q``/``k`` are (B, T, H*D) intermediates nobody else reads, and not
-    views (autograd forbids a multi-output Function from modifying views in place)."""
+    """Rotates Q and K in place. ``q``/``k`` are (B, T, H*D) or (B, T, H, D) intermediates nobody else
+    reads, and not views (autograd forbids a multi-output Function from modifying views in place)."""
 
     @staticmethod
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int):
@@ -107,7 +107,7 @@ class RoPEFunction(torch.autograd.Function):
 def apply_rope(
     q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rotary embedding on (B, T, H*D) projections; returns (B, T, H, D) views.
+    """Rotary embedding on (B, T, H*D) or (B, T, H, D) projections; returns (B, T, H, D) views.
 
     The in-place kernel on CUDA, the reference elsewhere.
     """

@@ -52,6 +52,9 @@ class Family:
     text_part_weights: tuple[tuple[str, str], ...] = ()
     # Parameters (not layers) LoRA adapts besides lora_targets: a mixture-of-experts model's experts.
     lora_parameters: tuple[str, ...] = ()
+    # Attention RMS-normalises each head's query and key before RoPE (``q_norm`` / ``k_norm``): a layer
+    # keeps both twice for backward, before and after the norm.
+    head_norms: bool = False
 
     @property
     def capabilities(self) -> str:
@@ -70,15 +73,23 @@ FAMILIES: dict[str, Family] = {
         Family("llama", "Llama (Llama 2/3/3.1/3.2, SmolLM2, DeepSeek-R1-Distill-Llama)", "llama"),
         Family("mistral", "Mistral", "llama"),
         Family("qwen2", "Qwen2 / Qwen2.5", "qwen2"),
-        Family("qwen3", "Qwen3", "qwen3", fast_path=False),
+        Family("qwen3", "Qwen3", "qwen3", head_norms=True),
         Family("gemma2", "Gemma 2", "gemma2", fast_path=False, norm_weight_offset=1.0),
-        Family("gemma3_text", "Gemma 3 (text)", "gemma3", fast_path=False, norm_weight_offset=1.0),
+        Family(
+            "gemma3_text",
+            "Gemma 3 (text)",
+            "gemma3",
+            fast_path=False,
+            norm_weight_offset=1.0,
+            head_norms=True,
+        ),
         Family(
             "gemma3",
             "Gemma 3 4B/12B/27B (text part)",
             "gemma3",
             fast_path=False,
             norm_weight_offset=1.0,
+            head_norms=True,
             text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
         ),
         Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),
@@ -88,6 +99,7 @@ FAMILIES: dict[str, Family] = {
             "qwen3moe",
             fast_path=False,
             lora_parameters=FUSED_EXPERT_PARAMETERS,
+            head_norms=True,
         ),
     )
 }

@@ -31,3 +31,25 @@ def test_rope_matches_reference(heads, dtype):
     got = torch.autograd.grad((oq, ok), (q, k), (gq, gk))
     want = torch.autograd.grad((rq, rk), (q, k), (gq.view_as(rq), gk.view_as(rk)))
     assert rel_err(got[0], want[0]) < TOL[dtype] and rel_err(got[1], want[1]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rope_rotates_a_per_head_norms_own_output_as_qwen3_orders_them(dtype):
+    """Qwen3 normalises each head's query and key, then rotates: the norm kernel's output is a tensor of
+    its own, so the RoPE kernel rotates it in place, and both gradients match the reference chain."""
+    from tunesmith.kernels.rms_norm import RMSNormFunction, rms_norm_reference
+
+    b, t, d, hq, hk = 2, 7, 10, 3, 1
+    q = torch.randn(b, t, hq * d, dtype=dtype, requires_grad=True)
+    k = torch.randn(b, t, hk * d, dtype=dtype, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(d)).to(dtype)
+    cos, sin = _angles(b, t, d, dtype)
+    nq, nk = (RMSNormFunction.apply(x.view(b, t, -1, d), w, 1e-6) for x in (q, k))
+    assert nq._base is None and nk._base is None
+    oq, ok = RoPEFunction.apply(nq, nk, cos, sin, d)
+    rq, rk = rope_reference(*(rms_norm_reference(x.view(b, t, -1, d), w, 1e-6) for x in (q, k)), cos, sin)
+    assert rel_err(oq, rq) < TOL[dtype] and rel_err(ok, rk) < TOL[dtype]
+    gq, gk = torch.randn_like(oq), torch.randn_like(ok)
+    got = torch.autograd.grad((oq, ok), (q, k), (gq, gk))
+    want = torch.autograd.grad((rq, rk), (q, k), (gq, gk))
+    assert rel_err(got[0], want[0]) < TOL[dtype] and rel_err(got[1], want[1]) < TOL[dtype]

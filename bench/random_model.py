@@ -1,0 +1,36 @@
+"""A random-init model folder of a named family's real shape, for benchmarks of families other than the
+anchors' Llama (``anchor_bench.py prep``). Speed does not depend on the weights' values.
+
+usage:  python3 bench/random_model.py SHAPE DIR      (SHAPE: one of SHAPES; bf16 safetensors, on the GPU)
+"""
+
+import sys
+
+# The released checkpoints' config.json values that set the compute (sizes, heads, vocabulary, rope).
+_QWEN3 = dict(model_type="qwen3", vocab_size=151936, num_hidden_layers=36, num_attention_heads=32,
+              num_key_value_heads=8, head_dim=128, max_position_embeddings=40960, rope_theta=1000000.0,
+              rms_norm_eps=1e-6)  # fmt: skip
+SHAPES = {
+    "qwen3-4b": dict(_QWEN3, hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True),
+    "qwen3-8b": dict(_QWEN3, hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False),
+}
+
+
+def make(shape: str, folder: str) -> None:
+    """Write a random-init ``shape`` model into ``folder`` (bf16)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    values = dict(SHAPES[shape])
+    config = AutoConfig.for_model(values.pop("model_type"), **values)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.save_pretrained(folder)
+    print(
+        f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e9:.2f}B parameters in {folder}", flush=True
+    )
+
+
+if __name__ == "__main__":
+    make(sys.argv[1], sys.argv[2])
