@@ -92,3 +92,29 @@ def test_bad_conversations_are_refused(chatml_bpe_tokenizer):
         prepare_preference_dataset(rows(chosen=[{"role": "user", "content": "x"}]), chatml_bpe_tokenizer)
     with pytest.raises(TunesmithError, match="row 2: 'chosen' and 'rejected' are identical"):
         prepare_preference_dataset(rows(rejected=answer), chatml_bpe_tokenizer)
+
+
+def test_pairs_the_same_once_cut_to_max_length_are_dropped_and_the_report_counts_them(chatml_bpe_tokenizer):
+    """A rejected answer that is the chosen one cut short (as half of the shipped pairs are) agrees with it
+    token for token as far as max_length reaches: TRL would train on two equal sequences."""
+    tokenizer = chatml_bpe_tokenizer
+    answer = "Rest, fluids and a doctor's visit if the fever lasts more than three days or rises very high."
+    pairs = [
+        {"prompt": "What helps a fever?", "chosen": answer, "rejected": answer[:40]},
+        {"prompt": "What helps a cough?", "chosen": "Honey and warm drinks.", "rejected": "Nothing helps."},
+    ]
+    first = prepare_preference_dataset(pairs, tokenizer).train[0]
+    prompt, chosen, rejected = (tokenizer(first[k], add_special_tokens=False)["input_ids"]
+                                for k in ("prompt", "chosen", "rejected"))  # fmt: skip
+    shared = next(i for i, (a, b) in enumerate(zip(chosen, rejected, strict=False)) if a != b)
+    cut = prepare_preference_dataset(pairs, tokenizer, max_length=len(prompt) + shared)
+    assert cut.stats.rows == 1 and cut.stats.dropped_same_pair == 1 and "cough" in cut.train[0]["prompt"]
+    assert "1 pairs dropped (chosen = rejected within max_seq_length)" in cut.stats.summary()
+    kept = prepare_preference_dataset(pairs, tokenizer, max_length=len(prompt) + shared + 1)
+    assert kept.stats.rows == 2 and kept.stats.dropped_same_pair == 0
+    ends = prepare_preference_dataset(
+        pairs, tokenizer, max_length=len(prompt) + shared, truncation_mode="keep_end"
+    )
+    assert ends.stats.rows == 2, "keeping the ends, the two answers differ"
+    with pytest.raises(TunesmithError, match=r"max_length=\d+ .*Raise max_length"):
+        prepare_preference_dataset(pairs[:1], tokenizer, max_length=len(prompt) + shared)

@@ -19,6 +19,7 @@ from tunesmith.data.loading import load_dataset_file
 from tunesmith.data.prepare import choose_template, drop_duplicates, source_name, split_held_out
 from tunesmith.data.stats import DataStats
 from tunesmith.data.validation import validate_preference_rows, validate_prompt_rows
+from tunesmith.errors import TunesmithError
 
 __all__ = ["prepare_preference_dataset", "prepare_prompt_dataset", "ROW_COLUMN", "MethodData"]
 
@@ -53,6 +54,7 @@ def prepare_preference_dataset(
     template=None,
     fields: dict[str, str] | None = None,
     max_length: int | None = None,
+    truncation_mode: str = "keep_start",
     duplicates: str = "drop",
     eval_split: float | None = None,
     encoding: str | None = None,
@@ -60,8 +62,11 @@ def prepare_preference_dataset(
     seed: int = 3407,
 ) -> MethodData:
     """Load, validate and format prompt/chosen/rejected pairs (module docstring); columns prompt, chosen,
-    rejected (finished texts) and :data:`ROW_COLUMN`. ``template`` and ``fields`` as in ``prepare_dataset``;
-    ``max_length`` only counts the pairs longer than it (TRL truncates them)."""
+    rejected (finished texts) and :data:`ROW_COLUMN`. ``template`` and ``fields`` as in ``prepare_dataset``.
+    TRL cuts a pair longer than ``max_length`` (keeping its start, or its end with ``truncation_mode=
+    "keep_end"``); a pair whose two answers are then the same tokens teaches nothing (its preference loss
+    has no gradient) and is dropped, as SFT drops a row whose answer is cut off; when that leaves no pair,
+    the error says which ``max_length`` keeps them apart."""
     import datasets
 
     name, mapping, rows, prompt_template, label, conversational = _load(
@@ -88,20 +93,59 @@ def prepare_preference_dataset(
         return datasets.Dataset.from_dict(out)
 
     train = formatted(rows, numbers)
+    pairs = _token_ids(train, tokenizer)
+    train, pairs, dropped = _without_same_pairs(train, pairs, max_length, truncation_mode, name)
     evaluation = formatted(*held_out) if held_out else None
-    stats = _pair_stats(train, tokenizer, max_length, name, conversational, label, n_duplicates, duplicates)
+    if evaluation is not None:
+        evaluation, _, dropped_held_out = _without_same_pairs(
+            evaluation, _token_ids(evaluation, tokenizer), max_length, truncation_mode, name, held_out=True
+        )
+        dropped += dropped_held_out
+    stats = _pair_stats(train, pairs, max_length, name, conversational, label, n_duplicates, duplicates)
+    stats.dropped_same_pair = dropped
     stats.eval_rows = len(evaluation) if evaluation is not None else 0
     return MethodData(train, evaluation, stats)
 
 
-def _pair_stats(train, tokenizer, max_length, name, conversational, label, n_duplicates, policy) -> DataStats:
+def _token_ids(part, tokenizer) -> list[tuple[list[int], list[int], list[int]]]:
+    """(prompt, chosen, rejected) token ids of every pair, each text alone, as TRL tokenizes them."""
+    return [
+        tuple(
+            tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("prompt", "chosen", "rejected")
+        )
+        for row in part
+    ]
+
+
+def _same_once_cut(prompt, chosen, rejected, max_length: int | None, truncation_mode: str) -> bool:
+    """Whether TRL's cut to ``max_length`` leaves the two sequences of a pair the same tokens."""
+    if not max_length:
+        return False  # validation already refused identical answers
+    window = slice(-max_length, None) if truncation_mode == "keep_end" else slice(None, max_length)
+    return (prompt + chosen)[window] == (prompt + rejected)[window]
+
+
+def _without_same_pairs(part, pairs, max_length, truncation_mode, name, held_out: bool = False):
+    """``part`` and its token ids without the pairs that are the same once cut; how many went."""
+    keep = [i for i, ids in enumerate(pairs) if not _same_once_cut(*ids, max_length, truncation_mode)]
+    if not keep and not held_out:
+        longest = max(len(p) + max(len(c), len(r)) for p, c, r in pairs)
+        raise TunesmithError(
+            f"{name}: every preference pair's chosen and rejected answers are the same tokens once cut to "
+            f"max_length={max_length} (the prompt and the answers' shared start fill it), so training would "
+            f"learn no preference. Raise max_length (max_seq_length in a run config) towards {longest}, the "
+            "longest pair, or shorten the prompts."
+        )
+    if len(keep) == len(pairs):
+        return part, pairs, 0
+    return part.select(keep), [pairs[i] for i in keep], len(pairs) - len(keep)
+
+
+def _pair_stats(train, pairs, max_length, name, conversational, label, n_duplicates, policy) -> DataStats:
     """Token counts of the pairs: all tokens, answer tokens, the longest pair, how many exceed max_length."""
     longest, tokens, answer_tokens, too_long = 0, 0, 0, 0
-    for row in train:
-        prompt = len(tokenizer(row["prompt"], add_special_tokens=False)["input_ids"])
-        answers = [
-            len(tokenizer(row[k], add_special_tokens=False)["input_ids"]) for k in ("chosen", "rejected")
-        ]
+    for prompt_ids, chosen_ids, rejected_ids in pairs:
+        prompt, answers = len(prompt_ids), [len(chosen_ids), len(rejected_ids)]
         tokens += 2 * prompt + sum(answers)
         answer_tokens += sum(answers)
         longest = max(longest, prompt + max(answers))

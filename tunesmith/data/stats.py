@@ -21,6 +21,9 @@ class DataStats:
     max_tokens: int = 0  # longest row before truncation
     truncated: int = 0  # rows cut to max_seq_length
     dropped_no_answer: int = 0  # rows whose answer was cut off entirely (they would teach nothing)
+    dropped_same_pair: int = (
+        0  # preference pairs whose answers are the same tokens once cut to max_seq_length
+    )
     duplicates: int = 0  # exact duplicate rows found
     duplicates_dropped: bool = False
     max_seq_length: int = 0
@@ -38,6 +41,8 @@ class DataStats:
             parts.append(f"{self.truncated} truncated to {self.max_seq_length} tokens")
         if self.dropped_no_answer:
             parts.append(f"{self.dropped_no_answer} dropped (answer beyond max_seq_length)")
+        if self.dropped_same_pair:
+            parts.append(f"{self.dropped_same_pair} pairs dropped (chosen = rejected within max_seq_length)")
         if self.duplicates:
             parts.append(f"{self.duplicates} duplicates {'dropped' if self.duplicates_dropped else 'kept'}")
         return f"{self.source} [{self.layout}, {self.template}]: " + ", ".join(parts)

@@ -98,6 +98,7 @@ def _data_rows(stats: DataStats | None) -> dict[str, object]:
         "max_tokens": "longest row (tokens)",
         "truncated": "rows truncated",
         "dropped_no_answer": "rows dropped (answer cut off)",
+        "dropped_same_pair": "pairs dropped (answers the same within max_seq_length)",
         "duplicates": "duplicate rows",
         "max_seq_length": "max_seq_length",
     }

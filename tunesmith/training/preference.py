@@ -56,13 +56,22 @@ class PreferenceTrainerMixin(TunesmithTrainerMixin):
             raise TunesmithError(
                 f"{type(self).__name__} needs train_dataset= (prompt/chosen/rejected pairs)."
             )
+        split = options.pop("eval_split", None)
+        if split and evaluation is not None:
+            raise TunesmithError(
+                f"{type(self).__name__} got both eval_dataset= and eval_split={split}: give the held-out "
+                "pairs one way, eval_dataset= for pairs of your own or eval_split= to hold out a share."
+            )
         keep_4bit_trainable(model)
         self.data_stats = None
         if ROW_COLUMN not in getattr(train, "column_names", []):
+            # ORPO keeps the start of a pair it cuts, as DPO does by default
+            options.update(
+                max_length=args.max_length, truncation_mode=getattr(args, "truncation_mode", "keep_start")
+            )
             prepared = prepare_preference_dataset(
-                train, processing_class, max_length=args.max_length, seed=args.seed,
-                eval_split=options.pop("eval_split", None) if evaluation is None else None, **options,
-            )  # fmt: skip
+                train, processing_class, seed=args.seed, eval_split=split, **options
+            )
             if evaluation is not None and ROW_COLUMN not in getattr(evaluation, "column_names", []):
                 evaluation = prepare_preference_dataset(evaluation, processing_class, **options).train
             train, evaluation = prepared.train, evaluation if evaluation is not None else prepared.eval
