@@ -128,7 +128,7 @@ def _same_once_cut(prompt, chosen, rejected, max_length: int | None, truncation_
 def _without_same_pairs(part, pairs, max_length, truncation_mode, name, held_out: bool = False):
     """``part`` and its token ids without the pairs that are the same once cut; how many went."""
     keep = [i for i, ids in enumerate(pairs) if not _same_once_cut(*ids, max_length, truncation_mode)]
-    if not keep and not held_out:
+    if pairs and not keep and not held_out:
         longest = max(len(p) + max(len(c), len(r)) for p, c, r in pairs)
         raise TunesmithError(
             f"{name}: every preference pair's chosen and rejected answers are the same tokens once cut to "
