@@ -8,6 +8,7 @@ import importlib
 import os
 import sys
 
+from tunesmith._distributed import is_main_process
 from tunesmith.constants import EXIT_INTERRUPTED
 
 # Each name is a module tunesmith.cli.<name> with `add_parser(subparsers)` and `run(args) -> int`.
@@ -29,8 +30,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    from tunesmith._distributed import is_main_process
-
     code = _dispatch(argv)
     if code == EXIT_INTERRUPTED and not is_main_process():
         # a rank other than 0 ends cleanly when stopped: torch's agent stops every rank as soon as one exits
@@ -48,7 +47,6 @@ def _dispatch(argv: list[str] | None) -> int:
     if args.command is None:
         # A bare `tunesmith` is `tunesmith run`: the built-in example config.
         args = parser.parse_args([*argv, "run"])
-    from tunesmith._distributed import is_main_process
     from tunesmith._offline_bitsandbytes import import_bitsandbytes_offline
     from tunesmith.errors import TunesmithError, out_of_space
 

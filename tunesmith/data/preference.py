@@ -96,7 +96,7 @@ def prepare_preference_dataset(
     pairs = _token_ids(train, tokenizer)
     train, pairs, dropped = _without_same_pairs(train, pairs, max_length, truncation_mode, name)
     evaluation = formatted(*held_out) if held_out else None
-    if evaluation is not None:
+    if evaluation is not None and max_length:  # without a cut, no pair can become the same
         evaluation, _, dropped_held_out = _without_same_pairs(
             evaluation, _token_ids(evaluation, tokenizer), max_length, truncation_mode, name, held_out=True
         )

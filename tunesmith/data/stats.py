@@ -21,9 +21,7 @@ class DataStats:
     max_tokens: int = 0  # longest row before truncation
     truncated: int = 0  # rows cut to max_seq_length
     dropped_no_answer: int = 0  # rows whose answer was cut off entirely (they would teach nothing)
-    dropped_same_pair: int = (
-        0  # preference pairs whose answers are the same tokens once cut to max_seq_length
-    )
+    dropped_same_pair: int = 0  # preference pairs (train and held-out) the same tokens once cut
     duplicates: int = 0  # exact duplicate rows found
     duplicates_dropped: bool = False
     max_seq_length: int = 0
