@@ -79,3 +79,60 @@ def test_a_batch_of_probes_on_the_gpu_equals_each_probe_alone(folder):
     assert (
         sum(a == b for a, b in zip(together, alone, strict=True)) >= 2
     )  # bf16 padding may move one near-tie
+
+
+def _greedy_call(tokenizer, text: str, new: int = 48) -> dict:
+    ids = tokenizer(text, return_tensors="pt").input_ids.cuda()
+    return dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new)
+
+
+def test_the_graph_records_the_decode_modules_with_lora_on_a_batch(folder, monkeypatch):
+    from tunesmith.generation.decode_modules import DecodeAttention, DecodeMLP
+
+    recorded = []
+    for cls in (DecodeAttention, DecodeMLP):
+        forward = cls.forward
+        monkeypatch.setattr(
+            cls, "forward", lambda self, *a, _f=forward, **k: recorded.append(1) or _f(self, *a, **k)
+        )
+    model, tokenizer = FastLanguageModel.from_pretrained(folder)
+    model = FastLanguageModel.get_peft_model(model, r=8, lora_alpha=16)
+    with torch.no_grad():  # adapters that change the answer, as after training
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.05)
+    FastLanguageModel.for_inference(model)
+    prompts = [
+        tokenizer(t).input_ids for t in ("Rest, fluids and", "The patient reported fatigue and a fever that")
+    ]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[tokenizer.eos_token_id] * (width - len(p)) + p for p in prompts], device="cuda")
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device="cuda"
+    )  # left padding
+    call = dict(input_ids=ids, attention_mask=mask, max_new_tokens=32, min_new_tokens=32)
+    ours = model.generate(**call)
+    assert last_generation(model).path == "cuda-graph" and recorded, "the graph holds the decode modules"
+    theirs = library_generate(model, **call, do_sample=False)
+    for row, prompt in enumerate(prompts):
+        prompt = torch.tensor([prompt], device="cuda")
+        _assert_greedy_agrees(model, prompt, torch.cat([prompt, ours[row : row + 1, width:]], 1),
+                              torch.cat([prompt, theirs[row : row + 1, width:]], 1))  # fmt: skip
+
+
+def test_a_decode_module_that_cannot_be_recorded_leaves_the_models_own_layers_in_the_graph(
+    folder, monkeypatch, caplog
+):
+    from tunesmith.generation.decode_modules import DecodeAttention
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(DecodeAttention, "forward", broken)
+    model, tokenizer = FastLanguageModel.from_pretrained(folder)
+    FastLanguageModel.for_inference(model)
+    call = _greedy_call(tokenizer, "The patient reported fatigue")
+    ours = model.generate(**call)
+    assert last_generation(model).path == "cuda-graph"
+    assert "decode modules could not be recorded" in caplog.text and "injected" in caplog.text
+    _assert_greedy_agrees(model, call["input_ids"], ours, library_generate(model, **call, do_sample=False))

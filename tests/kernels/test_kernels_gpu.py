@@ -81,3 +81,17 @@ def test_nf4_kernel_bit_exact_with_bitsandbytes_cuda():
         w = torch.randn(14336, 4096, device="cuda", dtype=torch.bfloat16)
         packed, state = bnb_f.quantize_4bit(w, blocksize=64, compress_statistics=nested, quant_type="nf4")
         assert torch.equal(nf4_dequantize_forward(packed, state), bnb_f.dequantize_4bit(packed, state))
+
+
+@pytest.mark.parametrize("rows", [1, 8, 32])
+def test_lora_decode_at_llama_8b_shapes(rows):
+    from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
+
+    for n_in, n_out in ((4096, 4096), (4096, 14336), (14336, 4096)):
+        x = torch.randn(rows, n_in, device="cuda", dtype=torch.bfloat16)
+        y = torch.randn(rows, n_out, device="cuda", dtype=torch.bfloat16)
+        a = torch.randn(16, n_in, device="cuda") / n_in**0.5
+        b = torch.randn(n_out, 16, device="cuda")
+        want = lora_decode_reference(y.float(), x.float(), a.double().float(), b, 0.5)
+        lora_decode_forward(y, x, a, b, 0.5)
+        assert rel_err(y, want) < BF16_TOL

@@ -148,12 +148,29 @@ class StaticDecoder:
 
     # -- the CUDA graph ------------------------------------------------------------------------------------
     def _record(self, sample_ids: torch.Tensor) -> None:
-        """Run the step a few times on a side stream, then record it; on failure, stay eager (and say why)."""
+        """Record the step with the decode modules; if that fails, with the model's own attention and MLP
+        (norms still fused); if that fails too, stay eager. Each failure is said once, with its reason."""
+        for layers in (True, False):
+            failed = self._try_record(sample_ids, layers)
+            if failed is None:
+                return
+            logger.warning(
+                "tunesmith: %s (%s).",
+                "the decode modules could not be recorded; recording the model's own layers"
+                if layers
+                else "generation runs without a CUDA graph",
+                failed,
+            )
+        self.graph_failed = failed
+
+    def _try_record(self, sample_ids: torch.Tensor, layers: bool) -> str | None:
+        """Run the step a few times on a side stream, then record it; the reason when that failed."""
         self.ids.copy_(sample_ids)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         try:
-            with decode_kernels(self.model):  # the graph keeps these kernels; the model gets its modules back
+            # The graph keeps these kernels; the model gets its own modules back at the end of the block.
+            with decode_kernels(self.model, layers=layers):
                 with torch.cuda.stream(stream):
                     for _ in range(_WARMUP_STEPS):
                         self._one_token()
@@ -163,8 +180,9 @@ class StaticDecoder:
                 with torch.cuda.graph(graph):
                     self.graph_logits = self._one_token()
             self.graph = graph
+            return None
         except Exception as err:  # a layer that syncs with the host or allocates outside the graph
             torch.cuda.synchronize(self.device)
             self.graph, self.graph_logits = None, None
-            self.graph_failed = f"{type(err).__name__}: {err}".splitlines()[0][:300]
-            logger.warning("tunesmith: generation runs without a CUDA graph (%s).", self.graph_failed)
+            self.reset()
+            return f"{type(err).__name__}: {err}".splitlines()[0][:300]

@@ -1,0 +1,114 @@
+"""The one-token step's attention and MLP in few launches, for the CUDA-graph recording of a decode step.
+
+transformers' attention spends ~40 launches a layer on one new token: RoPE as ten elementwise ops, the key
+and value caches copied to every query head (``repeat_kv``, because SDPA's grouped-query path takes no
+mask), and PEFT's six launches per adapted projection. Here, for one token per row:
+- each projection is the layer's own base kernel plus the adapter in two launches (``kernels.lora_decode``);
+- RoPE rotates the query and key in place in one launch (``kernels.rope``), after Qwen3's head norms;
+- the new key and value go into the model's cache through its own ``update``;
+- attention reads the shared key/value heads as they are: the query heads of one key/value head are
+  that head's rows, ``(B, Hkv, groups, D)`` against ``(B, Hkv, L, D)`` under the broadcast mask;
+- the MLP gates with one SwiGLU kernel.
+The math is transformers' (and PEFT's), in float32 where a kernel fuses steps; anything else (more than one
+token, no cache, attention weights asked for) goes to the module being wrapped.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.fast_path.modules import SILU_CLASSES, projection_of
+from tunesmith.kernels._triton import on_gpu
+from tunesmith.kernels.lora_decode import MAX_ROWS, lora_decode_forward, lora_decode_reference
+from tunesmith.kernels.rope import rope_forward, rope_reference
+from tunesmith.kernels.swiglu import swiglu_forward, swiglu_reference
+
+__all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_mlp"]
+
+HEAD_NORMS = ("q_norm", "k_norm")
+
+
+def decode_linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``module(x)`` for a few rows ``x`` (N, in): the base layer's own kernel, then a LoRA adapter added in
+    place by the decode kernel (PEFT's own forward where the adapter is not one the kernel reads)."""
+    projection = projection_of(module)
+    if projection is None or projection.lora_a is None:
+        return module(x)
+    y = module.get_base_layer()(x)
+    a, b, scaling = projection.lora_a, projection.lora_b, projection.scaling
+    if on_gpu(x, y, a, b) and x.shape[0] <= MAX_ROWS and a.is_contiguous() and b.is_contiguous():
+        lora_decode_forward(y, x, a, b, scaling)
+        return y
+    return lora_decode_reference(y, x, a, b, scaling)
+
+
+def _rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """RoPE on (B, 1, H, D) query and key: in place on a GPU, the reference elsewhere."""
+    if on_gpu(q, k) and q.is_contiguous() and k.is_contiguous():
+        rope_forward(q, k, cos, sin)
+        return q, k
+    return rope_reference(q, k, cos, sin)
+
+
+class DecodeAttention(nn.Module):
+    """Wraps a Llama-style attention (transformers' own, or tunesmith's ``FastAttention`` around it) for a
+    decode step; registers nothing, so the model's parameters and paths stay as they were."""
+
+    def __init__(self, attention: nn.Module):
+        super().__init__()
+        core = getattr(attention, "base_layer", attention)  # transformers' module under a FastAttention
+        self.__dict__["attention"] = attention
+        self.head_dim, self.scaling, self.layer_idx = core.head_dim, core.scaling, core.layer_idx
+        self.has_head_norms = all(getattr(attention, n, None) is not None for n in HEAD_NORMS)
+
+    def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
+        """Same signature and result as the wrapped attention: ``(output (B, T, H), None)``."""
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))
+        b, t, _ = hidden_states.shape
+        if t != 1 or cache is None or position_embeddings is None or kwargs.get("output_attentions"):
+            return self.attention(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
+        x, d, attention = hidden_states.view(b, -1), self.head_dim, self.attention
+        q = decode_linear(x, attention.q_proj).view(b, 1, -1, d)
+        k = decode_linear(x, attention.k_proj).view(b, 1, -1, d)
+        v = decode_linear(x, attention.v_proj).view(b, 1, -1, d)
+        if self.has_head_norms:
+            q, k = attention.q_norm(q), attention.k_norm(k)
+        q, k = _rotate(q, k, *position_embeddings)
+        keys, values = cache.update(k.transpose(1, 2), v.transpose(1, 2), self.layer_idx)
+        kv_heads = keys.shape[1]
+        mask = None if attention_mask is None else attention_mask[:, :, :, : keys.shape[-2]]
+        out = F.scaled_dot_product_attention(
+            q.reshape(b, kv_heads, -1, d), keys, values, attn_mask=mask, scale=self.scaling
+        )  # (B, Hkv, groups, D): a key/value head's query heads are its rows
+        return decode_linear(out.reshape(b, -1), attention.o_proj).view(b, 1, -1), None
+
+
+def can_decode_mlp(mlp: nn.Module) -> bool:
+    """True for a SwiGLU MLP with separate gate, up and down projections (Llama, Mistral, Qwen2/3)."""
+    has_projections = all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
+    return has_projections and type(getattr(mlp, "act_fn", None)).__name__ in SILU_CLASSES
+
+
+class DecodeMLP(nn.Module):
+    """Wraps a SwiGLU MLP (``can_decode_mlp``) for a decode step; registers nothing."""
+
+    def __init__(self, mlp: nn.Module):
+        super().__init__()
+        self.__dict__["mlp"] = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``down(silu(gate(x)) * up(x))``, (B, T, H) -> (B, T, H)."""
+        b, t, _ = x.shape
+        if t != 1:
+            return self.mlp(x)
+        rows = x.view(b, -1)
+        g, u = decode_linear(rows, self.mlp.gate_proj), decode_linear(rows, self.mlp.up_proj)
+        gated = swiglu_forward(g, u) if on_gpu(g, u) else swiglu_reference(g, u)
+        return decode_linear(gated, self.mlp.down_proj).view(b, 1, -1)
