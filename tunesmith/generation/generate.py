@@ -142,7 +142,8 @@ def fast_generate(model: nn.Module, inputs: torch.Tensor | None = None, **kwargs
             settings, why = read_settings(model, input_ids.shape[1], kwargs)
     was_training = model.training
     keep_4bit_weights_unpacked(model)  # an eval pass must not repack 4-bit weights (see quantization.py)
-    model.eval()
+    if was_training:  # a walk over every module: ~3 ms of an 8B model's time to first token
+        model.eval()
     try:
         if settings is not None:
             return _decode(model, input_ids, attention_mask, streamer, settings)
@@ -150,7 +151,8 @@ def fast_generate(model: nn.Module, inputs: torch.Tensor | None = None, **kwargs
         kwargs.update(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer)
         return library_generate(model, **{k: v for k, v in kwargs.items() if v is not None})
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
 
 
 @torch.no_grad()

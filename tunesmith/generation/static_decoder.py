@@ -26,6 +26,7 @@ __all__ = ["StaticDecoder", "static_decoding_refusal"]
 logger = logging.getLogger(__name__)
 
 _WARMUP_STEPS = 2  # Triton autotuning and cuBLAS workspaces settle before the graph is recorded
+_REFUSAL = "_tunesmith_static_refusal"  # ((model class, attention backend), the answer) on the instance
 
 
 def _forward_parameters(model: nn.Module) -> set[str]:
@@ -33,9 +34,18 @@ def _forward_parameters(model: nn.Module) -> set[str]:
 
 
 def static_decoding_refusal(model: nn.Module) -> str | None:
-    """Why this model cannot decode on a static cache here (None when it can)."""
+    """Why this model cannot decode on a static cache here (None when it can). Asked before every
+    ``generate()``, so the answer is kept on the model for its class and attention backend."""
     core = base_model_of(model)
-    parameters = _forward_parameters(model)
+    key = (type(core), getattr(core.config, "_attn_implementation", None))
+    kept = model.__dict__.get(_REFUSAL)
+    if kept is None or kept[0] != key:
+        kept = model.__dict__[_REFUSAL] = (key, _refusal(core))
+    return kept[1]
+
+
+def _refusal(core: nn.Module) -> str | None:
+    parameters = _forward_parameters(core)
     if "cache_position" in parameters:
         return "this transformers version positions its cache through cache_position (5.17 and later do not)"
     if "cache" not in parameters and "past_key_values" not in parameters:

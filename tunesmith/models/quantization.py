@@ -67,7 +67,9 @@ def keep_4bit_weights_unpacked(model) -> int:
     """
     changed = 0
     for module in model.modules():
-        if getattr(module, "support_avx512bf16_for_cpu", False):
+        # An instance attribute of bitsandbytes' 4-bit layers: read it without nn.Module's failing lookup on
+        # every other module (this runs before each generate() call).
+        if vars(module).get("support_avx512bf16_for_cpu", False):
             module.support_avx512bf16_for_cpu = False
             changed += 1
     return changed
