@@ -21,7 +21,7 @@ from torch import nn
 
 from tunesmith.fast_path.modules import SILU_CLASSES, projection_of
 from tunesmith.kernels._triton import on_gpu
-from tunesmith.kernels.lora_decode import MAX_ROWS, lora_decode_forward, lora_decode_reference
+from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
 from tunesmith.kernels.rope import rope_forward, rope_reference
 from tunesmith.kernels.swiglu import swiglu_forward, swiglu_reference
 
@@ -38,7 +38,7 @@ def decode_linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
         return module(x)
     y = module.get_base_layer()(x)
     a, b, scaling = projection.lora_a, projection.lora_b, projection.scaling
-    if on_gpu(x, y, a, b) and x.shape[0] <= MAX_ROWS and a.is_contiguous() and b.is_contiguous():
+    if on_gpu(x, y, a, b) and a.is_contiguous() and b.is_contiguous():
         lora_decode_forward(y, x, a, b, scaling)
         return y
     return lora_decode_reference(y, x, a, b, scaling)

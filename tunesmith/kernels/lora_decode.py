@@ -16,9 +16,9 @@ import torch
 
 from tunesmith.kernels._triton import kernel_for, next_power_of_2, tl, triton
 
-__all__ = ["lora_decode_forward", "lora_decode_reference", "MAX_ROWS"]
+__all__ = ["lora_decode_forward", "lora_decode_reference"]
 
-MAX_ROWS = 32  # rows the kernels hold in registers; a longer input goes to the reference (prefill-sized)
+_ROWS = 32  # rows the kernels hold in registers; more rows take another pair of launches per 32
 _SPLIT = 1024  # input columns per program of the first kernel (at most 16 programs at Llama-8B's 14,336)
 _CHUNK = 256  # columns it loads at a time
 _BLOCK_OUT = 128  # output columns per program of the second kernel
@@ -75,7 +75,12 @@ def lora_decode_forward(
     y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float
 ) -> None:
     """Add ``scaling * (x A^T) B^T`` to ``y`` (N, out) in place; ``x`` (N, in) and ``y`` with unit last
-    strides, ``a`` (r, in) and ``b`` (out, r) contiguous, N <= ``MAX_ROWS``."""
+    strides, ``a`` (r, in) and ``b`` (out, r) contiguous."""
+    for start in range(0, x.shape[0], _ROWS):
+        _launch(y[start : start + _ROWS], x[start : start + _ROWS], a, b, scaling)
+
+
+def _launch(y: torch.Tensor, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
     n_rows, n_in = x.shape
     n_out, rank = b.shape
     block_rows, block_r = max(16, next_power_of_2(n_rows)), max(16, next_power_of_2(rank))

@@ -1,5 +1,6 @@
 """The decode step's LoRA kernels vs PEFT's arithmetic: every row and column updated in place, one or
-several input slices, ranks that are not powers of two, float32 adapters on bf16 and float32 outputs."""
+several input slices, more rows than one launch holds, ranks that are not powers of two, float32 adapters
+on bf16 and float32 outputs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_refer
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize(
-    ("rows", "n_in", "n_out", "rank"), [(1, 96, 77, 4), (3, 2100, 300, 20), (17, 1030, 129, 16)]
+    ("rows", "n_in", "n_out", "rank"), [(1, 96, 77, 4), (3, 2100, 300, 20), (40, 1030, 129, 16)]
 )
 def test_lora_decode_adds_the_adapter_in_place(rows, n_in, n_out, rank, dtype):
     x = torch.randn(rows, n_in).to(dtype)
