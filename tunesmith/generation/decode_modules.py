@@ -19,15 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.fast_path.modules import SILU_CLASSES, projection_of
+from tunesmith.fast_path.modules import SILU_CLASSES, FastAttention, projection_of
 from tunesmith.kernels._triton import on_gpu
 from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
 from tunesmith.kernels.rope import rope_forward, rope_reference
 from tunesmith.kernels.swiglu import swiglu_forward, swiglu_reference
 
 __all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_mlp"]
-
-HEAD_NORMS = ("q_norm", "k_norm")
 
 
 def decode_linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -61,7 +59,7 @@ class DecodeAttention(nn.Module):
         core = getattr(attention, "base_layer", attention)  # transformers' module under a FastAttention
         self.__dict__["attention"] = attention
         self.head_dim, self.scaling, self.layer_idx = core.head_dim, core.scaling, core.layer_idx
-        self.has_head_norms = all(getattr(attention, n, None) is not None for n in HEAD_NORMS)
+        self.has_head_norms = all(getattr(attention, n, None) is not None for n in FastAttention.HEAD_NORMS)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """Same signature and result as the wrapped attention: ``(output (B, T, H), None)``."""
