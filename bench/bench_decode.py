@@ -12,11 +12,13 @@ usage (GPU machine, repository root, anchors on PYTHONPATH as in run_all.sh):
     python3 bench/bench_decode.py cpu                          # the CPU part: the embedded model, 2 cores
 VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, unsloth, hf, hfstatic (transformers' static cache, which
 generate() compiles); QUANT in bf16, nf4. Example: ts_nf4_lora_b8.
+BENCH_LABEL=L names the RESULT row L:VARIANT (run_decode.sh's base: rows, an earlier commit's code).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -121,8 +123,9 @@ def run(model_dir: str, variant: str) -> None:
 
         record = last_generation(model)
         path = f"{record.path} {record.why}".strip()
+    label = os.environ.get("BENCH_LABEL")  # run_decode.sh's base:VARIANT (an earlier commit's tunesmith)
     result = dict(
-        variant=variant, **spec, load_s=round(load_s, 1), first_call_s=round(first_call_s, 2),
+        variant=f"{label}:{variant}" if label else variant, **spec, load_s=round(load_s, 1), first_call_s=round(first_call_s, 2),
         ttft_s=round(ttft_s, 4) if ttft_s else None, tok_per_s=round(new_tokens / min(times), 1),
         decode_s=[round(t, 2) for t in times], new_tokens=new_tokens, path=path,
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2), gpu=torch.cuda.get_device_name(0),
