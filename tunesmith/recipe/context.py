@@ -121,17 +121,22 @@ class RunContext:
 
     def last_checkpoint(self) -> Path | None:
         """The newest complete training checkpoint of this run, where a re-run resumes training."""
+        if not (self.folder / TRAINING_DIR).is_dir():
+            return None  # before training: no checkpoint, and no import of the trainer's libraries
         from tunesmith.training.checkpoint import latest_checkpoint
 
         return latest_checkpoint(self.folder / TRAINING_DIR)
 
     def _stopped_at_once(self, where: str) -> str:
-        checkpoint = self.last_checkpoint()
-        resume = (
-            f"training continues from {checkpoint.relative_to(self.folder)}"
-            if checkpoint is not None
-            else "training, if it had started, starts again from its first step (no checkpoint was saved yet)"
-        )
+        try:
+            checkpoint = self.last_checkpoint()
+            resume = (
+                f"training continues from {checkpoint.relative_to(self.folder)}"
+                if checkpoint is not None
+                else "training, if it had started, starts again from its first step (no checkpoint was saved yet)"
+            )
+        except Exception:  # the same Ctrl-C can cut a library's import half-way, which cannot be repeated
+            resume = "training continues from its newest checkpoint, if one was saved"
         return (
             f"Stopped at once during stage {where}. The run's state and report.md are in {self.folder}. "
             f"Run the same command again to resume: finished stages are not repeated, and {resume}."
