@@ -142,7 +142,7 @@ def fast_generate(model: nn.Module, inputs: torch.Tensor | None = None, **kwargs
             settings, why = read_settings(model, input_ids.shape[1], kwargs)
     was_training = model.training
     keep_4bit_weights_unpacked(model)  # an eval pass must not repack 4-bit weights (see quantization.py)
-    if was_training:  # a walk over every module: ~3 ms of an 8B model's time to first token
+    if was_training:  # a walk over every module, before the first token: only when it changes anything
         model.eval()
     try:
         if settings is not None:
