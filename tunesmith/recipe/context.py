@@ -128,13 +128,11 @@ class RunContext:
         return latest_checkpoint(self.folder / TRAINING_DIR)
 
     def _stopped_at_once(self, where: str) -> str:
+        resume = "training, if it had started, starts again from its first step (no checkpoint was saved yet)"
         try:
             checkpoint = self.last_checkpoint()
-            resume = (
-                f"training continues from {checkpoint.relative_to(self.folder)}"
-                if checkpoint is not None
-                else "training, if it had started, starts again from its first step (no checkpoint was saved yet)"
-            )
+            if checkpoint is not None:
+                resume = f"training continues from {checkpoint.relative_to(self.folder)}"
         except Exception:  # the same Ctrl-C can cut a library's import half-way, which cannot be repeated
             resume = "training continues from its newest checkpoint, if one was saved"
         return (
