@@ -23,7 +23,7 @@ from tunesmith.fast_path.modules import SILU_CLASSES, FastAttention, projection_
 from tunesmith.kernels._triton import on_gpu
 from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
 from tunesmith.kernels.rope import rope_forward, rope_reference
-from tunesmith.kernels.swiglu import swiglu_forward, swiglu_reference
+from tunesmith.kernels.swiglu import swiglu
 
 __all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_mlp"]
 
@@ -108,5 +108,4 @@ class DecodeMLP(nn.Module):
             return self.mlp(x)
         rows = x.view(b, -1)
         g, u = decode_linear(rows, self.mlp.gate_proj), decode_linear(rows, self.mlp.up_proj)
-        gated = swiglu_forward(g, u) if on_gpu(g, u) else swiglu_reference(g, u)
-        return decode_linear(gated, self.mlp.down_proj).view(b, 1, -1)
+        return decode_linear(swiglu(g, u), self.mlp.down_proj).view(b, 1, -1)
