@@ -7,7 +7,15 @@ import torch
 from _models import ODD, tiny_model, with_lora
 
 from tunesmith.constants import IGNORE_INDEX
-from tunesmith.fast_path.packing import has_restarts, pack_without_padding, packed_causal_mask
+from tunesmith.fast_path.packing import (
+    PACKED_SDPA,
+    has_restarts,
+    pack_without_padding,
+    packed_attention,
+    packed_causal_mask,
+    packed_sdpa_forward,
+    sample_lengths,
+)
 from tunesmith.fast_path.patch import apply_fast_path, unpatch
 
 SAMPLES = [[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71], [90, 4, 4]]
@@ -52,3 +60,33 @@ def test_packed_row_gives_the_same_loss_and_gradients_as_separate_samples():
     assert abs(got.item() - want.item()) < 1e-5
     assert max((a - b).abs().max().item() for a, b in zip(got_grads, want_grads, strict=True)) < 1e-5
     unpatch(model)
+
+
+def test_sample_by_sample_attention_gives_the_block_mask_result_and_gradients():
+    pos = pack_without_padding(SAMPLES)["position_ids"]
+    assert sample_lengths(pos) == [7, 5, 3] and sample_lengths(torch.arange(6)[None]) is None
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 15, 8, generator=generator, requires_grad=True) for h in (4, 2, 2))
+    module = torch.nn.Module()
+    got, _ = packed_sdpa_forward(module, q, k, v, None, scaling=0.3, position_ids=pos)
+    grads = torch.autograd.grad(got.square().sum(), (q, k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=packed_causal_mask(pos), scale=0.3, enable_gqa=True
+    ).transpose(1, 2)
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    assert got.shape == (1, 15, 4, 8) and (got - want).abs().max() < 1e-5
+    assert max((a - b).abs().max().item() for a, b in zip(grads, want_grads, strict=True)) < 1e-5
+
+
+def test_packed_attention_trains_a_cpu_model_sample_by_sample_and_gives_sdpa_back():
+    model = with_lora(tiny_model(**ODD)).train()
+    core = model.get_base_model()
+    want = _one_by_one_loss(model)
+    seen = []
+    core.model.layers[0].self_attn.register_forward_hook(
+        lambda *_: seen.append(core.config._attn_implementation)
+    )
+    with packed_attention(model):
+        got = model(**pack_without_padding(SAMPLES)).loss
+    assert seen[-1] == PACKED_SDPA and core.config._attn_implementation == "sdpa"
+    assert abs(got.item() - want.item()) < 1e-5

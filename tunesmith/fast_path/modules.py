@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.constants import IGNORE_INDEX
+from tunesmith.fast_path.packing import SDPA_BACKENDS
 from tunesmith.kernels.fused_linear_cross_entropy import fused_linear_cross_entropy
 from tunesmith.kernels.lora_linear import Projection, lora_projections
 from tunesmith.kernels.lora_mlp import lora_mlp
@@ -114,7 +115,7 @@ class FastAttention(nn.Module):
         training = self.training and torch.is_grad_enabled()
         if position_embeddings is None or (cache is not None and not training):
             return False
-        if getattr(self.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+        if getattr(self.config, "_attn_implementation", "sdpa") not in SDPA_BACKENDS:
             return False
         window = getattr(self.config, "sliding_window", None)
         # Qwen2 switches its window on explicitly.
@@ -225,8 +226,10 @@ class FusedLMHead(nn.Module):
         if shift_labels is None:
             labels = F.pad(labels, (0, 1), value=ignore_index)
             shift_labels = labels[..., 1:]
-        hidden = hidden.reshape(-1, hidden.shape[-1])
         shift_labels = shift_labels.reshape(-1).to(hidden.device)
+        # Only tokens with a label are scored: a prompt masked out of the loss costs no logits.
+        counted = shift_labels != ignore_index
+        hidden, shift_labels = hidden.reshape(-1, hidden.shape[-1])[counted], shift_labels[counted]
         return fused_linear_cross_entropy(
             hidden, self.weight, shift_labels, self.bias, ignore_index, num_items_in_batch
         )

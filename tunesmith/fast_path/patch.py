@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from tunesmith.constants import IGNORE_INDEX
-from tunesmith.fast_path.checkpointing import SmartCheckpointing
+from tunesmith.fast_path.checkpointing import SmartCheckpointing, plain_layer_bytes_per_token
 from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
 from tunesmith.fast_path.offload import HostEmbedding
 from tunesmith.fast_path.packing import has_restarts, packed_causal_mask
 from tunesmith.models.registry import family_of
 from tunesmith.models.unwrap import base_model_of
 
-__all__ = ["apply_fast_path", "unpatch", "FastPathState"]
+__all__ = ["apply_fast_path", "apply_cpu_path", "has_fused_loss", "unpatch", "FastPathState"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
     """Swap the output projection and route the causal-LM loss through the fused cross-entropy."""
     head = getattr(causal_lm, "lm_head", None)
     if type(head) is not nn.Linear:  # an adapted or quantized head keeps the plain loss
+        return
+    if getattr(causal_lm.config, "final_logit_softcapping", None):  # Gemma 2 caps its logits first
         return
     _swap(state, causal_lm, "lm_head", FusedLMHead)
     fused: FusedLMHead = causal_lm.lm_head
@@ -168,6 +170,37 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
     state.checkpointing = SmartCheckpointing(decoder, decoder.layers, config, max_memory_gb, offload)
     model.__dict__[_STATE] = state
     return True
+
+
+def apply_cpu_path(
+    model: nn.Module, *, max_memory_gb: float | None = None, smart_checkpointing: bool = True
+) -> None:
+    """The fast path's share that pays on a CPU, where the model keeps its own layers: the fused chunked
+    cross-entropy for training forwards with labels (no full logits, no second pass over the output weight)
+    and, with ``smart_checkpointing``, recomputing only the layers whose activations would not fit a share
+    of the host's memory. ``unpatch(model)`` takes both off again."""
+    if getattr(model, _STATE, None) is not None:
+        return
+    causal_lm = base_model_of(model)
+    state = FastPathState(causal_lm=causal_lm)
+    _install_fused_loss(state, causal_lm)
+    decoder = getattr(causal_lm, "model", None)
+    if smart_checkpointing and hasattr(decoder, "layers"):
+        state.checkpointing = SmartCheckpointing(
+            decoder,
+            decoder.layers,
+            causal_lm.config,
+            max_memory_gb,
+            offload=False,
+            bytes_per_token=plain_layer_bytes_per_token,
+            on_cpu=True,
+        )
+    model.__dict__[_STATE] = state
+
+
+def has_fused_loss(model: nn.Module) -> bool:
+    """Whether a training forward of ``model`` with labels computes its loss through the fused head."""
+    return isinstance(getattr(base_model_of(model), "lm_head", None), FusedLMHead)
 
 
 def unpatch(model: nn.Module) -> None:

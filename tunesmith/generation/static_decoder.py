@@ -18,6 +18,7 @@ import logging
 import torch
 from torch import nn
 
+from tunesmith.fast_path.packing import SDPA_BACKENDS
 from tunesmith.generation.decode_kernels import decode_kernels
 from tunesmith.models.unwrap import base_model_of
 
@@ -50,7 +51,7 @@ def _refusal(core: nn.Module) -> str | None:
         return "this transformers version positions its cache through cache_position (5.17 and later do not)"
     if "cache" not in parameters and "past_key_values" not in parameters:
         return f"{type(core).__name__}.forward takes no cache"
-    if getattr(core.config, "_attn_implementation", "sdpa") not in ("sdpa", "eager"):
+    if getattr(core.config, "_attn_implementation", "sdpa") not in SDPA_BACKENDS:
         return f"the {core.config._attn_implementation} attention backend takes no 4-D mask"
     from transformers import StaticCache
 

@@ -9,6 +9,8 @@ Here tokens go through in chunks of ``CHUNK_TOKENS``; per chunk:
 3. ``dh_c = dlogits W`` and, only when W is trained, ``dW += dlogits^T h_c``.
 Gradients are computed during forward (Liger's scheme), so backward only scales ``dh`` by the
 incoming gradient. Peak extra memory: one chunk of logits (1,024 x 128,256 x 2 = 263 MB) plus ``dh``.
+On a CPU step 2 is the same row math in PyTorch ops (``_cross_entropy_rows``): two matrix products per
+chunk instead of the three of a head that recomputes its logits in backward.
 Reduction matches transformers' ``ForCausalLMLoss``: mean over non-ignored labels, or the sum divided
 by ``num_items_in_batch`` when given.
 """
@@ -73,12 +75,35 @@ def _cross_entropy_kernel(
 
 
 def _loss_scale(labels: torch.Tensor, ignore_index: int, num_items_in_batch) -> torch.Tensor:
-    """1 / (number of counted tokens) as a float32 device tensor (no host sync)."""
+    """1 / (number of counted tokens) as a float32 device tensor (no host sync). A batch with no counted
+    token gets a loss of 0 rather than 0 / 0."""
     if num_items_in_batch is None:
         count = (labels != ignore_index).sum().to(torch.float32)
     else:
         count = torch.as_tensor(num_items_in_batch, dtype=torch.float32, device=labels.device)
-    return (1.0 / count).reshape(1)
+    return (1.0 / count.clamp(min=1)).reshape(1)
+
+
+def _cross_entropy_rows(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    losses: torch.Tensor,
+    scale: torch.Tensor,
+    ignore_index: int,
+    with_grad: bool,
+) -> None:
+    """The row kernel's work in PyTorch ops, for a CPU: ``losses`` gets ``lse - x[y]`` per row and, with
+    ``with_grad``, ``logits`` is overwritten by ``(softmax(x) - onehot(y)) * scale`` (float32 math)."""
+    x = logits.float()
+    lse = torch.logsumexp(x, dim=-1)
+    counted = labels != ignore_index
+    safe = torch.where(counted, labels, 0).unsqueeze(-1)
+    losses.copy_(torch.where(counted, lse - x.gather(-1, safe).squeeze(-1), 0.0))
+    if with_grad:
+        x.sub_(lse.unsqueeze(-1)).exp_()
+        x.scatter_add_(-1, safe, torch.full_like(safe, -1.0, dtype=x.dtype))
+        x.mul_((scale * counted).unsqueeze(-1))
+        logits.copy_(x)
 
 
 def fused_linear_cross_entropy_forward(
@@ -103,15 +128,24 @@ def fused_linear_cross_entropy_forward(
     grad_weight = (
         torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight_grad else None
     )
-    kernel = kernel_for(_cross_entropy_kernel, hidden.device)
-    block = min(BLOCK_V, next_power_of_2(v))
+    use_kernel = on_gpu(hidden, weight)
+    if not use_kernel and torch.is_autocast_enabled(hidden.device.type):
+        # Autocast would cast a frozen weight again for each product; once is enough.
+        weight = weight.to(torch.get_autocast_dtype(hidden.device.type))
     for start in range(0, n, chunk_tokens):
         h = hidden[start : start + chunk_tokens]
         logits = F.linear(h, weight, bias).contiguous()  # (chunk, V): the only logits that ever exist
-        kernel[(h.shape[0],)](
-            logits, labels[start : start + chunk_tokens], losses[start:], scale, logits.stride(0), v,
-            ignore_index, BLOCK=block, WITH_GRAD=with_grad, num_warps=16 if block >= 8192 else 8,
-        )  # fmt: skip
+        rows = labels[start : start + chunk_tokens]
+        if use_kernel:
+            block = min(BLOCK_V, next_power_of_2(v))
+            kernel_for(_cross_entropy_kernel, hidden.device)[(h.shape[0],)](
+                logits, rows, losses[start:], scale, logits.stride(0), v, ignore_index,
+                BLOCK=block, WITH_GRAD=with_grad, num_warps=16 if block >= 8192 else 8,
+            )  # fmt: skip
+        else:
+            _cross_entropy_rows(
+                logits, rows, losses[start : start + h.shape[0]], scale, ignore_index, with_grad
+            )
         if with_grad:
             grad_hidden[start : start + h.shape[0]] = logits @ weight
             if need_weight_grad:
@@ -169,16 +203,13 @@ def fused_linear_cross_entropy(
 ) -> torch.Tensor:
     """Mean (or ``/ num_items_in_batch``) cross-entropy of ``hidden @ weight.T`` against ``labels``.
 
-    On CUDA the chunked Triton path; elsewhere the reference. ``hidden`` (N, H), ``labels`` (N,).
+    Chunked on every device: the Triton row kernel on CUDA, the same math in PyTorch ops on a CPU.
+    ``hidden`` (N, H), ``labels`` (N,).
     """
-    if on_gpu(hidden, weight):
-        if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-            return FusedLinearCrossEntropyFunction.apply(
-                hidden, weight, labels, bias, ignore_index, num_items_in_batch
-            )
-        return fused_linear_cross_entropy_forward(
-            hidden, weight, labels, bias, ignore_index, num_items_in_batch, with_grad=False
-        )[0]
-    return fused_linear_cross_entropy_reference(
-        hidden, weight, labels, bias, ignore_index, num_items_in_batch
-    )
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return FusedLinearCrossEntropyFunction.apply(
+            hidden, weight, labels, bias, ignore_index, num_items_in_batch
+        )
+    return fused_linear_cross_entropy_forward(
+        hidden, weight, labels, bias, ignore_index, num_items_in_batch, with_grad=False
+    )[0]

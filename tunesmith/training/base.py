@@ -20,6 +20,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
 from tunesmith._distributed import world_size
+from tunesmith.fast_path.packing import packed_attention
 from tunesmith.generation.generate import forget_decoder
 from tunesmith.training.attention import varying_length_attention
 from tunesmith.training.callbacks import PLOT_NAME, JsonlLogCallback, ProgressBarCallback
@@ -71,7 +72,7 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         else:
             self._jsonl.resumed_from = checkpoint_step(checkpoint)
         forget_decoder(self.model)  # a static KV cache held from generating before would only take memory
-        with varying_length_attention():
+        with varying_length_attention(), packed_attention(self.model):
             self._before_training(checkpoint)
             self._wrap_after_evaluation()
             try:

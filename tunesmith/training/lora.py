@@ -15,7 +15,6 @@ import torch
 from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
-from tunesmith.models.unwrap import base_model_of
 
 __all__ = [
     "get_peft_model",
@@ -234,30 +233,13 @@ def get_peft_model(
         apply_fast_path(
             peft_model, max_memory_gb=max_memory_gb, offload=use_gradient_checkpointing == "unsloth"
         )
-    elif checkpointing == "unsloth" and not on_cuda:
-        _smart_checkpointing_on_cpu(peft_model, max_memory_gb)
+    elif not on_cuda:
+        from tunesmith.fast_path.patch import apply_cpu_path
+
+        apply_cpu_path(
+            peft_model, max_memory_gb=max_memory_gb, smart_checkpointing=checkpointing == "unsloth"
+        )
     return peft_model
-
-
-def _smart_checkpointing_on_cpu(model: torch.nn.Module, max_memory_gb: float | None) -> None:
-    """Recompute only the layers whose activations would not fit a share of the host's memory (for the
-    tutorial's batches, none), planned before every training forward from its real token count."""
-    from tunesmith.fast_path.checkpointing import SmartCheckpointing, plain_layer_bytes_per_token
-
-    causal_lm = base_model_of(model)
-    decoder = getattr(causal_lm, "model", None)
-    if decoder is None or not hasattr(decoder, "layers"):
-        return  # ordinary checkpointing stays on
-    # The decoder's forward hook holds the planner; nothing else needs a handle on it.
-    SmartCheckpointing(
-        decoder,
-        decoder.layers,
-        causal_lm.config,
-        max_memory_gb,
-        offload=False,
-        bytes_per_token=plain_layer_bytes_per_token,
-        on_cpu=True,
-    )
 
 
 def family_has_fast_path(model: torch.nn.Module) -> bool:

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import logging
 
+import torch
+import transformers
 import trl
 
 from tunesmith.data.prepare import prepare_dataset
 from tunesmith.data.stats import DataStats
 from tunesmith.data.text_template import COLUMN_PLACEHOLDERS, adopt_text_template
 from tunesmith.errors import TunesmithError
+from tunesmith.fast_path.patch import has_fused_loss
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.base import TunesmithTrainerMixin, first_eval_loss
 from tunesmith.training.lora import keep_4bit_trainable
@@ -141,6 +144,41 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
             evaluation = evaluation_prepared.train
             self.data_stats.eval_rows = len(evaluation)
         return prepared.train, evaluation if evaluation is not None else prepared.eval
+
+    # -- the loss ---------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """A training step's loss through the model's own forward where tunesmith's fused head is on it
+        (the gradient computed with the loss: two products with the output weight where TRL's chunked head,
+        which recomputes its logits in backward, takes three; prompt tokens not scored at all); TRL's loss
+        everywhere else (evaluation, custom losses, label smoothing, mixture-of-experts auxiliary loss)."""
+        if not self._fused_loss_applies(model, return_outputs):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        inputs["use_cache"] = False
+        loss = transformers.Trainer.compute_loss(self, model, inputs, num_items_in_batch=num_items_in_batch)
+        self._count_train_tokens(inputs)
+        return loss
+
+    def _fused_loss_applies(self, model, return_outputs: bool) -> bool:
+        parallelism = getattr(self.accelerator, "parallelism_config", None)
+        return (
+            model.training
+            and not return_outputs
+            and self.compute_loss_func is None
+            and self.label_smoother is None
+            and self.args.loss_type == "nll"
+            and not self.aux_loss_enabled
+            and not (parallelism is not None and getattr(parallelism, "sp_enabled", False))
+            and has_fused_loss(self.accelerator.unwrap_model(model))
+        )
+
+    def _count_train_tokens(self, inputs) -> None:
+        """The ``num_tokens`` metric TRL's own loss step keeps (the progress bar's tokens/s reads it)."""
+        if "attention_mask" in inputs:
+            local = inputs["attention_mask"].sum()
+        else:  # without padding the batch is one row of real tokens
+            local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+        self._total_train_tokens += self.accelerator.gather_for_metrics(local).sum().item() // self._tp_size
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
 
     # -- the method's measurements (tunesmith.training.base runs the loop) -------------------------------
     def _after_training(self) -> None:
