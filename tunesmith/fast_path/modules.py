@@ -199,6 +199,8 @@ class FusedLMHead(nn.Module):
         keep_base(self, base_layer, ("weight", "bias"))
         self.defer = False
         self.stash: torch.Tensor | None = None
+        # The weight in the autocast dtype, while training on a CPU (fast_path/cpu_autocast.py).
+        self.frozen_copy: torch.Tensor | None = None
 
     @property
     def out_features(self) -> int:
@@ -230,6 +232,8 @@ class FusedLMHead(nn.Module):
         # Only tokens with a label are scored: a prompt masked out of the loss costs no logits.
         counted = shift_labels != ignore_index
         hidden, shift_labels = hidden.reshape(-1, hidden.shape[-1])[counted], shift_labels[counted]
+        copy = self.frozen_copy
+        weight = copy if copy is not None and torch.is_autocast_enabled(hidden.device.type) else self.weight
         return fused_linear_cross_entropy(
-            hidden, self.weight, shift_labels, self.bias, ignore_index, num_items_in_batch
+            hidden, weight, shift_labels, self.bias, ignore_index, num_items_in_batch
         )

@@ -118,7 +118,7 @@ def packed_sdpa_forward(
             q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=grouped
         )
         for q, k, v in zip(
-            query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=False
+            query.split(lengths, 2), key.split(lengths, 2), value.split(lengths, 2), strict=True
         )
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None

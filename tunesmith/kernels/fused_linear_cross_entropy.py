@@ -94,16 +94,14 @@ def _cross_entropy_rows(
 ) -> None:
     """The row kernel's work in PyTorch ops, for a CPU: ``losses`` gets ``lse - x[y]`` per row and, with
     ``with_grad``, ``logits`` is overwritten by ``(softmax(x) - onehot(y)) * scale`` (float32 math)."""
-    x = logits.float()
-    lse = torch.logsumexp(x, dim=-1)
+    log_p = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # one pass over the chunk
     counted = labels != ignore_index
     safe = torch.where(counted, labels, 0).unsqueeze(-1)
-    losses.copy_(torch.where(counted, lse - x.gather(-1, safe).squeeze(-1), 0.0))
+    losses.copy_(torch.where(counted, -log_p.gather(-1, safe).squeeze(-1), 0.0))
     if with_grad:
-        x.sub_(lse.unsqueeze(-1)).exp_()
-        x.scatter_add_(-1, safe, torch.full_like(safe, -1.0, dtype=x.dtype))
-        x.mul_((scale * counted).unsqueeze(-1))
-        logits.copy_(x)
+        p = log_p.exp_()
+        p.scatter_add_(-1, safe, torch.full_like(safe, -1.0, dtype=p.dtype))
+        torch.mul(p, (scale * counted).unsqueeze(-1), out=logits)  # rounded once, into the logits' buffer
 
 
 def fused_linear_cross_entropy_forward(

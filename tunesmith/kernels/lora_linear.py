@@ -62,7 +62,8 @@ def _stacked_a(projections: list[Projection], dtype) -> tuple[torch.Tensor | Non
     ranks = [0 if p.lora_a is None else p.lora_a.shape[0] for p in projections]
     if not any(ranks):
         return None, ranks
-    return torch.cat([p.lora_a.to(dtype) for p in projections if p.lora_a is not None]), ranks
+    factors = [p.lora_a.to(dtype) for p in projections if p.lora_a is not None]
+    return (torch.cat(factors) if len(factors) > 1 else factors[0]), ranks
 
 
 class LoRAProjectionsFunction(torch.autograd.Function):

@@ -14,12 +14,14 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from peft.utils import SAFETENSORS_WEIGHTS_NAME as ADAPTER_SAFE_WEIGHTS_NAME
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import TrainOutput
 
 from tunesmith._distributed import world_size
+from tunesmith.fast_path.cpu_autocast import cpu_autocast_training
 from tunesmith.fast_path.packing import packed_attention
 from tunesmith.generation.generate import forget_decoder
 from tunesmith.training.attention import varying_length_attention
@@ -72,7 +74,12 @@ class TunesmithTrainerMixin(NoTelemetryMixin, AtomicCheckpointMixin):
         else:
             self._jsonl.resumed_from = checkpoint_step(checkpoint)
         forget_decoder(self.model)  # a static KV cache held from generating before would only take memory
-        with varying_length_attention(), packed_attention(self.model):
+        autocast = torch.bfloat16 if self.args.bf16 else None
+        with (
+            varying_length_attention(),
+            packed_attention(self.model),
+            cpu_autocast_training(self.model, autocast),
+        ):
             self._before_training(checkpoint)
             self._wrap_after_evaluation()
             try:
