@@ -92,6 +92,28 @@ def test_sampling_follows_the_seed_and_top_k_1_is_greedy_and_beam_search_goes_to
     )
 
 
+def test_a_repetition_penalty_stays_on_the_fast_loop_with_transformers_tokens(tiny_llama_dir):
+    model, tokenizer = FastLanguageModel.from_pretrained(tiny_llama_dir)
+    FastLanguageModel.for_inference(model)
+    prompts = ["the patient reported", "rest helps most people recover"]
+    call = dict(max_new_tokens=24, min_new_tokens=24, do_sample=False, repetition_penalty=1.3)
+    alone, changed = [], []
+    for prompt in prompts:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        alone.append(model.generate(input_ids=ids, **call)[0, ids.shape[1] :])
+        assert last_generation(model).path == "eager"  # not sent on to transformers
+        assert torch.equal(alone[-1], library_generate(model, input_ids=ids, **call)[0, ids.shape[1] :])
+        plain = model.generate(input_ids=ids, **{**call, "repetition_penalty": 1.0})[0, ids.shape[1] :]
+        changed.append(not torch.equal(alone[-1], plain))
+    assert any(changed)  # the penalty changes the tiny model's looping answers
+    tokenizer.padding_side = "left"
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    together = model.generate(**batch, **call)[:, batch.input_ids.shape[1] :]
+    assert all(
+        torch.equal(row, one) for row, one in zip(together, alone, strict=True)
+    )  # padding not penalised
+
+
 def test_for_training_after_generating_trains_exactly_as_a_model_that_never_generated(tiny_llama_dir):
     def adapted():
         model, _ = FastLanguageModel.from_pretrained(tiny_llama_dir)

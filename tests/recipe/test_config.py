@@ -177,3 +177,11 @@ def test_gpu_memory_cap_is_a_positive_number(tmp_path: Path) -> None:
     assert load_config(path, ["lora.max_memory_gb=8"]).lora.max_memory_gb == 8.0
     message = _error(path, ["lora.max_memory_gb=0"])
     assert "'lora.max_memory_gb'" in message and "greater than 0" in message
+
+
+def test_a_repetition_penalty_below_one_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    path = _write(tmp_path, "")
+    assert load_config(path).generation.repetition_penalty == 1.0, "default: transformers' own (off)"
+    assert load_config(path, ["generation.repetition_penalty=1.05"]).generation.repetition_penalty == 1.05
+    message = _error(path, ["generation.repetition_penalty=0.9"])
+    assert "'generation.repetition_penalty'" in message and "0.9" in message

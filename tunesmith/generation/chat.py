@@ -92,20 +92,26 @@ def _stop_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _decoding(max_new_tokens: int, temperature: float, top_p: float) -> dict:
+def _decoding(max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float = 1.0) -> dict:
     """generate() keywords for greedy (``temperature=0``) or sampled answers, checked first."""
     if max_new_tokens < 1:
         raise TunesmithError(f"max_new_tokens={max_new_tokens} must be at least 1.")
     if temperature < 0:
         raise TunesmithError(f"temperature={temperature} must be 0 (greedy) or more (sampling).")
+    if repetition_penalty < 1.0:
+        raise TunesmithError(
+            f"repetition_penalty={repetition_penalty} must be 1.0 (off) or more: below 1 it rewards repeats."
+        )
+    penalty = {"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}
     if temperature > 0:
         return {
             "max_new_tokens": max_new_tokens,
             "do_sample": True,
             "temperature": temperature,
             "top_p": top_p,
+            **penalty,
         }
-    return {"max_new_tokens": max_new_tokens, "do_sample": False}
+    return {"max_new_tokens": max_new_tokens, "do_sample": False, **penalty}
 
 
 def chat(
@@ -148,11 +154,18 @@ def answer_all(
     temperature: float = 0.0,
     top_p: float = 1.0,
     system: str | None = None,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Answer every question in one batch (prompts left-padded), in the order given."""
     rows = [prompt_ids(tokenizer, as_messages(q, system))[0] for q in questions]
     return answer_prompts(
-        model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p
+        model,
+        tokenizer,
+        rows,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
     )
 
 
@@ -164,9 +177,10 @@ def answer_prompts(
     max_new_tokens: int = 256,
     temperature: float = 0.0,
     top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Continue every prompt (token ids, already formatted) in one left-padded batch; the answers in order."""
-    decoding = _decoding(max_new_tokens, temperature, top_p)
+    decoding = _decoding(max_new_tokens, temperature, top_p, repetition_penalty)
     if not prompts:
         return []
     rows = [torch.as_tensor(p, dtype=torch.long) for p in prompts]

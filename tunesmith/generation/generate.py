@@ -171,9 +171,13 @@ def _decode(model, input_ids, attention_mask, streamer, settings: DecodeSettings
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     produced: list[torch.Tensor] = []
     logits = decoder.prefill(input_ids, mask)
+    seen = _seen_tokens(input_ids, mask, settings)
     for index in range(settings.max_new_tokens):
-        tokens = torch.where(finished, settings.pad_id, choose(logits, index))
+        chosen = choose(logits, index, None if seen is None else seen[:, : length + index])
+        tokens = torch.where(finished, settings.pad_id, chosen)
         produced.append(tokens)
+        if seen is not None:
+            seen[:, length + index] = tokens
         if choose.eos.numel():
             finished |= torch.isin(tokens, choose.eos)
         last = index + 1 == settings.max_new_tokens
@@ -194,6 +198,22 @@ def _decode(model, input_ids, attention_mask, streamer, settings: DecodeSettings
         seconds=time.perf_counter() - started,
     )
     return torch.cat([input_ids, new], dim=1)
+
+
+def _seen_tokens(
+    input_ids: torch.Tensor, mask: torch.Tensor, settings: DecodeSettings
+) -> torch.Tensor | None:
+    """The prompt with room for every new token, which a repetition penalty reads; None without one. Left
+    padding repeats the row's first real token (penalised once all the same), so a prompt answered in a
+    batch gets the answer it gets alone."""
+    if settings.repetition_penalty == 1.0:
+        return None
+    first_real = input_ids.gather(1, mask.long().argmax(1, keepdim=True))
+    seen = input_ids.new_full(
+        (input_ids.shape[0], input_ids.shape[1] + settings.max_new_tokens), settings.pad_id
+    )
+    seen[:, : input_ids.shape[1]] = torch.where(mask.bool(), input_ids, first_real)
+    return seen
 
 
 def enable_fast_generation(model: nn.Module) -> nn.Module:

@@ -3,7 +3,7 @@
 The model's own ``generation_config`` is the base and the call's keywords update it (transformers' public
 ``GenerationConfig.update``), so a tutorial call such as ``generate(input_ids, max_new_tokens=64,
 use_cache=True)`` samples exactly when transformers would. Anything the fast loop does not do (beam search,
-repetition penalties, custom processors, scores in the output) is named, and the call goes to transformers.
+n-gram bans, custom processors, scores in the output) is named, and the call goes to transformers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ _NEUTRAL = {"use_cache", "synced_gpus"}
 _DEFAULTS = {
     "num_beams": 1,
     "num_return_sequences": 1,
-    "repetition_penalty": 1.0,
     "no_repeat_ngram_size": 0,
     "encoder_no_repeat_ngram_size": 0,
     "bad_words_ids": None,
@@ -71,6 +70,7 @@ class DecodeSettings:
     top_k: int
     top_p: float
     min_p: float | None
+    repetition_penalty: float  # transformers': over the prompt and every token so far; 1.0 is off
     eos_ids: list[int]
     pad_id: int
 
@@ -120,6 +120,7 @@ def read_settings(model, prompt_length: int, kwargs: dict) -> tuple[DecodeSettin
         top_k=int(_TOP_K_DEFAULT if config.top_k is None else config.top_k),
         top_p=float(config.top_p if config.top_p is not None else 1.0),
         min_p=config.min_p,
+        repetition_penalty=float(config.repetition_penalty or 1.0),
         eos_ids=eos,
         pad_id=pad[0] if pad else (eos[0] if eos else 0),
     ), ""

@@ -277,6 +277,13 @@ class GenerationConfig(_Section):
     """How probe answers are generated (greedy, so before/after differ only by training)."""
 
     max_new_tokens: int = Field(128, ge=1, le=4096)
+    repetition_penalty: float = Field(
+        1.0,
+        ge=1.0,
+        le=2.0,
+        description="transformers' repetition penalty (1.0: off): the scores of tokens already in the prompt or "
+        "the answer are divided by it (multiplied where negative), the same before and after training",
+    )
     held_out_questions: int = Field(
         8,
         ge=0,

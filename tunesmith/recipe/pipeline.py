@@ -403,8 +403,13 @@ def _ask(ctx: RunContext) -> list[str]:
     """Every probe answered in one batch (the fast decode path), printed in order."""
     from tunesmith.generation.chat import answer_all
 
+    generation = ctx.config.generation
     answers = answer_all(
-        ctx.model, ctx.tokenizer, list(ctx.config.probes), max_new_tokens=ctx.config.generation.max_new_tokens
+        ctx.model,
+        ctx.tokenizer,
+        list(ctx.config.probes),
+        max_new_tokens=generation.max_new_tokens,
+        repetition_penalty=generation.repetition_penalty,
     )
     for question, answer in zip(ctx.config.probes, answers, strict=True):
         print(f"    Q: {question}\n    A: {_one_line(answer)}")
@@ -425,8 +430,13 @@ def _answer_held_out(ctx: RunContext, sample: list[HeldOutQuestion]) -> list[str
     prompts = [q.prompt_ids for q in sample]
     if prompts:
         print(f"    answering {len(prompts)} held-out question(s), to score against their reference answers")
+    generation = ctx.config.generation
     return answer_prompts(
-        ctx.model, ctx.tokenizer, prompts, max_new_tokens=ctx.config.generation.max_new_tokens
+        ctx.model,
+        ctx.tokenizer,
+        prompts,
+        max_new_tokens=generation.max_new_tokens,
+        repetition_penalty=generation.repetition_penalty,
     )
 
 
