@@ -43,11 +43,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--tie-margin",
         type=float,
-        default=0.1,
+        default=None,
         metavar="SD",
         help=(
             "count a different top-1 token as agreeing when PyTorch rates it within this many standard "
-            "deviations of its logits of its own top token (default 0.1; 0 = strict)"
+            "deviations of its logits of its own top token (default: verify_gguf's margin; 0 = strict)"
         ),
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -60,7 +60,11 @@ def run(args: argparse.Namespace) -> int:
     from tunesmith.export.verify import verify_gguf
 
     report = verify_gguf(
-        args.gguf, args.against, args.prompts, max_new_tokens=args.max_new_tokens, tie_margin=args.tie_margin
+        args.gguf,
+        args.against,
+        args.prompts,
+        max_new_tokens=args.max_new_tokens,
+        **({} if args.tie_margin is None else {"tie_margin": args.tie_margin}),
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
     return 0 if report.passed else 1

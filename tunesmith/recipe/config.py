@@ -281,8 +281,8 @@ class GenerationConfig(_Section):
         1.0,
         ge=1.0,
         le=2.0,
-        description="transformers' repetition penalty (1.0: off): the scores of tokens already in the prompt or "
-        "the answer are divided by it (multiplied where negative), the same before and after training",
+        description="transformers' repetition penalty (1.0: off): scores of tokens already in the prompt "
+        "or the answer are divided by it (multiplied where negative), before and after training alike",
     )
     held_out_questions: int = Field(
         8,
