@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -41,20 +42,26 @@ PACKED_SDPA = "tunesmith_packed_sdpa"
 SDPA_BACKENDS = ("sdpa", "eager", PACKED_SDPA)
 
 
+def _sample_starts(position_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool, True where a sample starts: the first token, and wherever the position does not continue
+    the previous one."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    return starts
+
+
 def has_restarts(position_ids: torch.Tensor) -> bool:
     """True when some row's positions do not simply count up (a packed row). One host sync."""
     if position_ids.dim() != 2 or position_ids.shape[1] < 2:
         return False
-    return bool((position_ids[:, 1:] != position_ids[:, :-1] + 1).any())
+    return bool(_sample_starts(position_ids)[:, 1:].any())
 
 
 def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:
     """(B, 1, T, T) bool, True where query i may attend key j: same sample (a new sample starts where the
     position does not continue the previous one) and j <= i."""
-    b, t = position_ids.shape
-    starts = torch.ones_like(position_ids, dtype=torch.bool)
-    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
-    sample = starts.cumsum(dim=1)  # (B, T) sample number of each token
+    t = position_ids.shape[1]
+    sample = _sample_starts(position_ids).cumsum(dim=1)  # (B, T) sample number of each token
     same = sample[:, :, None] == sample[:, None, :]
     causal = torch.ones(t, t, dtype=torch.bool, device=position_ids.device).tril()
     return (same & causal)[:, None]
@@ -83,13 +90,10 @@ def sample_lengths(position_ids: torch.Tensor | None) -> list[int] | None:
     continue the previous one), or None when ``position_ids`` is not one row of several samples."""
     if position_ids is None or position_ids.dim() != 2 or position_ids.shape[0] != 1:
         return None
-    row = position_ids[0]
-    starts = torch.ones_like(row, dtype=torch.bool)
-    starts[1:] = row[1:] != row[:-1] + 1
-    edges = starts.nonzero().flatten().tolist() + [row.numel()]
+    edges = _sample_starts(position_ids)[0].nonzero().flatten().tolist() + [position_ids.shape[1]]
     if len(edges) <= 2:
         return None  # one sample: plain causal attention is all there is
-    return [end - start for start, end in zip(edges, edges[1:], strict=False)]
+    return [end - start for start, end in pairwise(edges)]
 
 
 def packed_sdpa_forward(
