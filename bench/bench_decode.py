@@ -8,6 +8,7 @@ a user waits for first. Then time to first token (batch 1, through a streamer), 
 usage (GPU machine, repository root, anchors on PYTHONPATH as in run_all.sh):
     python3 bench/bench_decode.py run MODEL_DIR VARIANT        # prints one RESULT {json} line
     python3 bench/bench_decode.py profile MODEL_DIR VARIANT    # graph replay vs loop, kernels of one step
+    python3 bench/bench_decode.py lora                         # one LoRA adapter in a graph: PEFT vs kernel
     python3 bench/bench_decode.py table LOG_DIR                # the markdown table of every RESULT line
     python3 bench/bench_decode.py cpu                          # the CPU part: the embedded model, 2 cores
 VARIANT: ENGINE_QUANT[_lora][_bN], ENGINE in ts, unsloth, hf, hfstatic (transformers' static cache, which
@@ -135,7 +136,8 @@ def run(model_dir: str, variant: str) -> None:
 
 def profile(model_dir: str, variant: str) -> None:
     """Where a decode step's time goes: the recorded graph's replay alone (CUDA events) against the whole
-    loop's time per token, and the GPU kernels of one eager step by total time."""
+    loop's time per token, and the GPU kernels of one replayed step by total time (the recorded step runs
+    the decode modules; an eager step would show the model's own layers)."""
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -161,13 +163,54 @@ def profile(model_dir: str, variant: str) -> None:
     torch.cuda.synchronize()
     replay_ms = begin.elapsed_time(end) / 50
     with torch.no_grad(), torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        decoder._one_token()
+        decoder.graph.replay()
         torch.cuda.synchronize()
     events = prof.key_averages()
     kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
     print(json.dumps(dict(variant=variant, loop_ms_per_token=round(loop_ms, 3), graph_replay_ms=round(replay_ms, 3),
                           kernels_per_step=kernels)))  # fmt: skip
     print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70))
+
+
+def lora_kernels() -> None:
+    """One LoRA adapter (rank 16) added to a decode step's projection at Llama-8B's shapes, inside a CUDA
+    graph as the recorded step runs it: PEFT's arithmetic (the reference) against the decode kernel, in
+    microseconds per adapter."""
+    import torch
+
+    from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
+
+    def per_call_us(add, tensors: tuple, calls: int = 32) -> float:
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                add(*tensors, 0.5)
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(calls):
+                add(*tensors, 0.5)
+        graph.replay()
+        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        begin.record()
+        for _ in range(20):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return round(begin.elapsed_time(end) * 1000 / 20 / calls, 2)
+
+    for rows in (1, 8):
+        for n_in, n_out in ((4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)):
+            x = torch.randn(rows, n_in, device="cuda", dtype=torch.bfloat16)
+            y = torch.randn(rows, n_out, device="cuda", dtype=torch.bfloat16)
+            a = torch.randn(16, n_in, device="cuda") / n_in**0.5
+            b = torch.randn(n_out, 16, device="cuda")
+            peft = per_call_us(lora_decode_reference, (y, x, a, b))
+            kernel = per_call_us(lora_decode_forward, (y, x, a, b))
+            print(
+                "RESULT "
+                + json.dumps(dict(rows=rows, n_in=n_in, n_out=n_out, peft_us=peft, kernel_us=kernel))
+            )
 
 
 def cpu() -> None:
@@ -219,6 +262,8 @@ if __name__ == "__main__":
         run(sys.argv[2], sys.argv[3])
     elif command == "profile":
         profile(sys.argv[2], sys.argv[3])
+    elif command == "lora":
+        lora_kernels()
     elif command == "table":
         table(sys.argv[2])
     else:

@@ -164,6 +164,20 @@ def gen_rate(m, tok) -> float:
     return GROUP * GEN / (time.time() - t)
 
 
+def _profile_sampling_step(m) -> None:
+    """The GPU kernels of one replay of the sampling step's recorded graph, as GRPO left it."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tunesmith.generation.generate import _DECODER
+
+    decoder = m.__dict__[_DECODER][1]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        decoder.graph.replay()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+
+
 def run(d: str, variant: str, steps: int) -> None:
     """Time one variant and print its RESULT line."""
     import torch
@@ -190,6 +204,16 @@ def run(d: str, variant: str, steps: int) -> None:
     else:
         done = [b - a for a, b in zip([0, *timer.scored[:-1]], timer.scored, strict=True)][warm:]
         per_step = sorted(done)[len(done) // 2]
+        if variant.startswith("ts"):  # the last step's sampling call, before gen_rate makes another
+            from tunesmith.generation.generate import last_generation
+
+            record = last_generation(m)
+            if record is not None:
+                res.update(
+                    sampling_path=record.path, sampling_why=record.why, sampling_s=round(record.seconds, 3)
+                )
+            if os.environ.get("BENCH_SAMPLING_PROFILE"):
+                _profile_sampling_step(m)
         res.update(group=GROUP, gen_tokens=GEN, completions_per_step=per_step,
                    completions_per_min=round(60 * per_step / med, 1), gen_tok_per_s=round(gen_rate(m, tok)))  # fmt: skip
     print("RESULT " + json.dumps(res), flush=True)
