@@ -13,6 +13,21 @@ _QWEN3 = dict(model_type="qwen3", vocab_size=151936, num_hidden_layers=36, num_a
 SHAPES = {
     "qwen3-4b": dict(_QWEN3, hidden_size=2560, intermediate_size=9728, tie_word_embeddings=True),
     "qwen3-8b": dict(_QWEN3, hidden_size=4096, intermediate_size=12288, tie_word_embeddings=False),
+    # Gemma-3-4B's text model: five local layers (window 1,024) to one global, head size 256
+    "gemma3-4b": dict(
+        model_type="gemma3_text",
+        vocab_size=262208,
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=34,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        head_dim=256,
+        query_pre_attn_scalar=256,
+        sliding_window=1024,
+        max_position_embeddings=131072,
+        tie_word_embeddings=True,
+    ),  # fmt: skip
 }
 
 

@@ -14,6 +14,7 @@ OUTDIR=${OUT:-/tmp}
 [ -f /tmp/anchor-site/.done ] || { for f in .anchor-whl/*.whl .anchor-whl/*.zip; do python3 -m zipfile -e "$f" /tmp/anchor-site; done; touch /tmp/anchor-site/.done; }
 export PYTHONPATH=/tmp/anchor-site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
 # BENCH_SHAPE=qwen3-4b (a bench/random_model.py shape) with BENCH_TOKENIZER=.bench-data/qwen3: another family
+# (gemma3-4b with ../shared/tokenizers/gemma3 copied to .bench-data/gemma3: 33 MB, within the carry limit)
 SHAPE=${BENCH_SHAPE:-llama3.1-8b}; MODEL=/tmp/model-$SHAPE; TUT=/tmp/tut-$SHAPE
 if [ "$SHAPE" = llama3.1-8b ]; then
   [ -f $MODEL/config.json ] || ARCH=8b python3 .anchors/anchor_bench.py prep $MODEL 2>&1 | tail -1

@@ -90,3 +90,16 @@ def test_packed_attention_trains_a_cpu_model_sample_by_sample_and_gives_sdpa_bac
         got = model(**pack_without_padding(SAMPLES)).loss
     assert seen[-1] == PACKED_SDPA and core.config._attn_implementation == "sdpa"
     assert abs(got.item() - want.item()) < 1e-5
+
+
+def test_a_local_layer_keeps_its_window_inside_a_packed_row():
+    # Gemma 3 with a window of 4 on every second layer: the 7- and 5-token samples reach past it
+    model = tiny_model(
+        "gemma3_text", **ODD, head_dim=16, query_pre_attn_scalar=12, sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    model = with_lora(model).train()
+    want = _one_by_one_loss(model)
+    with packed_attention(model):  # without a cache, as TRL trains: transformers' masks then see the samples
+        got = model(**pack_without_padding(SAMPLES), use_cache=False).loss
+    assert abs(got.item() - want.item()) < 1e-5

@@ -120,3 +120,42 @@ def test_qwen3_gets_the_fast_path_with_its_per_head_norms():
     attention = model.get_base_model().model.layers[0].self_attn
     assert type(attention).__name__ == "Qwen3Attention" and type(attention.q_norm).__name__ == "Qwen3RMSNorm"
     assert list(model.state_dict()) == keys
+
+
+def _gemma(family: str, **config):
+    # Gemma 3: every second layer local with a window of 8, shorter than the 13-token batch (so those fall
+    # back); Gemma 2: its soft-capped attention falls back, its norms and GeGLU MLP do not
+    sizes = {**ODD, "head_dim": 16, "query_pre_attn_scalar": 12, "sliding_window": 8, **config}
+    if family == "gemma3_text":
+        sizes["layer_types"] = ["sliding_attention", "full_attention"]
+    return with_lora(tiny_model(family, **sizes)).train()
+
+
+def test_gemma_gets_the_fast_path_with_offset_norms_and_geglu():
+    for family in ("gemma3_text", "gemma2"):
+        model = _gemma(family)
+        x, labels = _batch()
+        keys = list(model.state_dict())
+        loss0, grads0 = loss_and_grads(model, x, labels)
+        assert apply_fast_path(model), family
+        layer = model.get_base_model().model.layers[1]
+        assert isinstance(layer.pre_feedforward_layernorm, FastRMSNorm) and isinstance(layer.mlp, FastMLP)
+        assert layer.post_feedforward_layernorm.weight_offset == 1.0 and list(model.state_dict()) == keys
+        loss1, grads1 = loss_and_grads(model, x, labels)
+        assert abs(loss1 - loss0) < 1e-5, family
+        assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5, family
+        unpatch(model)
+        assert type(model.get_base_model().model.layers[1].mlp).__name__.startswith("Gemma")
+
+
+def test_gemma_attention_fuses_only_where_sdpa_computes_what_the_layer_does():
+    gemma3 = _gemma("gemma3_text").get_base_model()
+    apply_fast_path(gemma3)
+    local, full = (layer.self_attn for layer in gemma3.model.layers)
+    cos_sin = (torch.ones(1), torch.ones(1))
+    assert not local._can_fuse(cos_sin, {}, seq_len=13), "a local layer's window (8) is shorter"
+    assert local._can_fuse(cos_sin, {}, seq_len=8) and full._can_fuse(cos_sin, {}, seq_len=13)
+    gemma2 = _gemma("gemma2").get_base_model()
+    apply_fast_path(gemma2)
+    assert not gemma2.model.layers[1].self_attn._can_fuse(cos_sin, {}, seq_len=4), "soft-capped logits"
+    assert not isinstance(gemma2.lm_head, FusedLMHead), "Gemma 2 soft-caps its final logits too"

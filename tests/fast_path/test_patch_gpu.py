@@ -95,18 +95,33 @@ def test_exactness_against_transformers_peft(tmp_path, monkeypatch, qlora, offlo
     assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]
 
 
+HEAD_NORM_SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=4,
+                       num_attention_heads=16, head_dim=128, num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
+# Gemma 3: local layers with a window of 512 (the 1,024-token batch falls back there), full ones fused;
+# query_pre_attn_scalar is not the head size, so a wrong query scale would show.
+FAMILY_EXTRAS = {
+    "qwen3": {},
+    "gemma3_text": dict(
+        query_pre_attn_scalar=96, sliding_window=512, layer_types=["sliding_attention", "full_attention"] * 2
+    ),  # fmt: skip
+}
+
+
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
-def test_qwen3_in_bf16_is_as_close_to_float32_as_transformers_peft_is(tmp_path, qlora, record_property):
+def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft_is(
+    tmp_path, family, qlora, record_property
+):
     """With Qwen3's head norms, bf16 gradients are ~3.5% from float32 on transformers' own path too (H200),
     above the Llama test's 2e-2, so the measure is the float32 run of transformers + PEFT: the fast path's
     first-step LoRA gradients are no further from it than transformers + PEFT's own bf16 run (10% slack),
-    and its losses stay within 0.5%."""
+    and its losses stay within 0.5%. Gemma 3 adds its offset norms, GeGLU and local layers."""
     from tunesmith.fast_path.modules import FastAttention, FastRMSNorm
     from tunesmith.fast_path.patch import apply_fast_path
 
-    path = write_tiny_model(tmp_path, "qwen3", dtype=torch.bfloat16, vocab_size=32000, hidden_size=1024,
-                            intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16, head_dim=128,
-                            num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
+    path = write_tiny_model(
+        tmp_path, family, dtype=torch.bfloat16, **HEAD_NORM_SHAPE, **FAMILY_EXTRAS[family]
+    )
     _random_norms(path)
     gen = torch.Generator(device="cuda").manual_seed(2)
     batches = [torch.randint(0, 32000, (2, 1024), device="cuda", generator=gen) for _ in range(3)]

@@ -1,4 +1,4 @@
-"""The modules the fast path swaps into a loaded Llama, Mistral, Qwen2 or Qwen3 model.
+"""The modules the fast path swaps into a loaded Llama, Mistral, Qwen2, Qwen3, Gemma 2 or Gemma 3 model.
 
 Each wrapper registers the original module's children (or parameters) under their original names,
 so ``state_dict`` keys, PEFT adapter names and ``named_modules`` paths stay exactly as they were
@@ -73,16 +73,18 @@ class FastRMSNorm(nn.Module):
     """Drop-in for a transformers RMSNorm: the Triton kernel on CUDA, the reference elsewhere.
 
     The original module is kept, unregistered, as ``base_layer``; its weight is registered here under
-    the same name (shared, not copied), so ``state_dict`` keys do not change.
+    the same name (shared, not copied), so ``state_dict`` keys do not change. ``weight_offset`` is the
+    family's (``Family.norm_weight_offset``: 1 for Gemma, whose norms multiply by ``1 + w``).
     """
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module, weight_offset: float = 0.0):
         super().__init__()
         keep_base(self, base_layer, ("weight",))
         self.eps = float(getattr(base_layer, "variance_epsilon", getattr(base_layer, "eps", 1e-6)))
+        self.weight_offset = weight_offset
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps, self.weight_offset)
 
 
 class FastAttention(nn.Module):
@@ -90,7 +92,8 @@ class FastAttention(nn.Module):
     model normalises each head's query and key before RoPE (Qwen3's ``q_norm`` / ``k_norm``), so does this.
 
     Falls back to the original module for generation with a cache, other attention backends, sliding
-    windows, or projections the fused path cannot read.
+    windows shorter than the sequence, soft-capped attention logits (Gemma 2), non-causal attention, or
+    projections the fused path cannot read.
     """
 
     CHILDREN = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -125,7 +128,13 @@ class FastAttention(nn.Module):
             return False  # Mistral's window applies once the sequence is longer than it
         if kwargs.get("output_attentions"):
             return False
-        return True
+        layer = self.base_layer
+        # Gemma 2/3 mark their own local layers; Gemma 2 also soft-caps the attention logits, which SDPA
+        # cannot, and a bidirectional variant (embedding models) is not causal.
+        layer_window = getattr(layer, "sliding_window", None)
+        if layer_window and seq_len > layer_window:
+            return False
+        return getattr(layer, "attn_logit_softcapping", None) is None and getattr(layer, "is_causal", True)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """Same signature and result as the original attention: ``(output (B, T, H), None)``."""
@@ -163,12 +172,20 @@ class FastAttention(nn.Module):
         return lora_projections(out, projections[3:])[0], None
 
 
-# transformers' activation classes that compute x * sigmoid(x) (ACT2FN["silu"] is SiLUActivation).
-SILU_CLASSES = ("SiLU", "SiLUActivation")
+# transformers' activation classes by the gated kernel that computes them (lora_mlp.ACTIVATIONS):
+# x * sigmoid(x) (ACT2FN["silu"] is SiLUActivation) and Gemma's tanh-approximated GELU.
+GATE_ACTIVATIONS = {
+    "SiLU": "silu",
+    "SiLUActivation": "silu",
+    "GELUTanh": "gelu_tanh",
+    "PytorchGELUTanh": "gelu_tanh",
+}
+SILU_CLASSES = tuple(name for name, kernel in GATE_ACTIVATIONS.items() if kernel == "silu")
 
 
 class FastMLP(nn.Module):
-    """The SwiGLU MLP with LoRA fused into gate/up/down; falls back to the original when it cannot read it."""
+    """The gated MLP (SwiGLU, GeGLU) with LoRA fused into gate/up/down; falls back to the original when it
+    cannot read it."""
 
     CHILDREN = ("gate_proj", "up_proj", "down_proj")
 
@@ -177,17 +194,16 @@ class FastMLP(nn.Module):
         keep_base(self, base_layer, self.CHILDREN + ("act_fn",))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``down(silu(gate(x)) * up(x))`` with the adapters, (B, T, H) -> (B, T, H)."""
+        """``down(act(gate(x)) * up(x))`` with the adapters, (B, T, H) -> (B, T, H)."""
         if x.shape[-2] == 1 and not torch.is_grad_enabled():
             # A decode step: the layers' own matrix-vector products (bitsandbytes' 4-bit gemv) read the
             # weights once; the fused training kernel would first unpack a 4-bit weight in full.
             return self.base_layer(x)
         projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
-        if type(self.act_fn).__name__ not in SILU_CLASSES or any(
-            p is None or p.bias is not None for p in projections
-        ):
+        activation = GATE_ACTIVATIONS.get(type(self.act_fn).__name__)
+        if activation is None or any(p is None or p.bias is not None for p in projections):
             return self.base_layer(x)
-        return lora_mlp(x, *projections)
+        return lora_mlp(x, *projections, activation=activation)
 
 
 class FusedLMHead(nn.Module):

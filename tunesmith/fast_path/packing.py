@@ -112,7 +112,11 @@ def packed_sdpa_forward(
 
     same_length = query.shape[2] == key.shape[2]
     lengths = sample_lengths(kwargs.get("position_ids")) if same_length else None
-    if lengths is None or sum(lengths) != query.shape[2]:
+    window = kwargs.get("sliding_window")
+    # A local layer (Gemma) whose window is shorter than a sample needs the mask's band, which the causal
+    # kernel does not draw.
+    beyond_window = lengths is not None and bool(window) and max(lengths) > window
+    if lengths is None or sum(lengths) != query.shape[2] or beyond_window:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )

@@ -43,22 +43,35 @@ class FastPathState:
     checkpointing: SmartCheckpointing | None = None
 
 
-def _swap(state: FastPathState, parent: nn.Module, name: str, wrapper_cls) -> None:
+# A decoder layer's norms: Llama's two, and Gemma 2/3's two more around the MLP.
+LAYER_NORMS = (
+    "input_layernorm",
+    "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
+)
+
+
+def _swap(state: FastPathState, parent: nn.Module, name: str, wrapper) -> None:
     original = getattr(parent, name)
-    setattr(parent, name, wrapper_cls(original))
+    setattr(parent, name, wrapper(original))
     state.swaps.append((parent, name, original))
 
 
-def _swap_layers(state: FastPathState, decoder: nn.Module) -> None:
+def _swap_layers(state: FastPathState, decoder: nn.Module, norm_weight_offset: float) -> None:
+    def norm(module: nn.Module) -> FastRMSNorm:
+        return FastRMSNorm(module, norm_weight_offset)
+
     for layer in decoder.layers:
-        for name in ("input_layernorm", "post_attention_layernorm"):
-            _swap(state, layer, name, FastRMSNorm)
+        for name in LAYER_NORMS:
+            if getattr(layer, name, None) is not None:
+                _swap(state, layer, name, norm)
         _swap(state, layer, "self_attn", FastAttention)
         if layer.self_attn.has_head_norms:
             for name in FastAttention.HEAD_NORMS:
-                _swap(state, layer.self_attn, name, FastRMSNorm)
+                _swap(state, layer.self_attn, name, norm)
         _swap(state, layer, "mlp", FastMLP)
-    _swap(state, decoder, "norm", FastRMSNorm)
+    _swap(state, decoder, "norm", norm)
 
 
 def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
@@ -162,7 +175,7 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
         )
         return False
     state = FastPathState(causal_lm=causal_lm)
-    _swap_layers(state, decoder)
+    _swap_layers(state, decoder, family.norm_weight_offset)
     _install_fused_loss(state, causal_lm)
     _install_packing(state, causal_lm)
     if offload and max_memory_gb is not None:

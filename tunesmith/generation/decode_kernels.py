@@ -19,7 +19,12 @@ from contextlib import contextmanager
 from torch import nn
 
 from tunesmith.fast_path.modules import FastRMSNorm
-from tunesmith.generation.decode_modules import DecodeAttention, DecodeMLP, can_decode_mlp
+from tunesmith.generation.decode_modules import (
+    DecodeAttention,
+    DecodeMLP,
+    can_decode_attention,
+    can_decode_mlp,
+)
 from tunesmith.models.registry import family_of
 from tunesmith.models.unwrap import base_model_of
 
@@ -32,9 +37,9 @@ def _is_plain_llama_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("RMSNorm") and not isinstance(module, FastRMSNorm)
 
 
-def _norm_swaps(model: nn.Module) -> list[Swap]:
+def _norm_swaps(model: nn.Module, weight_offset: float) -> list[Swap]:
     return [
-        (holder, name, module, FastRMSNorm(module))
+        (holder, name, module, FastRMSNorm(module, weight_offset))
         for holder in list(model.modules())
         for name, module in list(holder._modules.items())
         if module is not None and _is_plain_llama_norm(module)
@@ -44,7 +49,8 @@ def _norm_swaps(model: nn.Module) -> list[Swap]:
 def _layer_swaps(model: nn.Module) -> list[Swap]:
     swaps = []
     for layer in getattr(getattr(base_model_of(model), "model", None), "layers", ()):
-        swaps.append((layer, "self_attn", layer.self_attn, DecodeAttention(layer.self_attn)))
+        if can_decode_attention(layer.self_attn):
+            swaps.append((layer, "self_attn", layer.self_attn, DecodeAttention(layer.self_attn)))
         if can_decode_mlp(layer.mlp):
             swaps.append((layer, "mlp", layer.mlp, DecodeMLP(layer.mlp)))
     return swaps
@@ -57,7 +63,7 @@ def decode_kernels(model: nn.Module, layers: bool = True) -> Iterator[int]:
     family = family_of(getattr(base_model_of(model).config, "model_type", "") or "")
     swaps: list[Swap] = []
     if family is not None and family.fast_path:
-        swaps = _norm_swaps(model)
+        swaps = _norm_swaps(model, family.norm_weight_offset)
         if layers:  # after the norms: a DecodeAttention reads the swapped head norms
             swaps += _layer_swaps(model)
     for holder, name, _, replacement in swaps:

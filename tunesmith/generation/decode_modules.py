@@ -25,7 +25,7 @@ from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_refer
 from tunesmith.kernels.rope import rope_forward, rope_reference
 from tunesmith.kernels.swiglu import swiglu
 
-__all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_mlp"]
+__all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_attention", "can_decode_mlp"]
 
 
 def decode_linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
@@ -48,6 +48,16 @@ def _rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tens
         rope_forward(q, k, cos, sin)
         return q, k
     return rope_reference(q, k, cos, sin)
+
+
+def can_decode_attention(attention: nn.Module) -> bool:
+    """True for causal attention over the whole cache with plain logits (not Gemma 2's soft-capped logits
+    or a layer's own sliding window, which this step's mask does not describe)."""
+    core = getattr(attention, "base_layer", attention)
+    plain = getattr(core, "attn_logit_softcapping", None) is None and not getattr(
+        core, "sliding_window", None
+    )
+    return plain and getattr(core, "is_causal", True)
 
 
 class DecodeAttention(nn.Module):

@@ -55,6 +55,9 @@ class Family:
     # Attention RMS-normalises each head's query and key before RoPE (``q_norm`` / ``k_norm``): a layer
     # keeps both twice for backward, before and after the norm.
     head_norms: bool = False
+    # Norms on the attention's and the MLP's outputs too (Gemma 2/3's four per layer): two more tensors of
+    # the hidden size kept per token for backward.
+    sandwich_norms: bool = False
 
     @property
     def capabilities(self) -> str:
@@ -74,22 +77,22 @@ FAMILIES: dict[str, Family] = {
         Family("mistral", "Mistral", "llama"),
         Family("qwen2", "Qwen2 / Qwen2.5", "qwen2"),
         Family("qwen3", "Qwen3", "qwen3", head_norms=True),
-        Family("gemma2", "Gemma 2", "gemma2", fast_path=False, norm_weight_offset=1.0),
+        Family("gemma2", "Gemma 2", "gemma2", norm_weight_offset=1.0, sandwich_norms=True),
         Family(
             "gemma3_text",
             "Gemma 3 (text)",
             "gemma3",
-            fast_path=False,
             norm_weight_offset=1.0,
             head_norms=True,
+            sandwich_norms=True,
         ),
         Family(
             "gemma3",
             "Gemma 3 4B/12B/27B (text part)",
             "gemma3",
-            fast_path=False,
             norm_weight_offset=1.0,
             head_norms=True,
+            sandwich_norms=True,
             text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
         ),
         Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),

@@ -77,3 +77,21 @@ def test_checkpointed_layers_recompute_through_the_kernels_with_the_same_gradien
     loss1, grads1 = loss_and_grads(model, x, x)
     assert abs(loss1 - loss0) < 1e-6
     assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-6
+
+
+def test_gemma3_runs_its_kernels_and_matches_the_plain_model():
+    model = tiny_model(
+        "gemma3_text", **ODD, head_dim=16, query_pre_attn_scalar=12, sliding_window=32,
+        layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    model = with_lora(model).train()
+    x = torch.randint(0, 97, (2, 11))
+    loss0, grads0 = loss_and_grads(model, x, x)
+    assert apply_fast_path(model)
+    ops = _graph_ops(model(input_ids=x, labels=x).loss)
+    for fn in ("RMSNormFunction", "RoPEFunction", "LoRAProjectionsFunction", "LoRAMLPFunction"):
+        assert fn + "Backward" in ops, fn
+    loss1, grads1 = loss_and_grads(model, x, x)
+    assert abs(loss1 - loss0) < 1e-5
+    assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+    unpatch(model)

@@ -52,9 +52,10 @@ def test_qkv_projections_match_reference(dtype, nf4):
     )
 
 
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("nf4", [False, True], ids=["bf16-base", "nf4-base"])
-def test_mlp_matches_reference(dtype, nf4):
+def test_mlp_matches_reference(dtype, nf4, activation):
     x = torch.randn(2, 5, 24, dtype=dtype, requires_grad=True)
     ps = [
         _proj(40, 24, 4, dtype, nf4=nf4),
@@ -62,8 +63,8 @@ def test_mlp_matches_reference(dtype, nf4):
         _proj(24, 40, 4, dtype, nf4=nf4),
     ]
     flat = [t for p in ps for t in (p.weight, p.lora_a, p.lora_b)]
-    out = LoRAMLPFunction.apply(x, [p.scaling for p in ps], *flat)
-    ref = lora_mlp_reference(x, *ps)
+    out = LoRAMLPFunction.apply(x, [p.scaling for p in ps], activation, *flat)
+    ref = lora_mlp_reference(x, *ps, activation=activation)
     assert rel_err(out, ref) < TOL[dtype]
     dy = torch.randn_like(out)
     got, want = (

@@ -29,3 +29,21 @@ def test_frozen_weight_gets_no_gradient_and_input_is_untouched():
     y = RMSNormFunction.apply(x, w, 1e-6)
     y.sum().backward()
     assert w.grad is None and torch.equal(x.detach(), before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gemma_norm_with_its_offset_weight_matches_transformers(dtype):
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3RMSNorm
+
+    norm = Gemma3RMSNorm(67, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        norm.weight.normal_(0.0, 0.3)  # Gemma's weights start at 0 and multiply as 1 + w
+    x = torch.randn(3, 5, 67, dtype=dtype, requires_grad=True)
+    y, want = RMSNormFunction.apply(x, norm.weight, 1e-6, 1.0), norm(x)
+    assert rel_err(y, want) < TOL[dtype]
+    assert rel_err(y, rms_norm_reference(x, norm.weight, 1e-6, 1.0)) < TOL[dtype]
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, norm.weight), dy)
+    expected = torch.autograd.grad(want, (x, norm.weight), dy)
+    assert rel_err(got[0], expected[0]) < TOL[dtype], "input gradient"
+    assert rel_err(got[1], expected[1]) < TOL[dtype], "weight gradient"
