@@ -89,7 +89,8 @@ def test_gemma3_runs_its_kernels_and_matches_the_plain_model():
     loss0, grads0 = loss_and_grads(model, x, x)
     assert apply_fast_path(model)
     ops = _graph_ops(model(input_ids=x, labels=x).loss)
-    for fn in ("RMSNormFunction", "RoPEFunction", "LoRAProjectionsFunction", "LoRAMLPFunction"):
+    for fn in ("RMSNormFunction", "RoPEFunction", "LoRAProjectionsFunction", "LoRAMLPFunction",
+               "FusedLinearCrossEntropyFunction"):  # fmt: skip
         assert fn + "Backward" in ops, fn
     loss1, grads1 = loss_and_grads(model, x, x)
     assert abs(loss1 - loss0) < 1e-5
