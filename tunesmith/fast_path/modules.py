@@ -21,7 +21,15 @@ from tunesmith.kernels.lora_mlp import lora_mlp
 from tunesmith.kernels.rms_norm import rms_norm
 from tunesmith.kernels.rope import apply_rope
 
-__all__ = ["FastAttention", "FastMLP", "FastRMSNorm", "FusedLMHead", "projection_of", "keep_base"]
+__all__ = [
+    "FastAttention",
+    "FastMLP",
+    "FastRMSNorm",
+    "FusedLMHead",
+    "projection_of",
+    "keep_base",
+    "sdpa_computes",
+]
 
 
 def keep_base(wrapper: nn.Module, base: nn.Module, children: tuple[str, ...]) -> None:
@@ -87,6 +95,15 @@ class FastRMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps, self.weight_offset)
 
 
+def sdpa_computes(attention: nn.Module) -> bool:
+    """Whether SDPA's causal attention computes what ``attention`` (transformers' module) does, its window
+    aside: logits not soft-capped (Gemma 2 caps them, which SDPA cannot) and causal (not a bidirectional
+    embedding model)."""
+    return getattr(attention, "attn_logit_softcapping", None) is None and getattr(
+        attention, "is_causal", True
+    )
+
+
 class FastAttention(nn.Module):
     """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention; where the
     model normalises each head's query and key before RoPE (Qwen3's ``q_norm`` / ``k_norm``), so does this.
@@ -129,12 +146,11 @@ class FastAttention(nn.Module):
         if kwargs.get("output_attentions"):
             return False
         layer = self.base_layer
-        # Gemma 2/3 mark their own local layers; Gemma 2 also soft-caps the attention logits, which SDPA
-        # cannot, and a bidirectional variant (embedding models) is not causal.
+        # Gemma 2/3 mark their own local layers
         layer_window = getattr(layer, "sliding_window", None)
         if layer_window and seq_len > layer_window:
             return False
-        return getattr(layer, "attn_logit_softcapping", None) is None and getattr(layer, "is_causal", True)
+        return sdpa_computes(layer)
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """Same signature and result as the original attention: ``(output (B, T, H), None)``."""

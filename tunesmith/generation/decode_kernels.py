@@ -33,7 +33,7 @@ __all__ = ["decode_kernels"]
 Swap = tuple[nn.Module, str, nn.Module, nn.Module]  # (holder, child name, original, replacement)
 
 
-def _is_plain_llama_norm(module: nn.Module) -> bool:
+def _is_model_rms_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("RMSNorm") and not isinstance(module, FastRMSNorm)
 
 
@@ -42,7 +42,7 @@ def _norm_swaps(model: nn.Module, weight_offset: float) -> list[Swap]:
         (holder, name, module, FastRMSNorm(module, weight_offset))
         for holder in list(model.modules())
         for name, module in list(holder._modules.items())
-        if module is not None and _is_plain_llama_norm(module)
+        if module is not None and _is_model_rms_norm(module)
     ]
 
 

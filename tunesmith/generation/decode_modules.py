@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.fast_path.modules import SILU_CLASSES, FastAttention, projection_of
+from tunesmith.fast_path.modules import SILU_CLASSES, FastAttention, projection_of, sdpa_computes
 from tunesmith.kernels._triton import on_gpu
 from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
 from tunesmith.kernels.rope import rope_forward, rope_reference
@@ -54,10 +54,7 @@ def can_decode_attention(attention: nn.Module) -> bool:
     """True for causal attention over the whole cache with plain logits (not Gemma 2's soft-capped logits
     or a layer's own sliding window, which this step's mask does not describe)."""
     core = getattr(attention, "base_layer", attention)
-    plain = getattr(core, "attn_logit_softcapping", None) is None and not getattr(
-        core, "sliding_window", None
-    )
-    return plain and getattr(core, "is_causal", True)
+    return sdpa_computes(core) and not getattr(core, "sliding_window", None)
 
 
 class DecodeAttention(nn.Module):
