@@ -173,23 +173,28 @@ def profile(model_dir: str, variant: str) -> None:
 
 
 def lora_kernels() -> None:
-    """One LoRA adapter (rank 16) added to a decode step's projection at Llama-8B's shapes, inside a CUDA
-    graph as the recorded step runs it: PEFT's arithmetic (the reference) against the decode kernel, in
-    microseconds per adapter."""
+    """LoRA adapters (rank 16) added to a decode step's projections at Llama-8B's shapes, inside a CUDA
+    graph as the recorded step runs them, in microseconds per call: one adapter by PEFT's arithmetic (the
+    reference) and by the decode kernel; a layer's query, key and value adapters (gate and up) one by one
+    and in one shared launch pair."""
     import torch
 
-    from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
+    from tunesmith.kernels.lora_decode import (
+        lora_decode_forward,
+        lora_decode_group_forward,
+        lora_decode_reference,
+    )
 
-    def per_call_us(add, tensors: tuple, calls: int = 32) -> float:
+    def per_call_us(add, *args, calls: int = 32) -> float:
         stream = torch.cuda.Stream()
         with torch.cuda.stream(stream):
             for _ in range(3):
-                add(*tensors, 0.5)
+                add(*args)
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             for _ in range(calls):
-                add(*tensors, 0.5)
+                add(*args)
         graph.replay()
         begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         begin.record()
@@ -199,17 +204,35 @@ def lora_kernels() -> None:
         torch.cuda.synchronize()
         return round(begin.elapsed_time(end) * 1000 / 20 / calls, 2)
 
+    def adapter(rows: int, n_in: int, n_out: int):
+        y = torch.randn(rows, n_out, device="cuda", dtype=torch.bfloat16)
+        return y, (
+            torch.randn(16, n_in, device="cuda") / n_in**0.5,
+            torch.randn(n_out, 16, device="cuda"),
+            0.5,
+        )
+
+    def one_by_one(ys, x, adapters) -> None:
+        for y, (a, b, s) in zip(ys, adapters, strict=True):
+            lora_decode_forward(y, x, a, b, s)
+
     for rows in (1, 8):
         for n_in, n_out in ((4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)):
             x = torch.randn(rows, n_in, device="cuda", dtype=torch.bfloat16)
-            y = torch.randn(rows, n_out, device="cuda", dtype=torch.bfloat16)
-            a = torch.randn(16, n_in, device="cuda") / n_in**0.5
-            b = torch.randn(n_out, 16, device="cuda")
-            peft = per_call_us(lora_decode_reference, (y, x, a, b))
-            kernel = per_call_us(lora_decode_forward, (y, x, a, b))
+            y, (a, b, s) = adapter(rows, n_in, n_out)
+            peft = per_call_us(lora_decode_reference, y, x, a, b, s)
+            kernel = per_call_us(lora_decode_forward, y, x, a, b, s)
             print(
                 "RESULT "
                 + json.dumps(dict(rows=rows, n_in=n_in, n_out=n_out, peft_us=peft, kernel_us=kernel))
+            )
+        x = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16)
+        for name, outs in (("q,k,v", (4096, 1024, 1024)), ("gate,up", (14336, 14336))):
+            ys, adapters = zip(*(adapter(rows, 4096, n) for n in outs), strict=True)
+            each = per_call_us(one_by_one, ys, x, adapters)
+            shared = per_call_us(lora_decode_group_forward, ys, x, adapters)
+            print(
+                "RESULT " + json.dumps(dict(rows=rows, adapters=name, one_by_one_us=each, shared_us=shared))
             )
 
 

@@ -14,7 +14,9 @@ the timed steps, each variant in its own process, peak = ``torch.cuda.max_memory
 usage:  python bench/bench_pref.py run DIR VARIANT [STEPS]      (one variant; prints its RESULT line)
         python bench/bench_pref.py all DIR [VARIANT...]         (each variant in its own process, then ratios)
 Environment: SEQ (DPO prompt + answer tokens, default 1024), BS (DPO pairs per step, default 4),
-GEN (GRPO completion tokens, default 256), GROUP (GRPO completions per prompt, default 8).
+GEN (GRPO completion tokens, default 256), GROUP (GRPO completions per prompt, default 8),
+BENCH_STEP_PROFILE=N (kernels and host ops of optimizer step N), BENCH_SAMPLING_PROFILE=1 (kernels of one
+replay of tunesmith's sampling graph).
 """
 
 import json
@@ -127,26 +129,52 @@ def trainer(variant: str, m, tok, steps: int):
                        args=GRPOConfig(**common, **grpo))  # fmt: skip
 
 
-def _step_timer():
+def _step_timer(model, ours: bool):
     import torch
     from transformers import TrainerCallback
 
+    profiled = int(os.environ.get("BENCH_STEP_PROFILE", "0"))
+
     class StepTimer(TrainerCallback):
-        """Wall time of every optimizer step (CUDA synchronised at both ends)."""
+        """Wall time of every optimizer step (CUDA synchronised at both ends), the sampling call's share of
+        it (tunesmith), and with BENCH_STEP_PROFILE=N a profile of step N."""
 
         def __init__(self):
-            self.times, self.scored, self._t = [], [], None
+            self.times, self.scored, self.sampling, self._t, self._prof = [], [], [], None, None
 
         def on_step_begin(self, args, state, control, **kwargs):
             torch.cuda.synchronize()
+            if state.global_step + 1 == profiled:
+                from torch.profiler import ProfilerActivity, profile
+
+                self._prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+                self._prof.__enter__()
             self._t = time.time()
 
         def on_step_end(self, args, state, control, **kwargs):
             torch.cuda.synchronize()
             self.times.append(time.time() - self._t)
             self.scored.append(SCORED[0])
+            if self._prof is not None:
+                self._prof.__exit__(None, None, None)
+                _print_step_profile(self._prof, self.times[-1])
+                self._prof = None
+            if ours:
+                from tunesmith.generation.generate import last_generation
+
+                record = last_generation(model)
+                self.sampling.append(round(record.seconds, 3) if record is not None else None)
 
     return StepTimer()
+
+
+def _print_step_profile(prof, wall: float) -> None:
+    """Where one optimizer step went: GPU busy time against the wall, the top kernels and host ops."""
+    events = prof.key_averages()
+    busy = sum(e.self_device_time_total for e in events) / 1e6
+    print(f"STEP_PROFILE wall {wall:.3f} s, GPU kernels {busy:.3f} s ({100 * busy / wall:.0f}%)", flush=True)
+    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70), flush=True)
+    print(events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70), flush=True)
 
 
 def gen_rate(m, tok) -> float:
@@ -178,6 +206,12 @@ def _profile_sampling_step(m) -> None:
     print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 
+def _cpu_name() -> str:
+    """The host's CPU model (hosts differ, and the step is partly bound by the host)."""
+    with open("/proc/cpuinfo") as f:
+        return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+
+
 def run(d: str, variant: str, steps: int) -> None:
     """Time one variant and print its RESULT line."""
     import torch
@@ -187,7 +221,7 @@ def run(d: str, variant: str, steps: int) -> None:
         import unsloth  # noqa: F401  (first, so that it patches transformers and TRL)
     m, tok = load(d, variant)
     tr = trainer(variant, m, tok, steps)
-    timer = _step_timer()
+    timer = _step_timer(m, variant.startswith("ts"))
     tr.add_callback(timer)
     load_s = time.time() - t0
     torch.cuda.reset_peak_memory_stats()
@@ -198,20 +232,21 @@ def run(d: str, variant: str, steps: int) -> None:
     res = dict(variant=variant, steps=steps, load_s=round(load_s, 1), step_s_median=round(med, 3),
                steps_per_min=round(60 / med, 2), peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                losses=[round(r["loss"], 4) for r in tr.state.log_history if "loss" in r][-3:],
-               gpu=torch.cuda.get_device_name(0))  # fmt: skip
+               gpu=torch.cuda.get_device_name(0), cpu=_cpu_name())  # fmt: skip
     if variant.endswith("dpo"):
         res.update(seq=SEQ, bs=BS, tok_per_s=round(2 * BS * SEQ / med))  # chosen and rejected rows
     else:
         done = [b - a for a, b in zip([0, *timer.scored[:-1]], timer.scored, strict=True)][warm:]
         per_step = sorted(done)[len(done) // 2]
         if variant.startswith("ts"):  # the last step's sampling call, before gen_rate makes another
+            import tunesmith
             from tunesmith.generation.generate import last_generation
+
+            res.update(code=os.path.dirname(tunesmith.__file__))
 
             record = last_generation(m)
             if record is not None:
-                res.update(
-                    sampling_path=record.path, sampling_why=record.why, sampling_s=round(record.seconds, 3)
-                )
+                res.update(sampling_path=record.path, sampling_why=record.why, sampling_s=timer.sampling)
             if os.environ.get("BENCH_SAMPLING_PROFILE"):
                 _profile_sampling_step(m)
         res.update(group=GROUP, gen_tokens=GEN, completions_per_step=per_step,
@@ -249,7 +284,8 @@ def all_variants(d: str, variants: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    # appended, not put first: a tunesmith on PYTHONPATH (an earlier commit's, for a baseline) must win
+    sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     if sys.argv[1] == "run":
         run(sys.argv[2], sys.argv[3], int(sys.argv[4]) if len(sys.argv) > 4 else 8)
     else:

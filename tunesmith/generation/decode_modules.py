@@ -3,7 +3,8 @@
 transformers' attention spends ~40 launches a layer on one new token: RoPE as ten elementwise ops, the key
 and value caches copied to every query head (``repeat_kv``, because SDPA's grouped-query path takes no
 mask), and PEFT's six launches per adapted projection. Here, for one token per row:
-- each projection is the layer's own base kernel plus the adapter in two launches (``kernels.lora_decode``);
+- each projection is the layer's own base kernel; the adapters of projections that read the same input
+  (query, key and value; gate and up) are added in one pair of launches (``kernels.lora_decode``);
 - RoPE rotates the query and key in place in one launch (``kernels.rope``), after Qwen3's head norms;
 - the new key and value go into the model's cache through its own ``update``;
 - attention reads the shared key/value heads as they are: the query heads of one key/value head are
@@ -21,25 +22,40 @@ from torch import nn
 
 from tunesmith.fast_path.modules import SILU_CLASSES, FastAttention, projection_of, sdpa_computes
 from tunesmith.kernels._triton import on_gpu
-from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
+from tunesmith.kernels.lora_decode import MAX_GROUP, lora_decode_group_forward, lora_decode_reference
 from tunesmith.kernels.rope import rope_forward, rope_reference
 from tunesmith.kernels.swiglu import swiglu
 
-__all__ = ["decode_linear", "DecodeAttention", "DecodeMLP", "can_decode_attention", "can_decode_mlp"]
+__all__ = ["decode_linears", "DecodeAttention", "DecodeMLP", "can_decode_attention", "can_decode_mlp"]
 
 
-def decode_linear(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """``module(x)`` for a few rows ``x`` (N, in): the base layer's own kernel, then a LoRA adapter added in
-    place by the decode kernel (PEFT's own forward where the adapter is not one the kernel reads)."""
-    projection = projection_of(module)
-    if projection is None or projection.lora_a is None:
-        return module(x)
-    y = module.get_base_layer()(x)
-    a, b, scaling = projection.lora_a, projection.lora_b, projection.scaling
-    if on_gpu(x, y, a, b) and a.is_contiguous() and b.is_contiguous():
-        lora_decode_forward(y, x, a, b, scaling)
-        return y
-    return lora_decode_reference(y, x, a, b, scaling)
+def decode_linears(x: torch.Tensor, *modules: nn.Module) -> list[torch.Tensor]:
+    """``[module(x) for module in modules]`` for a few rows ``x`` (N, in): each base layer's own kernel, then
+    the LoRA adapters added in place, one pair of decode-kernel launches for all of them (PEFT's own
+    forward for a module whose adapter is not one the kernel reads)."""
+    ys, adapted = [], []
+    for module in modules:
+        projection = projection_of(module)
+        if projection is None or projection.lora_a is None:
+            ys.append(module(x))
+            continue
+        ys.append(module.get_base_layer()(x))
+        adapted.append((len(ys) - 1, (projection.lora_a, projection.lora_b, projection.scaling)))
+    for start in range(0, len(adapted), MAX_GROUP):
+        _add_adapters(ys, x, adapted[start : start + MAX_GROUP])
+    return ys
+
+
+def _add_adapters(ys: list[torch.Tensor], x: torch.Tensor, adapted: list) -> None:
+    """Add each adapter to its output ``ys[i]``: in place by the kernel, else PEFT's arithmetic."""
+    adapters = [adapter for _, adapter in adapted]
+    tensors = [t for a, b, _ in adapters for t in (a, b)]
+    one_rank = len({a.shape for a, _, _ in adapters}) == 1
+    if one_rank and all(t.is_contiguous() for t in tensors) and on_gpu(x, *tensors, *ys):
+        lora_decode_group_forward([ys[i] for i, _ in adapted], x, adapters)
+        return
+    for i, (a, b, scaling) in adapted:
+        ys[i] = lora_decode_reference(ys[i], x, a, b, scaling)
 
 
 def _rotate(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
@@ -80,9 +96,10 @@ class DecodeAttention(nn.Module):
                 **kwargs,
             )
         x, d, attention = hidden_states.view(b, -1), self.head_dim, self.attention
-        q = decode_linear(x, attention.q_proj).view(b, 1, -1, d)
-        k = decode_linear(x, attention.k_proj).view(b, 1, -1, d)
-        v = decode_linear(x, attention.v_proj).view(b, 1, -1, d)
+        q, k, v = (
+            y.view(b, 1, -1, d)
+            for y in decode_linears(x, attention.q_proj, attention.k_proj, attention.v_proj)
+        )
         if self.has_head_norms:
             q, k = attention.q_norm(q), attention.k_norm(k)
         q, k = _rotate(q, k, *position_embeddings)
@@ -92,7 +109,8 @@ class DecodeAttention(nn.Module):
         out = F.scaled_dot_product_attention(
             q.reshape(b, kv_heads, -1, d), keys, values, attn_mask=mask, scale=self.scaling
         )  # (B, Hkv, groups, D): a key/value head's query heads are its rows
-        return decode_linear(out.reshape(b, -1), attention.o_proj).view(b, 1, -1), None
+        (o,) = decode_linears(out.reshape(b, -1), attention.o_proj)
+        return o.view(b, 1, -1), None
 
 
 def can_decode_mlp(mlp: nn.Module) -> bool:
@@ -114,5 +132,6 @@ class DecodeMLP(nn.Module):
         if t != 1:
             return self.mlp(x)
         rows = x.view(b, -1)
-        g, u = decode_linear(rows, self.mlp.gate_proj), decode_linear(rows, self.mlp.up_proj)
-        return decode_linear(swiglu(g, u), self.mlp.down_proj).view(b, 1, -1)
+        g, u = decode_linears(rows, self.mlp.gate_proj, self.mlp.up_proj)
+        (down,) = decode_linears(swiglu(g, u), self.mlp.down_proj)
+        return down.view(b, 1, -1)

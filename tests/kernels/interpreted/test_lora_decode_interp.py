@@ -8,7 +8,11 @@ import pytest
 import torch
 from _models import TOL, rel_err
 
-from tunesmith.kernels.lora_decode import lora_decode_forward, lora_decode_reference
+from tunesmith.kernels.lora_decode import (
+    lora_decode_forward,
+    lora_decode_group_forward,
+    lora_decode_reference,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
@@ -35,3 +39,22 @@ def test_rows_of_a_strided_input_and_output_are_read_and_written_where_they_are(
     lora_decode_forward(y, x, a, b, 2.0)
     assert rel_err(y, 2.0 * (x @ a.t() @ b.t())) < 1e-5
     assert torch.count_nonzero(out[:, 40:]) == 0, "nothing written past the output's own columns"
+
+
+@pytest.mark.parametrize("outs", [(200, 72, 72), (300, 300)], ids=["query-key-value", "gate-up"])
+@pytest.mark.parametrize("rows", [1, 35], ids=["one row", "two row blocks"])
+def test_adapters_sharing_an_input_are_each_added_to_their_own_output(outs, rows):
+    x = torch.randn(rows, 520).to(torch.bfloat16)
+    ys = [torch.randn(rows, n).to(torch.bfloat16) for n in outs]
+    adapters = [(torch.randn(8, 520) / 520**0.5, torch.randn(n, 8), 0.5 + i) for i, n in enumerate(outs)]
+    want = [lora_decode_reference(y, x, a, b, s) for y, (a, b, s) in zip(ys, adapters, strict=True)]
+    lora_decode_group_forward(ys, x, adapters)
+    for got, expected in zip(ys, want, strict=True):
+        assert rel_err(got, expected) < TOL[torch.bfloat16]
+
+
+def test_adapters_of_different_ranks_cannot_share_a_launch():
+    x, ys = torch.randn(1, 64), [torch.zeros(1, 16), torch.zeros(1, 16)]
+    adapters = [(torch.randn(8, 64), torch.randn(16, 8), 1.0), (torch.randn(4, 64), torch.randn(16, 4), 1.0)]
+    with pytest.raises(ValueError, match="one rank"):
+        lora_decode_group_forward(ys, x, adapters)
