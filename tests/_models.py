@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tunesmith.models.registry import LLAMA_STYLE_TARGETS
+from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
 
 # Two layers, grouped-query attention, hidden 64: small enough for CPU, and every width a multiple of 32 so
 # each GGUF type (q8_0, q4_0 blocks of 32) can store it.
@@ -80,13 +80,15 @@ def write_tiny_model(folder: Path, family: str = "llama", *, tokenizer=None, dty
 
 
 def with_lora(model, r: int = 8, seed: int = 1):
-    """``model`` in a PEFT LoRA on every Llama-style projection whose B matrices are random (as after
-    training), so merged weights differ from the base and every LoRA gradient is non-zero. The mode
-    (train or eval) stays the model's."""
+    """``model`` in a PEFT LoRA on every projection its family adapts (Llama's seven; Phi-3's four fused)
+    whose B matrices are random (as after training), so merged weights differ from the base and every LoRA
+    gradient is non-zero. The mode (train or eval) stays the model's."""
     from peft import LoraConfig, get_peft_model
 
     training = model.training
-    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=list(LLAMA_STYLE_TARGETS))
+    family = family_of(getattr(model.config, "model_type", ""))
+    targets = list(family.lora_targets if family is not None else LLAMA_STYLE_TARGETS)
+    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets)
     model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -27,7 +27,7 @@ def test_python_m_tunesmith_reports_the_environment(llama_cpp_works):
     )
     assert "supported families:" in out and "Qwen2" in out and "Llama" in out
     assert "Gemma 3 (text): fast path yes, GGUF yes, Ollama template verified" in out
-    assert "Phi-3 / Phi-3.5 / Phi-4: fast path no, GGUF yes" in out
+    assert "Phi-3 / Phi-3.5 / Phi-4: fast path yes, GGUF yes" in out
     assert out.rstrip().endswith("ready: this install can train.")
     assert "Traceback" not in result.stderr
 

@@ -13,7 +13,7 @@ import re
 
 import pytest
 import torch
-from _models import FAMILY_TINY, TEXT, TINY, tiny_model, write_tiny_model
+from _models import FAMILY_TINY, TEXT, TINY, loss_and_grads, rel_err, tiny_model, write_tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tunesmith.data.chat_template_table import CHAT_FAMILIES
@@ -153,6 +153,26 @@ def test_lora_dropout_on_the_experts_is_refused_with_what_to_do():
     model = tiny_model("qwen3_moe")
     with pytest.raises(TunesmithError, match="works without dropout only .* Set lora_dropout=0"):
         get_peft_model(model, r=8, lora_dropout=0.05, use_gradient_checkpointing=False)
+
+
+def test_qwen3_moe_experts_run_as_one_grouped_matmul_with_their_adapters():
+    """transformers' ``grouped_mm`` experts (one grouped matrix product over the experts the tokens chose,
+    its default, which tunesmith keeps) give the per-expert Python loop's loss and LoRA gradients."""
+    model = get_peft_model(tiny_model("qwen3_moe"), r=8, use_gradient_checkpointing=False, random_state=0)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # adapters as after training, so every LoRA gradient is non-zero
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.05)
+    core = model.get_base_model()
+    ids = torch.randint(0, TINY["vocab_size"], (2, 12), generator=generator)
+    assert core.config._experts_implementation == "grouped_mm"
+    grouped_loss, grouped = loss_and_grads(model, ids, ids)
+    core.set_experts_implementation("eager")
+    loop_loss, loop = loss_and_grads(model, ids, ids)
+    assert abs(grouped_loss - loop_loss) < 1e-5
+    experts = [n for n in loop if "experts" in n]
+    assert experts and max(rel_err(grouped[n], loop[n]) for n in loop) < 1e-4
 
 
 def test_merged_folder_computes_the_lora_models_logits(trained, tmp_path):

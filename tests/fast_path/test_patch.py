@@ -1,5 +1,5 @@
-"""``apply_fast_path`` / ``unpatch`` on tiny random Llamas, Qwen2s and Qwen3s on CPU (the references run
-there)."""
+"""``apply_fast_path`` / ``unpatch`` on tiny random Llamas, Qwen2s, Qwen3s, Gemmas and Phi-3s on CPU (the
+references run there)."""
 
 from __future__ import annotations
 
@@ -152,10 +152,38 @@ def test_gemma_attention_fuses_only_where_sdpa_computes_what_the_layer_does():
     gemma3 = _gemma("gemma3_text").get_base_model()
     apply_fast_path(gemma3)
     local, full = (layer.self_attn for layer in gemma3.model.layers)
-    cos_sin = (torch.ones(1), torch.ones(1))
+    cos_sin = (torch.ones(1, 13, 16), torch.ones(1, 13, 16))  # whole heads of 16 rotated
     assert not local._can_fuse(cos_sin, {}, seq_len=13), "a local layer's window (8) is shorter"
     assert local._can_fuse(cos_sin, {}, seq_len=8) and full._can_fuse(cos_sin, {}, seq_len=13)
     gemma2 = _gemma("gemma2").get_base_model()
     apply_fast_path(gemma2)
     assert not gemma2.model.layers[1].self_attn._can_fuse(cos_sin, {}, seq_len=4), "soft-capped logits"
     assert not isinstance(gemma2.lm_head, FusedLMHead), "Gemma 2 soft-caps its final logits too"
+
+
+def test_phi3_gets_the_fast_path_through_its_fused_projections():
+    model = with_lora(tiny_model("phi3", **ODD)).train()
+    x, labels = _batch()
+    keys = list(model.state_dict())
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    assert apply_fast_path(model)
+    layer = model.get_base_model().model.layers[0]
+    assert layer.self_attn.fused_qkv and layer.mlp.fused_gate_up and list(model.state_dict()) == keys
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+    unpatch(model)
+    layer = model.get_base_model().model.layers[0]
+    assert (type(layer.self_attn).__name__, type(layer.mlp).__name__) == ("Phi3Attention", "Phi3MLP")
+
+
+def test_rope_on_part_of_each_head_keeps_the_layers_own_attention():
+    # Phi-4-mini rotates three quarters of each head: the in-place RoPE kernel rotates whole heads
+    model = with_lora(tiny_model("phi3", **ODD, partial_rotary_factor=0.5)).train()
+    x, labels = _batch()
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    apply_fast_path(model)
+    attention = model.get_base_model().model.layers[0].self_attn
+    half = (torch.ones(1, 13, attention.head_dim // 2),) * 2
+    assert not attention._can_fuse(half, {}, seq_len=13)
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5

@@ -2,7 +2,7 @@
 0.5% and every LoRA gradient within 2e-2 relative error of plain transformers + PEFT on the same weights and
 batches, in bf16, for LoRA and QLoRA (NF4 with double quantization), with and without offloading, on a Llama
 and on a Qwen3 (per-head query and key norms; heads wider than the hidden size, as in Qwen3-4B), where the
-measure is float32 (see its test)."""
+measure is float32 (see its test), and on a Phi-3 (one fused query-key-value and one gate-up projection)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from _models import rel_err, write_tiny_model
 
-from tunesmith.models.registry import LLAMA_STYLE_TARGETS
+from tunesmith.models.registry import family_of
 
 pytestmark = pytest.mark.gpu
 
@@ -24,9 +24,8 @@ def _load(path, qlora: bool, dtype=torch.bfloat16):
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)  # fmt: skip
     m = AutoModelForCausalLM.from_pretrained(path, **kw)
-    m = get_peft_model(
-        m, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=list(LLAMA_STYLE_TARGETS))
-    )
+    targets = list(family_of(m.config.model_type).lora_targets)  # Phi-3's fused four, else Llama's seven
+    m = get_peft_model(m, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
     gen = torch.Generator(device="cuda").manual_seed(1)
     with torch.no_grad():  # the same adapter weights in every load (PEFT draws lora_A from the global RNG)
         for n, p in m.named_parameters():
@@ -142,3 +141,27 @@ def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft
         "max_grad_err_vs_float32", {"transformers_peft_bf16": plain_err, "fast_path_bf16": fast_err}
     )
     assert fast_err <= 1.1 * plain_err, (fast_err, plain_err)
+
+
+@pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
+def test_phi3_fused_projections_against_transformers_peft(tmp_path, qlora):
+    from tunesmith.fast_path.patch import apply_fast_path
+
+    path = write_tiny_model(tmp_path, "phi3", dtype=torch.bfloat16, vocab_size=32000, hidden_size=1024,
+                            intermediate_size=2816, num_hidden_layers=4, num_attention_heads=16,
+                            num_key_value_heads=4, max_position_embeddings=4096,
+                            original_max_position_embeddings=4096)  # fmt: skip
+    _random_norms(path)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    batches = [torch.randint(0, 32000, (2, 1024), device="cuda", generator=gen) for _ in range(3)]
+    ref_losses, ref_grads = _train(_load(path, qlora), batches)
+    torch.cuda.empty_cache()
+    m = _load(path, qlora)
+    assert apply_fast_path(m)
+    layer = m.get_base_model().model.layers[0]
+    assert layer.self_attn.fused_qkv and layer.mlp.fused_gate_up
+    losses, grads = _train(m, batches)
+    for got, want in zip(losses, ref_losses, strict=True):
+        assert abs(got - want) / abs(want) < 5e-3, (losses, ref_losses)
+    errs = {n: rel_err(grads[n], ref_grads[n]) for n in ref_grads}
+    assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]

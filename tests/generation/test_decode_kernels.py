@@ -67,9 +67,12 @@ def _two_steps(model, swapped: bool) -> tuple[torch.Tensor, int]:
     return torch.stack(logits), len(calls)
 
 
-@pytest.mark.parametrize("setting", ["llama+lora", "llama+lora+fast-path", "qwen3"])
+@pytest.mark.parametrize("setting", ["llama+lora", "llama+lora+fast-path", "qwen3", "phi3+lora"])
 def test_a_decode_step_through_the_decode_modules_gives_the_models_own_logits(setting):
-    model = tiny_model("qwen3", head_dim=16) if setting == "qwen3" else with_lora(tiny_model("llama"))
+    if setting == "qwen3":
+        model = tiny_model("qwen3", head_dim=16)
+    else:
+        model = with_lora(tiny_model(setting.split("+")[0]))
     if "fast-path" in setting:
         apply_fast_path(model)
     plain, plain_calls = _two_steps(model, swapped=False)

@@ -67,7 +67,8 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     Without recompute the fast path keeps: the layer input and the mid-layer residual (2h), the two norm
     outputs (2h), q and the attention output (2 x q, the heads' width, which is h in most families), k and v
     (2 x kv), gate and up (2 x I); with per-head norms (Qwen3, Gemma 3) also q and k before their norm; with
-    sandwich norms (Gemma) also the attention's and the MLP's outputs before theirs (2h).
+    sandwich norms (Gemma) also the attention's and the MLP's outputs before theirs (2h); with fused
+    projections (Phi-3) also the activation's output (I).
     """
     h = config.hidden_size
     q = config.num_attention_heads * head_dim_of(config)
@@ -75,7 +76,8 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     family = family_of(getattr(config, "model_type", "") or "")
     head_norms = q + kv if family is not None and family.head_norms else 0
     sandwich = 2 * h if family is not None and family.sandwich_norms else 0
-    full = (4 * h + 2 * q + 2 * kv + 2 * config.intermediate_size + head_norms + sandwich) * element_bytes
+    mlp = (3 if family is not None and family.fused_projections else 2) * config.intermediate_size
+    full = (4 * h + 2 * q + 2 * kv + mlp + head_norms + sandwich) * element_bytes
     return full, h * element_bytes
 
 

@@ -1,4 +1,4 @@
-"""The modules the fast path swaps into a loaded Llama, Mistral, Qwen2, Qwen3, Gemma 2 or Gemma 3 model.
+"""The modules the fast path swaps into a loaded Llama, Mistral, Qwen2, Qwen3, Gemma 2/3 or Phi-3 model.
 
 Each wrapper registers the original module's children (or parameters) under their original names,
 so ``state_dict`` keys, PEFT adapter names and ``named_modules`` paths stay exactly as they were
@@ -20,6 +20,7 @@ from tunesmith.kernels.lora_linear import Projection, lora_projections
 from tunesmith.kernels.lora_mlp import lora_mlp
 from tunesmith.kernels.rms_norm import rms_norm
 from tunesmith.kernels.rope import apply_rope
+from tunesmith.kernels.swiglu import swiglu
 
 __all__ = [
     "FastAttention",
@@ -33,9 +34,11 @@ __all__ = [
 
 
 def keep_base(wrapper: nn.Module, base: nn.Module, children: tuple[str, ...]) -> None:
-    """Hold ``base`` unregistered and register its named children on ``wrapper`` under the same names."""
+    """Hold ``base`` unregistered and register its named children on ``wrapper`` under the same names, in
+    ``base``'s own order (so ``state_dict`` lists them as before)."""
     wrapper.__dict__["base_layer"] = base
-    for name in children:
+    order = [*base._parameters, *base._modules]
+    for name in sorted(children, key=lambda n: order.index(n) if n in order else len(order)):
         setattr(wrapper, name, getattr(base, name))
 
 
@@ -104,25 +107,35 @@ def sdpa_computes(attention: nn.Module) -> bool:
     )
 
 
+# Families whose sliding window is the config's alone (no per-layer flag): it applies to a longer sequence.
+WINDOW_FROM_CONFIG = ("mistral", "phi3")
+
+
 class FastAttention(nn.Module):
     """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention; where the
     model normalises each head's query and key before RoPE (Qwen3's ``q_norm`` / ``k_norm``), so does this.
+    Phi-3's one ``qkv_proj`` is one fused projection whose output splits into the query, key and value.
 
     Falls back to the original module for generation with a cache, other attention backends, sliding
-    windows shorter than the sequence, soft-capped attention logits (Gemma 2), non-causal attention, or
-    projections the fused path cannot read.
+    windows shorter than the sequence, soft-capped attention logits (Gemma 2), non-causal attention, RoPE on
+    part of each head (Phi-4-mini), or projections the fused path cannot read.
     """
 
     CHILDREN = ("q_proj", "k_proj", "v_proj", "o_proj")
+    FUSED_CHILDREN = ("qkv_proj", "o_proj")
     HEAD_NORMS = ("q_norm", "k_norm")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self.has_head_norms = all(getattr(base_layer, n, None) is not None for n in self.HEAD_NORMS)
-        keep_base(self, base_layer, self.CHILDREN + (self.HEAD_NORMS if self.has_head_norms else ()))
+        self.fused_qkv = hasattr(base_layer, "qkv_proj")
+        self.children_names = self.FUSED_CHILDREN if self.fused_qkv else self.CHILDREN
+        keep_base(self, base_layer, self.children_names + (self.HEAD_NORMS if self.has_head_norms else ()))
         self.head_dim = base_layer.head_dim
         self.scaling = base_layer.scaling
         self.config = base_layer.config
+        kv_width = self.config.num_key_value_heads * self.head_dim
+        self.qkv_widths = (self.config.num_attention_heads * self.head_dim, kv_width, kv_width)
         self.layer_idx = getattr(base_layer, "layer_idx", None)
         self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
         # Set around an offloaded layer's forward and recompute (checkpointing.py).
@@ -141,8 +154,10 @@ class FastAttention(nn.Module):
         # Qwen2 switches its window on explicitly.
         if getattr(self.config, "use_sliding_window", False) and window:
             return False
-        if window and seq_len > window and getattr(self.config, "model_type", "") == "mistral":
-            return False  # Mistral's window applies once the sequence is longer than it
+        if window and seq_len > window and getattr(self.config, "model_type", "") in WINDOW_FROM_CONFIG:
+            return False  # the config's window applies once the sequence is longer than it
+        if position_embeddings[0].shape[-1] != self.head_dim:
+            return False  # RoPE on part of each head (Phi-4-mini), which the in-place kernel does not do
         if kwargs.get("output_attentions"):
             return False
         layer = self.base_layer
@@ -154,7 +169,7 @@ class FastAttention(nn.Module):
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """Same signature and result as the original attention: ``(output (B, T, H), None)``."""
-        projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
+        projections = [projection_of(getattr(self, n)) for n in self.children_names]
         if not self._can_fuse(position_embeddings, kwargs, hidden_states.shape[1]) or any(
             p is None for p in projections
         ):
@@ -165,7 +180,7 @@ class FastAttention(nn.Module):
                 **kwargs,
             )
         b, t, _ = hidden_states.shape
-        q, k, v = lora_projections(hidden_states, projections[:3])
+        q, k, v = self._query_key_value(hidden_states, projections[:-1])
         if self.has_head_norms:  # (B, T, H, D) tensors of their own, which RoPE then rotates in place
             q = self.q_norm(q.view(b, t, -1, self.head_dim))
             k = self.k_norm(k.view(b, t, -1, self.head_dim))
@@ -185,7 +200,14 @@ class FastAttention(nn.Module):
 
         out = attend(q, k, v) if self.offload_slot is None else self.offload_slot.attend(attend, q, k, v)
         out = out.transpose(1, 2).reshape(b, t, -1)
-        return lora_projections(out, projections[3:])[0], None
+        return lora_projections(out, projections[-1:])[0], None
+
+    def _query_key_value(self, hidden_states: torch.Tensor, projections: list[Projection]):
+        """(q, k, v), each (B, T, width) and a tensor of its own (RoPE rotates q and k in place)."""
+        if not self.fused_qkv:
+            return lora_projections(hidden_states, projections)
+        qkv = lora_projections(hidden_states, projections)[0]
+        return tuple(part.contiguous() for part in qkv.split(self.qkv_widths, dim=-1))
 
 
 # transformers' activation classes by the gated kernel that computes them (lora_mlp.ACTIVATIONS):
@@ -201,13 +223,18 @@ SILU_CLASSES = tuple(name for name, kernel in GATE_ACTIVATIONS.items() if kernel
 
 class FastMLP(nn.Module):
     """The gated MLP (SwiGLU, GeGLU) with LoRA fused into gate/up/down; falls back to the original when it
-    cannot read it."""
+    cannot read it. Phi-3's one ``gate_up_proj`` is one fused projection whose output halves are the gate
+    and the up projection, then one SwiGLU kernel and the down projection."""
 
     CHILDREN = ("gate_proj", "up_proj", "down_proj")
+    FUSED_CHILDREN = ("gate_up_proj", "down_proj")
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
-        keep_base(self, base_layer, self.CHILDREN + ("act_fn",))
+        self.fused_gate_up = hasattr(base_layer, "gate_up_proj")
+        self.children_names = self.FUSED_CHILDREN if self.fused_gate_up else self.CHILDREN
+        self.activation_name = "activation_fn" if self.fused_gate_up else "act_fn"
+        keep_base(self, base_layer, self.children_names + (self.activation_name,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``down(act(gate(x)) * up(x))`` with the adapters, (B, T, H) -> (B, T, H)."""
@@ -215,11 +242,16 @@ class FastMLP(nn.Module):
             # A decode step: the layers' own matrix-vector products (bitsandbytes' 4-bit gemv) read the
             # weights once; the fused training kernel would first unpack a 4-bit weight in full.
             return self.base_layer(x)
-        projections = [projection_of(getattr(self, n)) for n in self.CHILDREN]
-        activation = GATE_ACTIVATIONS.get(type(self.act_fn).__name__)
+        projections = [projection_of(getattr(self, n)) for n in self.children_names]
+        activation = GATE_ACTIVATIONS.get(type(getattr(self, self.activation_name)).__name__)
         if activation is None or any(p is None or p.bias is not None for p in projections):
             return self.base_layer(x)
-        return lora_mlp(x, *projections, activation=activation)
+        if not self.fused_gate_up:
+            return lora_mlp(x, *projections, activation=activation)
+        if activation != "silu":
+            return self.base_layer(x)
+        gate, up = lora_projections(x, projections[:1])[0].chunk(2, dim=-1)
+        return lora_projections(swiglu(gate, up), projections[1:])[0]
 
 
 class FusedLMHead(nn.Module):

@@ -4,9 +4,10 @@ The fast path swaps modules of the model instance (``setattr`` on their parents)
 RMSNorms, each decoder layer's attention and MLP, and the output projection, whose loss becomes the
 fused chunked cross-entropy through transformers' own ``loss_function`` setter. It also installs smart
 checkpointing and packing without padding (restarting ``position_ids`` -> per-sample attention). The
-registry's families with ``fast_path`` (Llama, Mistral, Qwen2, Qwen3) get it; other architectures keep the
-plain path with a one-line notice. Apply it after ``get_peft_model`` (the wrappers read the LoRA layers at
-every step, so adapters added later are used too, but the model you call must be the one patched).
+registry's families with ``fast_path`` (Llama, Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3) get it; other
+architectures keep the plain path with a one-line notice. Apply it after ``get_peft_model`` (the wrappers
+read the LoRA layers at every step, so adapters added later are used too, but the model you call must be the
+one patched).
 """
 
 from __future__ import annotations

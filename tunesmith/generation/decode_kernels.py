@@ -7,7 +7,7 @@ every replay still runs the fused kernels. Swapped, in a family with tunesmith's
 - the RMSNorms (``x * rsqrt(mean(x^2) + eps) * w``), one Triton kernel instead of seven elementwise ones,
   wherever a module holds one as a registered child (the fast path's norms are fused already and stay);
 - each decoder layer's attention and SwiGLU MLP, by ``decode_modules``' one-token versions (in-place RoPE,
-  no copied key/value heads, LoRA adapters in two launches each).
+  no copied key/value heads, LoRA adapters that share an input in one pair of launches).
 NF4 layers keep bitsandbytes' one-row kernel: a Triton one measured 2.6x slower (bench/NOTES.md, decode).
 """
 

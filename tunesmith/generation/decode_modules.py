@@ -74,8 +74,8 @@ def can_decode_attention(attention: nn.Module) -> bool:
 
 
 class DecodeAttention(nn.Module):
-    """Wraps a Llama-style attention (transformers' own, or tunesmith's ``FastAttention`` around it) for a
-    decode step; registers nothing, so the model's parameters and paths stay as they were."""
+    """Wraps a Llama-style or Phi-3 attention (transformers' own, or tunesmith's ``FastAttention`` around it)
+    for a decode step; registers nothing, so the model's parameters and paths stay as they were."""
 
     def __init__(self, attention: nn.Module):
         super().__init__()
@@ -83,6 +83,10 @@ class DecodeAttention(nn.Module):
         self.__dict__["attention"] = attention
         self.head_dim, self.scaling, self.layer_idx = core.head_dim, core.scaling, core.layer_idx
         self.has_head_norms = all(getattr(attention, n, None) is not None for n in FastAttention.HEAD_NORMS)
+        config = core.config
+        kv_width = config.num_key_value_heads * self.head_dim  # Phi-3's one qkv_proj splits into three
+        fused = hasattr(core, "qkv_proj")
+        self.qkv_widths = (config.num_attention_heads * self.head_dim, kv_width, kv_width) if fused else None
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, **kwargs):
         """Same signature and result as the wrapped attention: ``(output (B, T, H), None)``."""
@@ -95,11 +99,15 @@ class DecodeAttention(nn.Module):
                 attention_mask=attention_mask,
                 **kwargs,
             )
+        if position_embeddings[0].shape[-1] != self.head_dim:  # RoPE on part of each head (Phi-4-mini)
+            return self.attention(
+                hidden_states,
+                position_embeddings=position_embeddings,
+                attention_mask=attention_mask,
+                **kwargs,
+            )
         x, d, attention = hidden_states.view(b, -1), self.head_dim, self.attention
-        q, k, v = (
-            y.view(b, 1, -1, d)
-            for y in decode_linears(x, attention.q_proj, attention.k_proj, attention.v_proj)
-        )
+        q, k, v = (y.view(b, 1, -1, d) for y in self._query_key_value(x))
         if self.has_head_norms:
             q, k = attention.q_norm(q), attention.k_norm(k)
         q, k = _rotate(q, k, *position_embeddings)
@@ -112,11 +120,23 @@ class DecodeAttention(nn.Module):
         (o,) = decode_linears(out.reshape(b, -1), attention.o_proj)
         return o.view(b, 1, -1), None
 
+    def _query_key_value(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """q, k, v (N, width) for one token per row; q and k tensors of their own (RoPE rotates in place)."""
+        attention = self.attention
+        if self.qkv_widths is None:
+            return decode_linears(x, attention.q_proj, attention.k_proj, attention.v_proj)
+        q, k, v = decode_linears(x, attention.qkv_proj)[0].split(self.qkv_widths, dim=-1)
+        return [q.contiguous(), k.contiguous(), v]
+
 
 def can_decode_mlp(mlp: nn.Module) -> bool:
-    """True for a SwiGLU MLP with separate gate, up and down projections (Llama, Mistral, Qwen2/3)."""
-    has_projections = all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
-    return has_projections and type(getattr(mlp, "act_fn", None)).__name__ in SILU_CLASSES
+    """True for a SwiGLU MLP: separate gate, up and down projections (Llama, Mistral, Qwen2/3), or one
+    fused gate-up projection and a down projection (Phi-3)."""
+    if all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        return type(getattr(mlp, "act_fn", None)).__name__ in SILU_CLASSES
+    if all(hasattr(mlp, n) for n in ("gate_up_proj", "down_proj")):
+        return type(getattr(mlp, "activation_fn", None)).__name__ in SILU_CLASSES
+    return False
 
 
 class DecodeMLP(nn.Module):
@@ -132,6 +152,9 @@ class DecodeMLP(nn.Module):
         if t != 1:
             return self.mlp(x)
         rows = x.view(b, -1)
-        g, u = decode_linears(rows, self.mlp.gate_proj, self.mlp.up_proj)
+        if hasattr(self.mlp, "gate_up_proj"):
+            g, u = decode_linears(rows, self.mlp.gate_up_proj)[0].chunk(2, dim=-1)
+        else:
+            g, u = decode_linears(rows, self.mlp.gate_proj, self.mlp.up_proj)
         (down,) = decode_linears(swiglu(g, u), self.mlp.down_proj)
         return down.view(b, 1, -1)

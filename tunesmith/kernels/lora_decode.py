@@ -114,7 +114,8 @@ def _lora_up_kernel(
         _up_block(P + part, B1, Y1, pid - blocks0, n_splits, n_rows, n_out1, rank, s1, stride_y1,
                   SPLITS_AT_ONCE, BLOCK_ROWS, BLOCK_R, BLOCK_OUT)  # fmt: skip
     else:
-        _up_block(P + 2 * part, B2, Y2, pid - blocks0 - blocks1, n_splits, n_rows, n_out2, rank, s2, stride_y2,
+        block = pid - blocks0 - blocks1
+        _up_block(P + 2 * part, B2, Y2, block, n_splits, n_rows, n_out2, rank, s2, stride_y2,
                   SPLITS_AT_ONCE, BLOCK_ROWS, BLOCK_R, BLOCK_OUT)  # fmt: skip
 
 

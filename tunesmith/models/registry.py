@@ -58,6 +58,10 @@ class Family:
     # Norms on the attention's and the MLP's outputs too (Gemma 2/3's four per layer): two more tensors of
     # the hidden size kept per token for backward.
     sandwich_norms: bool = False
+    # One projection for query, key and value (``qkv_proj``) and one for gate and up (``gate_up_proj``), as
+    # Phi-3 has: the fast path's MLP then keeps the activation's output too (one more tensor of the
+    # intermediate size per token).
+    fused_projections: bool = False
 
     @property
     def capabilities(self) -> str:
@@ -95,7 +99,7 @@ FAMILIES: dict[str, Family] = {
             sandwich_norms=True,
             text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
         ),
-        Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fast_path=False),
+        Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fused_projections=True),
         Family(
             "qwen3_moe",
             "Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B)",

@@ -1,9 +1,10 @@
 """A decode step of a LoRA model with the decode modules' kernels running (interpreted): the model's own
-logits, and each layer's seven adapters added in four launch pairs (query, key and value share one; gate and
-up share one)."""
+logits, and a Llama layer's seven adapters added in four launch pairs (query, key and value share one; gate
+and up share one); Phi-3's fused projections through the same kernels."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _models import rel_err, tiny_model, with_lora
 
@@ -24,17 +25,22 @@ def _step_logits(model, swapped: bool) -> torch.Tensor:
             return decoder.step(torch.tensor([3, 4])).clone()
 
 
-def test_a_lora_decode_step_through_the_kernels_gives_the_models_own_logits(monkeypatch):
-    model = with_lora(tiny_model("llama")).eval()
-    launches = []
+@pytest.mark.parametrize(
+    ("family", "launches"),
+    [("llama", [3, 1, 2, 1]), ("phi3", [1, 1, 1, 1])],
+    ids=["q/k/v together, o, gate/up together, down", "Phi-3: qkv, o, gate_up, down"],
+)
+def test_a_lora_decode_step_through_the_kernels_gives_the_models_own_logits(monkeypatch, family, launches):
+    model = with_lora(tiny_model(family)).eval()
+    launched = []
     kernel = decode_modules.lora_decode_group_forward
 
     def counted(outputs, x, adapters):
-        launches.append(len(adapters))
+        launched.append(len(adapters))
         kernel(outputs, x, adapters)
 
     monkeypatch.setattr(decode_modules, "lora_decode_group_forward", counted)
     plain = _step_logits(model, swapped=False)
     fused = _step_logits(model, swapped=True)
-    assert launches == [3, 1, 2, 1] * 2, "per layer: q/k/v together, o, gate/up together, down"
+    assert launched == launches * 2, "adapters per launch pair, layer by layer"
     assert rel_err(fused, plain) < 1e-5

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from _models import ODD, loss_and_grads, rel_err, tiny_model, with_lora
 
@@ -79,17 +80,31 @@ def test_checkpointed_layers_recompute_through_the_kernels_with_the_same_gradien
     assert max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-6
 
 
-def test_gemma3_runs_its_kernels_and_matches_the_plain_model():
-    model = tiny_model(
-        "gemma3_text", **ODD, head_dim=16, query_pre_attn_scalar=12, sliding_window=32,
-        layer_types=["sliding_attention", "full_attention"],
-    )  # fmt: skip
-    model = with_lora(model).train()
+# Gemma 3: offset norms, GeGLU inside the fused LoRA MLP, a local layer; Phi-3: its fused qkv and gate-up
+# projections as single LoRA projections, then the SwiGLU kernel.
+FAMILY_KERNELS = {
+    "gemma3_text": (
+        dict(
+            head_dim=16,
+            query_pre_attn_scalar=12,
+            sliding_window=32,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+        "LoRAMLPFunction",
+    ),
+    "phi3": ({}, "SwiGLUFunction"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_KERNELS))
+def test_other_families_run_their_kernels_and_match_the_plain_model(family):
+    config, mlp_function = FAMILY_KERNELS[family]
+    model = with_lora(tiny_model(family, **ODD, **config)).train()
     x = torch.randint(0, 97, (2, 11))
     loss0, grads0 = loss_and_grads(model, x, x)
     assert apply_fast_path(model)
     ops = _graph_ops(model(input_ids=x, labels=x).loss)
-    for fn in ("RMSNormFunction", "RoPEFunction", "LoRAProjectionsFunction", "LoRAMLPFunction",
+    for fn in ("RMSNormFunction", "RoPEFunction", "LoRAProjectionsFunction", mlp_function,
                "FusedLinearCrossEntropyFunction"):  # fmt: skip
         assert fn + "Backward" in ops, fn
     loss1, grads1 = loss_and_grads(model, x, x)
