@@ -199,7 +199,11 @@ def _profile_sampling_step(m) -> None:
 
     from tunesmith.generation.generate import _DECODER
 
-    decoder = m.__dict__[_DECODER][1]
+    held = m.__dict__.get(_DECODER)
+    if held is None:  # the trainer freed it when training ended; gen_rate's call records a new one
+        print("SAMPLING_PROFILE: no held decoder (freed after training)", flush=True)
+        return
+    decoder = held[1]
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         decoder.graph.replay()
         torch.cuda.synchronize()
