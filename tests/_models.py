@@ -80,15 +80,18 @@ def write_tiny_model(folder: Path, family: str = "llama", *, tokenizer=None, dty
 
 
 def with_lora(model, r: int = 8, seed: int = 1):
-    """``model`` in a PEFT LoRA on every projection its family adapts (Llama's seven; Phi-3's four fused)
-    whose B matrices are random (as after training), so merged weights differ from the base and every LoRA
+    """``model`` in a PEFT LoRA on every projection its family adapts (Llama's seven; Phi-3's four fused; a
+    Qwen3-MoE's attention and experts) whose B matrices are random (as after training), so merged weights differ from the base and every LoRA
     gradient is non-zero. The mode (train or eval) stays the model's."""
     from peft import LoraConfig, get_peft_model
 
     training = model.training
     family = family_of(getattr(model.config, "model_type", ""))
     targets = list(family.lora_targets if family is not None else LLAMA_STYLE_TARGETS)
-    config = LoraConfig(r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets)
+    experts = list(family.lora_parameters) if family is not None else []  # a mixture of experts' 3-D weights
+    config = LoraConfig(
+        r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules=targets, target_parameters=experts or None
+    )
     model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -138,9 +138,9 @@ def test_lora_adapts_the_seven_projections_and_the_loss_falls(trained, case):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("four_bit", [False, True], ids=["bf16", "4bit"])
-def test_trains_on_a_gpu_through_the_plain_path(case, four_bit):
-    """On CUDA these families have no fused kernels: the default get_peft_model (fast path asked for, smart
-    checkpointing) falls back to transformers + PEFT and trains, in bf16 and in 4-bit."""
+def test_trains_on_a_gpu_with_the_default_settings(case, four_bit):
+    """On CUDA the default get_peft_model (the fast path where the family has it, smart checkpointing)
+    trains each family, in bf16 and in 4-bit."""
     family, tokenizer, folder = case
     model, _ = load(folder, load_in_4bit=four_bit)
     assert next(model.parameters()).device.type == "cuda"

@@ -187,3 +187,22 @@ def test_rope_on_part_of_each_head_keeps_the_layers_own_attention():
     assert not attention._can_fuse(half, {}, seq_len=13)
     loss1, grads1 = loss_and_grads(model, x, labels)
     assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+
+
+def test_qwen3_moe_gets_the_fast_path_around_its_experts():
+    model = with_lora(tiny_model("qwen3_moe", **ODD, head_dim=16)).train()
+    x, labels = _batch()
+    keys = list(model.state_dict())
+    loss0, grads0 = loss_and_grads(model, x, labels)
+    assert apply_fast_path(model)
+    layer = model.get_base_model().model.layers[0]
+    assert isinstance(layer.self_attn, FastAttention) and isinstance(layer.self_attn.q_norm, FastRMSNorm)
+    assert type(layer.mlp).__name__ == "Qwen3MoeSparseMoeBlock", (
+        "the experts stay on transformers' grouped path"
+    )
+    assert list(model.state_dict()) == keys
+    loss1, grads1 = loss_and_grads(model, x, labels)
+    assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
+    assert any("experts" in n for n in grads1), "the experts' adapters train too"
+    unpatch(model)
+    assert type(model.get_base_model().model.layers[0].self_attn).__name__ == "Qwen3MoeAttention"

@@ -24,8 +24,10 @@ def _load(path, qlora: bool, dtype=torch.bfloat16):
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                        bnb_4bit_compute_dtype=dtype, bnb_4bit_use_double_quant=True)  # fmt: skip
     m = AutoModelForCausalLM.from_pretrained(path, **kw)
-    targets = list(family_of(m.config.model_type).lora_targets)  # Phi-3's fused four, else Llama's seven
-    m = get_peft_model(m, LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
+    family = family_of(m.config.model_type)  # Phi-3's fused four, a Qwen3-MoE's experts, else Llama's seven
+    config = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, target_modules=list(family.lora_targets),
+                        target_parameters=list(family.lora_parameters) or None)  # fmt: skip
+    m = get_peft_model(m, config)
     gen = torch.Generator(device="cuda").manual_seed(1)
     with torch.no_grad():  # the same adapter weights in every load (PEFT draws lora_A from the global RNG)
         for n, p in m.named_parameters():
@@ -100,13 +102,15 @@ HEAD_NORM_SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=281
 # query_pre_attn_scalar is not the head size, so a wrong query scale would show.
 FAMILY_EXTRAS = {
     "qwen3": {},
+    # Qwen3-MoE: eight experts of width 704, two per token; its experts stay on transformers' grouped path
+    "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=704, norm_topk_prob=True),
     "gemma3_text": dict(
         query_pre_attn_scalar=96, sliding_window=512, layer_types=["sliding_attention", "full_attention"] * 2
     ),  # fmt: skip
 }
 
 
-@pytest.mark.parametrize("family", ["qwen3", "gemma3_text"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3_text", "qwen3_moe"])
 @pytest.mark.parametrize("qlora", [False, True], ids=["lora", "qlora"])
 def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft_is(
     tmp_path, family, qlora, record_property
@@ -114,7 +118,8 @@ def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft
     """With Qwen3's head norms, bf16 gradients are ~3.5% from float32 on transformers' own path too (H200),
     above the Llama test's 2e-2, so the measure is the float32 run of transformers + PEFT: the fast path's
     first-step LoRA gradients are no further from it than transformers + PEFT's own bf16 run (10% slack),
-    and its losses stay within 0.5%. Gemma 3 adds its offset norms, GeGLU and local layers."""
+    and its losses stay within 0.5%. Gemma 3 adds its offset norms, GeGLU and local layers; Qwen3-MoE its
+    experts (on transformers' grouped path, with adapters on their 3-D weights)."""
     from tunesmith.fast_path.modules import FastAttention, FastRMSNorm
     from tunesmith.fast_path.patch import apply_fast_path
 

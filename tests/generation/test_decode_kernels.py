@@ -67,7 +67,9 @@ def _two_steps(model, swapped: bool) -> tuple[torch.Tensor, int]:
     return torch.stack(logits), len(calls)
 
 
-@pytest.mark.parametrize("setting", ["llama+lora", "llama+lora+fast-path", "qwen3", "phi3+lora"])
+@pytest.mark.parametrize(
+    "setting", ["llama+lora", "llama+lora+fast-path", "qwen3", "phi3+lora", "qwen3_moe+lora"]
+)
 def test_a_decode_step_through_the_decode_modules_gives_the_models_own_logits(setting):
     if setting == "qwen3":
         model = tiny_model("qwen3", head_dim=16)

@@ -68,7 +68,9 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     outputs (2h), q and the attention output (2 x q, the heads' width, which is h in most families), k and v
     (2 x kv), gate and up (2 x I); with per-head norms (Qwen3, Gemma 3) also q and k before their norm; with
     sandwich norms (Gemma) also the attention's and the MLP's outputs before theirs (2h); with fused
-    projections (Phi-3) also the activation's output (I).
+    projections (Phi-3) also the activation's output (I). A mixture of experts (Qwen3-MoE) keeps, instead of
+    the MLP's, for each of the k experts a token goes to: its copy of the input and the expert's output (2h),
+    gate-up and the activation (3 x the expert width); and the router's float32 logits.
     """
     h = config.hidden_size
     q = config.num_attention_heads * head_dim_of(config)
@@ -77,6 +79,10 @@ def layer_bytes_per_token(config, element_bytes: int = 2) -> tuple[int, int]:
     head_norms = q + kv if family is not None and family.head_norms else 0
     sandwich = 2 * h if family is not None and family.sandwich_norms else 0
     mlp = (3 if family is not None and family.fused_projections else 2) * config.intermediate_size
+    experts = getattr(config, "num_experts", 0) or 0
+    if experts:
+        chosen = config.num_experts_per_tok
+        mlp = chosen * (2 * h + 3 * config.moe_intermediate_size) + 2 * experts
     full = (4 * h + 2 * q + 2 * kv + mlp + head_norms + sandwich) * element_bytes
     return full, h * element_bytes
 

@@ -229,6 +229,11 @@ class FastMLP(nn.Module):
     CHILDREN = ("gate_proj", "up_proj", "down_proj")
     FUSED_CHILDREN = ("gate_up_proj", "down_proj")
 
+    @classmethod
+    def can_wrap(cls, mlp: nn.Module) -> bool:
+        """Whether ``mlp`` is a gated MLP of linear layers (not a mixture of experts)."""
+        return all(hasattr(mlp, n) for n in cls.CHILDREN) or all(hasattr(mlp, n) for n in cls.FUSED_CHILDREN)
+
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self.fused_gate_up = hasattr(base_layer, "gate_up_proj")

@@ -71,7 +71,8 @@ def _swap_layers(state: FastPathState, decoder: nn.Module, norm_weight_offset: f
         if layer.self_attn.has_head_norms:
             for name in FastAttention.HEAD_NORMS:
                 _swap(state, layer.self_attn, name, norm)
-        _swap(state, layer, "mlp", FastMLP)
+        if FastMLP.can_wrap(layer.mlp):  # a mixture of experts keeps its own block (grouped experts)
+            _swap(state, layer, "mlp", FastMLP)
     _swap(state, decoder, "norm", norm)
 
 

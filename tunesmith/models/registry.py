@@ -104,7 +104,6 @@ FAMILIES: dict[str, Family] = {
             "qwen3_moe",
             "Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B)",
             "qwen3moe",
-            fast_path=False,
             lora_parameters=FUSED_EXPERT_PARAMETERS,
             head_norms=True,
         ),

@@ -27,8 +27,8 @@ def _step_logits(model, swapped: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     ("family", "launches"),
-    [("llama", [3, 1, 2, 1]), ("phi3", [1, 1, 1, 1])],
-    ids=["q/k/v together, o, gate/up together, down", "Phi-3: qkv, o, gate_up, down"],
+    [("llama", [3, 1, 2, 1]), ("phi3", [1, 1, 1, 1]), ("qwen3_moe", [3, 1])],
+    ids=["q/k/v together, o, gate/up together, down", "Phi-3: qkv, o, gate_up, down", "Qwen3-MoE: q/k/v, o"],
 )
 def test_a_lora_decode_step_through_the_kernels_gives_the_models_own_logits(monkeypatch, family, launches):
     model = with_lora(tiny_model(family)).eval()
