@@ -297,6 +297,7 @@ def run(model_dir: str, variant: str, steps: int) -> None:
         loss=[round(r["loss"], 4) for r in trainer.state.log_history if "loss" in r],
         peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
         padding_free=bool(getattr(trainer.args, "padding_free", False)),
+        trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
         max_memory_gb=os.environ.get("BENCH_MAX_MEMORY_GB") or None, gpu=torch.cuda.get_device_name(0) if cuda else "cpu",
     )  # fmt: skip
     if variant == "ts" and os.environ.get("BENCH_EXPORT"):
@@ -321,8 +322,8 @@ def table(log_dir: str) -> None:
     key = lambda r: (r["bits"], r["data"], r["steps"], r.get("max_memory_gb"))  # noqa: E731
     anchors = {(r["variant"], *key(r)): r for r in results}
     print("| variant | bits | data | train() s | real tokens/s | step median (4+) | p90 / median | peak GiB "
-          "| wall vs Unsloth | wall vs hf | max loss gap to hf |")  # fmt: skip
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| wall vs Unsloth | wall vs hf | max loss gap to hf | LoRA parameters |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         base = (r["bits"], r["data"], r["steps"], None)
         unsloth, hf = anchors.get(("unsloth", *base)), anchors.get(("hf", *base))
@@ -333,7 +334,7 @@ def table(log_dir: str) -> None:
         name += f" (max_memory_gb={r['max_memory_gb']})" if r.get("max_memory_gb") else ""
         print(f"| {name} | {r['bits']} | {r['data']} | {r['train_s']} | {r['real_tok_per_s']} | "
               f"{r['step_s_median']} | {r['step_s_p90'] / r['step_s_median']:.2f} | {r['peak_gib']} | "
-              f"{_ratio(unsloth, r)} | {_ratio(hf, r)} | {gap} |")  # fmt: skip
+              f"{_ratio(unsloth, r)} | {_ratio(hf, r)} | {gap} | {r.get('trainable', 0) / 1e6:.1f}M |")  # fmt: skip
     for r in (r for r in results if "export_s" in r):
         print(f"\nExport after training ({r['bits']}-bit, {r['data']}): save_pretrained_gguf {r['export_quant']} "
               f"{r['export_s']} s, {r['gguf_gb']} GB file, host memory {r['host_gb_before_export']} GB before, "

@@ -5,9 +5,9 @@
 # for run_all.sh) and .bench-data (../shared/tokenizers/llama3_1 as llama3_1, and the first 200 rows of
 # ../shared/data/medical_dialogue_zh.jsonl):
 #   bash bench/run_tutorial.sh "75 4 en ts unsloth hf" "75 16 en ts unsloth"
-# Each spec: STEPS BITS DATA VARIANT...; a variant ts@N runs tunesmith with max_memory_gb=N, ts-padded with
-# padding_free=False.
-# BENCH_BUDGET_S=N skips variants not started within N seconds.
+# Each spec: STEPS BITS DATA VARIANT...; a variant ts@N runs tunesmith with max_memory_gb=N (ts@unsloth: N is
+# the peak of the spec's Unsloth run, which must come before it), ts-padded with padding_free=False.
+# BENCH_BUDGET_S=N skips variants not started within N seconds; BENCH_VARIANT_TIMEOUT (default 400) stops one.
 set -u
 LOGS=${BENCH_LOGS:-/tmp/tutorial-logs}; mkdir -p $LOGS /tmp/anchor-site
 OUTDIR=${OUT:-/tmp}
@@ -28,10 +28,14 @@ for spec in "$@"; do
     if [ -n "${BENCH_BUDGET_S:-}" ] && [ $SECONDS -gt "$BENCH_BUDGET_S" ]; then echo "skipped $v $bits $data (BENCH_BUDGET_S)"; continue; fi
     engine=${v%@*}; cap=""; [ "$engine" != "$v" ] && cap=${v#*@}
     pf=""; [ "$engine" = ts-padded ] && { engine=ts; pf=0; }
+    if [ "$cap" = unsloth ]; then
+      cap=$(python3 -c 'import json, sys; print(next(json.loads(x[7:])["peak_gib"] for x in open(sys.argv[1]) if x.startswith("RESULT ")))' \
+        $LOGS/$SHAPE-$data-$bits-unsloth.log 2>/dev/null) || { echo "skipped $v $bits $data (no Unsloth peak)"; continue; }
+    fi
     log=$LOGS/$SHAPE-$data-$bits-$v.log
     BENCH_4BIT=$([ "$bits" = 4 ] && echo 1 || echo 0) BENCH_DATA=$data BENCH_MAX_MEMORY_GB=$cap BENCH_PADDING_FREE=$pf \
-      timeout 400 python3 bench/bench_tutorial.py run $TUT $engine $steps > $log 2>&1
-    echo "rc=$? $v $bits $data"; grep -E "RESULT|PROFILE" $log || tail -8 $log
+      timeout ${BENCH_VARIANT_TIMEOUT:-400} python3 bench/bench_tutorial.py run $TUT $engine $steps > $log 2>&1
+    echo "rc=$? $v $bits $data"; grep -E "RESULT|PROFILE|checkpointing plan" $log || tail -8 $log
   done
 done
 for f in $LOGS/*.log; do echo "=== $f"; cat $f; done > $OUTDIR/tutorial.log

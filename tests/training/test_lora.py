@@ -89,3 +89,39 @@ def test_bad_arguments_get_clear_errors(tiny):
         get_peft_model(model, r=0)
     with pytest.raises(TunesmithError, match="use_gradient_checkpointing='fast'"):
         get_peft_model(model, use_gradient_checkpointing="fast")
+
+
+@pytest.mark.parametrize(
+    ("family", "layers", "experts"),
+    [
+        ("phi3", {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}, set()),
+        (
+            "qwen3_moe",
+            {"q_proj", "k_proj", "v_proj", "o_proj"},
+            {"mlp.experts.gate_up_proj", "mlp.experts.down_proj"},
+        ),
+    ],
+)
+def test_the_tutorials_seven_names_adapt_what_holds_them_in_fused_families(family, layers, experts):
+    """A tutorial written for Llama passes q_proj ... down_proj: Phi-3 holds three of them in qkv_proj and two
+    in gate_up_proj, a mixture of experts holds its MLP names in every expert; each is adapted, none left out."""
+    from tests._models import tiny_model
+
+    lora = get_peft_model(tiny_model(family), r=4, target_modules=list(LLAMA_STYLE_TARGETS))
+    config = lora.peft_config["default"]
+    assert set(config.target_modules) == layers
+    assert set(config.target_parameters or ()) == experts
+    adapted = {name.rsplit(".", 1)[-1] for name, m in lora.named_modules() if hasattr(m, "lora_A")}
+    assert layers <= adapted
+    if experts:  # every expert's both weights carry an adapter, the router none
+        trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+        assert any("experts" in n for n in trainable) and not any(".gate." in n for n in trainable)
+
+
+def test_naming_part_of_a_fused_projection_adapts_all_of_it_and_says_so(caplog):
+    from tests._models import tiny_model
+
+    with caplog.at_level("WARNING", logger="tunesmith"):
+        lora = get_peft_model(tiny_model("phi3"), r=4, target_modules=["q_proj", "v_proj"])
+    assert set(lora.peft_config["default"].target_modules) == {"qkv_proj"}
+    assert "but not k_proj" in caplog.text and "qkv_proj" in caplog.text

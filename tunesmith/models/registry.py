@@ -30,6 +30,12 @@ PHI3_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 # as linear layers: LoRA reaches them through PEFT's target_parameters, one adapter per expert. The router
 # (``mlp.gate``) stays frozen.
 FUSED_EXPERT_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+# Where these families hold the Llama names a tutorial passes as target_modules: Phi-3's q_proj is part of its
+# qkv_proj; a mixture-of-experts model's gate_proj is part of every expert's gate_up_proj.
+PHI3_LLAMA_NAMES = (("q_proj", "qkv_proj"), ("k_proj", "qkv_proj"), ("v_proj", "qkv_proj"),
+                    ("gate_proj", "gate_up_proj"), ("up_proj", "gate_up_proj"))  # fmt: skip
+EXPERT_LLAMA_NAMES = (("gate_proj", FUSED_EXPERT_PARAMETERS[0]), ("up_proj", FUSED_EXPERT_PARAMETERS[0]),
+                      ("down_proj", FUSED_EXPERT_PARAMETERS[1]))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class Family:
     text_part_weights: tuple[tuple[str, str], ...] = ()
     # Parameters (not layers) LoRA adapts besides lora_targets: a mixture-of-experts model's experts.
     lora_parameters: tuple[str, ...] = ()
+    # (Llama name, this family's layer or lora_parameters entry holding it), for target_modules lists written
+    # for Llama; a name not listed is the same layer in this family.
+    llama_names: tuple[tuple[str, str], ...] = ()
     # Attention RMS-normalises each head's query and key before RoPE (``q_norm`` / ``k_norm``): a layer
     # keeps both twice for backward, before and after the norm.
     head_norms: bool = False
@@ -99,12 +108,20 @@ FAMILIES: dict[str, Family] = {
             sandwich_norms=True,
             text_part_weights=((r"^(model\.)?language_model\.(model\.)?", "model."),),
         ),
-        Family("phi3", "Phi-3 / Phi-3.5 / Phi-4", "phi3", PHI3_TARGETS, fused_projections=True),
+        Family(
+            "phi3",
+            "Phi-3 / Phi-3.5 / Phi-4",
+            "phi3",
+            PHI3_TARGETS,
+            fused_projections=True,
+            llama_names=PHI3_LLAMA_NAMES,
+        ),
         Family(
             "qwen3_moe",
             "Qwen3-MoE (Qwen3-30B-A3B, 235B-A22B)",
             "qwen3moe",
             lora_parameters=FUSED_EXPERT_PARAMETERS,
+            llama_names=EXPERT_LLAMA_NAMES,
             head_norms=True,
         ),
     )

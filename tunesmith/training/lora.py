@@ -59,6 +59,41 @@ def default_target_parameters(model: torch.nn.Module) -> list[str]:
     return [p for p in wanted if any(name.endswith(p) for name in names)]
 
 
+def _in_family_names(model: torch.nn.Module, target_modules: Iterable[str]) -> tuple[list[str], list[str]]:
+    """``target_modules`` written for Llama, as ``model``'s layers and expert parameters (layers, parameters).
+
+    A name the model has no layer of becomes the layer or expert parameter its family holds it in (the
+    registry's ``llama_names``), as Unsloth users expect of the tutorial's seven names: on Phi-3, q_proj, k_proj
+    and v_proj adapt the one qkv_proj; on a mixture-of-experts model, gate_proj, up_proj and down_proj adapt
+    every expert. Names the family does not translate pass through for ``_check_targets`` to judge.
+    """
+    family = family_of(getattr(getattr(model, "config", None), "model_type", "") or "")
+    names = dict(family.llama_names) if family else {}
+    present = _linear_leaf_names(model)
+    layers: list[str] = []
+    parameters: list[str] = []
+    translated = {}
+    for name in target_modules:
+        own = names.get(name) if name not in present else None
+        if own is None:
+            layers.append(name)
+            continue
+        translated.setdefault(own, []).append(name)
+        bucket = parameters if own in (family.lora_parameters if family else ()) else layers
+        if own not in bucket:
+            bucket.append(own)
+    for own, given in translated.items():
+        holds = sorted(llama for llama, o in names.items() if o == own)
+        logger.info("target_modules %s: adapting %s, which holds %s in %s.", ", ".join(given), own,
+                    ", ".join(holds), family.display_name)  # fmt: skip
+        if set(given) != set(holds):
+            logger.warning(
+                "target_modules names %s but not %s: in %s they are one weight (%s), so LoRA adapts all of them.",
+                ", ".join(given), ", ".join(sorted(set(holds) - set(given))), family.display_name, own,
+            )  # fmt: skip
+    return layers, parameters
+
+
 def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
     """Last name component of every linear layer (including bitsandbytes' 4-/8-bit linear layers)."""
     names = set()
@@ -68,10 +103,8 @@ def _linear_leaf_names(model: torch.nn.Module) -> set[str]:
     return names
 
 
-def _check_targets(model: torch.nn.Module, target_modules: Iterable[str] | str) -> list[str] | str:
+def _check_targets(model: torch.nn.Module, target_modules: Iterable[str]) -> list[str]:
     """Refuse target names that match no layer, with a did-you-mean hint."""
-    if isinstance(target_modules, str):  # "all-linear" or a regular expression: PEFT checks those itself
-        return target_modules
     present = _linear_leaf_names(model)
     targets = list(target_modules)
     for name in targets:
@@ -173,11 +206,17 @@ def get_peft_model(
         raise TunesmithError(f"LoRA needs r > 0 and lora_alpha > 0 (got r={r}, lora_alpha={lora_alpha}).")
     if bias not in ("none", "all", "lora_only"):
         raise TunesmithError(f'bias={bias!r} is not understood; use "none", "all" or "lora_only".')
-    targets = (
-        default_target_modules(model) if target_modules is None else _check_targets(model, target_modules)
-    )
-    if target_modules is None and "target_parameters" not in kwargs:
-        kwargs["target_parameters"] = default_target_parameters(model) or None
+    if target_modules is None:
+        targets = default_target_modules(model)
+        if "target_parameters" not in kwargs:
+            kwargs["target_parameters"] = default_target_parameters(model) or None
+    elif isinstance(target_modules, str):  # "all-linear" or a regular expression: PEFT checks those itself
+        targets = target_modules
+    else:
+        targets, parameters = _in_family_names(model, target_modules)
+        targets = _check_targets(model, targets)
+        if parameters and "target_parameters" not in kwargs:
+            kwargs["target_parameters"] = parameters
     if kwargs.get("target_parameters") and lora_dropout:
         raise TunesmithError(
             f"lora_dropout={lora_dropout}: LoRA on the experts of this mixture-of-experts model "
