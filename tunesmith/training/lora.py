@@ -63,33 +63,35 @@ def _in_family_names(model: torch.nn.Module, target_modules: Iterable[str]) -> t
     """``target_modules`` written for Llama, as ``model``'s layers and expert parameters (layers, parameters).
 
     A name the model has no layer of becomes the layer or expert parameter its family holds it in (the
-    registry's ``llama_names``), as Unsloth users expect of the tutorial's seven names: on Phi-3, q_proj, k_proj
-    and v_proj adapt the one qkv_proj; on a mixture-of-experts model, gate_proj, up_proj and down_proj adapt
-    every expert. Names the family does not translate pass through for ``_check_targets`` to judge.
+    registry's ``llama_names``), as Unsloth users expect of the tutorial's seven names: on Phi-3, q_proj,
+    k_proj and v_proj adapt the one qkv_proj; on a mixture-of-experts model, gate_proj, up_proj and down_proj
+    adapt every expert. Names the family does not translate pass through for ``_check_targets`` to judge.
     """
     family = family_of(getattr(getattr(model, "config", None), "model_type", "") or "")
-    names = dict(family.llama_names) if family else {}
-    present = _linear_leaf_names(model)
+    if family is None or not family.llama_names:
+        return list(target_modules), []
+    names, present = dict(family.llama_names), _linear_leaf_names(model)
     layers: list[str] = []
     parameters: list[str] = []
-    translated = {}
+    given: dict[str, list[str]] = {}  # the family's name -> the Llama names that asked for it
     for name in target_modules:
         own = names.get(name) if name not in present else None
         if own is None:
             layers.append(name)
             continue
-        translated.setdefault(own, []).append(name)
-        bucket = parameters if own in (family.lora_parameters if family else ()) else layers
-        if own not in bucket:
+        bucket = parameters if own in family.lora_parameters else layers
+        if own not in given:
             bucket.append(own)
-    for own, given in translated.items():
+        given.setdefault(own, []).append(name)
+    for own, asked in given.items():
         holds = sorted(llama for llama, o in names.items() if o == own)
-        logger.info("target_modules %s: adapting %s, which holds %s in %s.", ", ".join(given), own,
+        logger.info("target_modules %s: adapting %s, which holds %s in %s.", ", ".join(asked), own,
                     ", ".join(holds), family.display_name)  # fmt: skip
-        if set(given) != set(holds):
+        if set(asked) != set(holds):
             logger.warning(
-                "target_modules names %s but not %s: in %s they are one weight (%s), so LoRA adapts all of them.",
-                ", ".join(given), ", ".join(sorted(set(holds) - set(given))), family.display_name, own,
+                "target_modules names %s but not %s: in %s they are one weight (%s), so LoRA adapts all "
+                "of them.", ", ".join(asked), ", ".join(sorted(set(holds) - set(asked))),
+                family.display_name, own,
             )  # fmt: skip
     return layers, parameters
 
