@@ -153,6 +153,14 @@ def test_lora_dropout_on_the_experts_is_refused_with_what_to_do():
     model = tiny_model("qwen3_moe")
     with pytest.raises(TunesmithError, match="works without dropout only .* Set lora_dropout=0"):
         get_peft_model(model, r=8, lora_dropout=0.05, use_gradient_checkpointing=False)
+    with pytest.raises(TunesmithError, match="gate_proj, up_proj and down_proj name the experts"):
+        get_peft_model(
+            tiny_model("qwen3_moe"), r=8, lora_dropout=0.05, target_modules=["q_proj", "down_proj"]
+        )
+    attention = get_peft_model(
+        tiny_model("qwen3_moe"), r=8, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]
+    )
+    assert not attention.peft_config["default"].target_parameters  # the way out the error names works
 
 
 def test_qwen3_moe_experts_run_as_one_grouped_matmul_with_their_adapters():

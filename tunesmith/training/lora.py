@@ -223,8 +223,9 @@ def get_peft_model(
         raise TunesmithError(
             f"lora_dropout={lora_dropout}: LoRA on the experts of this mixture-of-experts model "
             f"({', '.join(kwargs['target_parameters'])}) works without dropout only (PEFT cannot drop "
-            "inputs inside the experts). Set lora_dropout=0, or pass target_modules=[...] to adapt the "
-            "attention layers alone."
+            "inputs inside the experts). Set lora_dropout=0, or adapt the attention layers alone with "
+            'target_modules=["q_proj", "k_proj", "v_proj", "o_proj"] (gate_proj, up_proj and down_proj name '
+            "the experts here)."
         )
     kwargs.pop("max_seq_length", None)  # Unsloth accepts (and ignores) it here
     use_fast_path = kwargs.pop("fast_path", True)
