@@ -70,3 +70,26 @@ def test_plain_path_count_bounds_what_a_layer_keeps_on_transformers_path(tiny):
     measured = sum(saved) / tokens
     estimate, _ = plain_layer_bytes_per_token(model.config, element_bytes=4)
     assert measured <= estimate <= 4 * measured, (measured, estimate)
+
+
+def test_the_plan_is_said_once_and_again_only_when_a_batch_needs_more(tiny, caplog):
+    """Rows of varying length change the plan at most steps; the user sees it when it grows, not each time."""
+    from tunesmith.fast_path.checkpointing import CheckpointPlan, SmartCheckpointing
+
+    model, _ = tiny
+    layers = model.model.layers
+    smart = SmartCheckpointing(model.model, layers, model.config, max_memory_gb=None, offload=True)
+    try:
+        for checkpointed, offload in [(1, False), (0, False), (1, False), (2, False), (1, False), (2, True)]:
+            smart.apply_plan(
+                CheckpointPlan(len(layers), checkpointed, offload, budget_gib=1.0, estimate_gib=0.5)
+            )
+        assert all(layer.gradient_checkpointing for layer in layers)  # the last plan is the one in force
+    finally:
+        smart.remove()
+    said = [r.getMessage() for r in caplog.records if "checkpointing plan" in r.getMessage()]
+    assert [s.split(";")[0] for s in said] == [
+        "checkpointing plan: 1 of 2 layers recompute",
+        "checkpointing plan: 2 of 2 layers recompute",
+        "checkpointing plan: 2 of 2 layers recompute, their inputs in pinned CPU memory",
+    ]

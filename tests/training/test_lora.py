@@ -74,6 +74,12 @@ def test_unsloth_checkpointing_on_a_cpu_recomputes_only_what_memory_requires(
     layers = smart.base_model.model.model.layers
     assert sum(bool(layer.gradient_checkpointing) for layer in layers) == recomputed
     assert f"checkpointing plan: {recomputed} of 2 layers recompute" in caplog.text  # the user sees the plan
+    # a cap below what training needs anyway is said once, with the way out, instead of a negative budget
+    assert ("max_memory_gb=1e-06 leaves no room for activations" in caplog.text) is (
+        max_memory_gb is not None
+    )
+    assert "Raise max_memory_gb to at least" in caplog.text or max_memory_gb is None
+    assert "of the -" not in caplog.text  # no negative budget in the plan line
     always(input_ids=ids, labels=ids, use_cache=False).loss.backward()
     expected = dict(always.named_parameters())
     for name, param in smart.named_parameters():  # the plan changes the memory, not the gradients

@@ -132,7 +132,7 @@ def plan_checkpointing(
 
 
 def _say_plan(plan: CheckpointPlan) -> None:
-    """One line on the main process when the plan changes: what recomputes, where it waits, how much."""
+    """One line on the main process: what recomputes, where it waits, how much."""
     if not is_main_process():
         return
     where = ", their inputs in pinned CPU memory" if plan.offload else ""
@@ -143,7 +143,35 @@ def _say_plan(plan: CheckpointPlan) -> None:
         plan.layers,
         where,
         plan.estimate_gib,
-        plan.budget_gib,
+        max(plan.budget_gib, 0.0),
+    )
+
+
+def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int) -> None:
+    """Once, on the main process: no room is left for activations, so the peak will pass the cap."""
+    if not is_main_process():
+        return
+    held, reserve = held_bytes / 2**30, RESERVE_BYTES / 2**30
+    held_part = (
+        f"the weights, LoRA parameters and optimizer state hold {held:.1f} GiB, and " if held_bytes else ""
+    )
+    if max_memory_gb is None:
+        cause, way_out = (
+            "The device has no memory left for activations",
+            (
+                "Free the device (another process may hold it), load in 4-bit, or use a shorter max_seq_length."
+            ),
+        )
+    else:
+        cause = f"max_memory_gb={max_memory_gb:g} leaves no room for activations"
+        way_out = f"Raise max_memory_gb to at least {held + reserve + 0.5:.1f}, or load the model in 4-bit if it is not."
+    logger.warning(
+        "%s: %s%.1f GiB stays free for the loss and the optimizer step. Training goes on with every layer "
+        "recomputed (inputs in CPU memory where offload is on), but the peak will be above the cap. %s",
+        cause,
+        held_part,
+        reserve,
+        way_out,
     )
 
 
@@ -168,6 +196,10 @@ class SmartCheckpointing:
         self.devices = ("cuda", "cpu") if on_cpu else ("cuda",)
         self.last_plan: CheckpointPlan | None = None
         self.keep_attention = False
+        # The plan is said when it first runs and again only when a batch needs more than any said before
+        # (per-batch lengths vary, so it changes at most steps).
+        self._said: CheckpointPlan | None = None
+        self._said_cap_too_low = False
         self._saved = [
             (layer.__dict__.get("gradient_checkpointing"), layer.__dict__.get("_gradient_checkpointing_func"))
             for layer in self.layers
@@ -209,7 +241,12 @@ class SmartCheckpointing:
             return None
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)
-        plan = plan_checkpointing(len(self.layers), tokens, full, kept, self._budget(x.device), self.offload)
+        budget = self._budget(x.device)
+        if budget < 0 and not self._said_cap_too_low:
+            self._said_cap_too_low = True
+            held = torch.cuda.memory_allocated(x.device) if x.device.type == "cuda" else 0
+            _say_cap_too_low(self.max_memory_gb, held)
+        plan = plan_checkpointing(len(self.layers), tokens, full, kept, budget, self.offload)
         keep = plan.offload and self._keeps_attention(x.shape[0], x.shape[1])
         self.apply_plan(plan, keep_attention=keep)
         return None
@@ -221,8 +258,9 @@ class SmartCheckpointing:
 
     def apply_plan(self, plan: CheckpointPlan, keep_attention: bool = False) -> None:
         """Set every layer's checkpointing switch as ``plan`` says (called before each training forward)."""
-        previous = self.last_plan
-        if previous is None or (previous.checkpointed, previous.offload) != (plan.checkpointed, plan.offload):
+        said = self._said
+        if said is None or (plan.offload, plan.checkpointed) > (said.offload, said.checkpointed):
+            self._said = plan
             _say_plan(plan)
         self.last_plan, self.keep_attention = plan, keep_attention
         self._last_slot = None  # a new forward starts a new chain of offloaded layers
