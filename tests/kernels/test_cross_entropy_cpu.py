@@ -60,3 +60,12 @@ def test_a_batch_with_no_counted_token_has_loss_zero_not_nan():
     loss = flce.fused_linear_cross_entropy(hidden, weight, torch.full_like(labels, IGNORE_INDEX))
     loss.backward()
     assert loss.item() == 0.0 and not hidden.grad.abs().any()
+
+
+@pytest.mark.parametrize(("vocab", "tokens"), [(128_256, 1024), (151_936, 768), (262_208, 384), (10**9, 1)])
+def test_a_chunks_logits_stay_within_the_same_memory_whatever_the_vocabulary(vocab, tokens):
+    """Gemma's 262k-word vocabulary gets fewer tokens per chunk than Llama 3's, not twice the memory."""
+    from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES, chunk_tokens_for
+
+    assert chunk_tokens_for(vocab) == tokens
+    assert tokens * vocab * 2 <= CHUNK_LOGITS_BYTES or tokens == 1

@@ -2,13 +2,13 @@
 
 For N tokens, hidden size H and vocabulary V, plain ``lm_head`` + ``cross_entropy`` materialises
 N x V logits in bf16 plus a float32 copy (2,048 x 2 tokens x 128,256 x 6 bytes = 3.2 GB for Llama 3).
-Here tokens go through in chunks of ``CHUNK_TOKENS``; per chunk:
+Here tokens go through in chunks of ``chunk_tokens_for(V)`` tokens (1,024 at Llama 3's vocabulary); per chunk:
 1. ``logits = h_c W^T`` (bf16, chunk x V);
 2. the Triton kernel turns each row into its loss ``lse - x[y]`` and, in the same buffer, its
    gradient ``(softmax(x) - onehot(y)) * scale`` (float32 math, as transformers' upcast loss);
 3. ``dh_c = dlogits W`` and, only when W is trained, ``dW += dlogits^T h_c``.
 Gradients are computed during forward (Liger's scheme), so backward only scales ``dh`` by the
-incoming gradient. Peak extra memory: one chunk of logits (1,024 x 128,256 x 2 = 263 MB) plus ``dh``.
+incoming gradient. Peak extra memory: one chunk of logits (at most ``CHUNK_LOGITS_BYTES``, 263 MB) plus ``dh``.
 On a CPU step 2 is the same row math in PyTorch ops (``_cross_entropy_rows``): two matrix products per
 chunk instead of the three of a head that recomputes its logits in backward.
 Reduction matches transformers' ``ForCausalLMLoss``: mean over non-ignored labels, or the sum divided
@@ -22,15 +22,18 @@ from tunesmith.constants import IGNORE_INDEX
 from tunesmith.kernels._triton import kernel_for, next_power_of_2, on_gpu, tl, triton
 
 __all__ = [
+    "chunk_tokens_for",
     "fused_linear_cross_entropy_forward",
     "fused_linear_cross_entropy_reference",
     "FusedLinearCrossEntropyFunction",
     "fused_linear_cross_entropy",
 ]
 
-# Tokens per chunk: large enough for an efficient matmul (1,024 x 4,096 x 128,256), small enough that
-# the chunk's logits (263 MB in bf16 at V = 128,256) stay far below what the full tensor would take.
-CHUNK_TOKENS = 1024
+# One chunk's logits: 1,024 tokens of Llama 3's 128,256-word vocabulary in bf16 (263 MB), large enough
+# for an efficient matmul and far below the full tensor. A larger vocabulary gets fewer tokens per chunk
+# (Gemma's 262,208: 384), so the loss's extra memory, which a max_memory_gb plan must leave free, stays
+# the same whatever the model.
+CHUNK_LOGITS_BYTES = 1024 * 128_256 * 2
 # Vocabulary columns per loop iteration of the row kernel (64 KB of bf16 in flight per program).
 BLOCK_V = 32768 // 2
 
@@ -104,6 +107,13 @@ def _cross_entropy_rows(
         torch.mul(p, (scale * counted).unsqueeze(-1), out=logits)  # rounded once, into the logits' buffer
 
 
+def chunk_tokens_for(vocab_size: int, element_bytes: int = 2) -> int:
+    """Tokens per chunk whose logits fit ``CHUNK_LOGITS_BYTES``: a multiple of 128 where that is at least
+    128 (matmul tiles), at least one token."""
+    tokens = CHUNK_LOGITS_BYTES // (vocab_size * element_bytes)
+    return tokens // 128 * 128 if tokens >= 128 else max(tokens, 1)
+
+
 def fused_linear_cross_entropy_forward(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -113,11 +123,12 @@ def fused_linear_cross_entropy_forward(
     num_items_in_batch=None,
     with_grad: bool = True,
     need_weight_grad: bool = False,
-    chunk_tokens: int = CHUNK_TOKENS,
+    chunk_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Loss of ``hidden`` (N, H) through ``weight`` (V, H) against ``labels`` (N,).
 
     Returns ``(loss, d loss/d hidden, d loss/d weight)``; the gradients are None when not asked for.
+    ``chunk_tokens`` defaults to ``chunk_tokens_for`` the vocabulary.
     """
     n, v = hidden.shape[0], weight.shape[0]
     scale = _loss_scale(labels, ignore_index, num_items_in_batch)
@@ -130,6 +141,7 @@ def fused_linear_cross_entropy_forward(
     if not use_kernel and torch.is_autocast_enabled(hidden.device.type):
         # Autocast would cast a frozen weight again for each product; once is enough.
         weight = weight.to(torch.get_autocast_dtype(hidden.device.type))
+    chunk_tokens = chunk_tokens or chunk_tokens_for(v, weight.element_size())
     for start in range(0, n, chunk_tokens):
         h = hidden[start : start + chunk_tokens]
         logits = F.linear(h, weight, bias).contiguous()  # (chunk, V): the only logits that ever exist

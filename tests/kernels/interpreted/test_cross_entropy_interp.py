@@ -13,7 +13,8 @@ from tunesmith.kernels import fused_linear_cross_entropy as flce
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("num_items", [None, 50], ids=["mean", "num_items_in_batch"])
 def test_matches_reference_across_chunks(monkeypatch, dtype, num_items):
-    monkeypatch.setattr(flce, "CHUNK_TOKENS", 8)  # 37 tokens: five chunks, the last one partial
+    # 37 tokens: five chunks of 8 rows of 101 logits, the last one partial
+    monkeypatch.setattr(flce, "CHUNK_LOGITS_BYTES", 8 * 101 * torch.tensor([], dtype=dtype).element_size())
     monkeypatch.setattr(flce, "BLOCK_V", 32)  # 101 columns: four vocabulary blocks, the last one partial
     h = torch.randn(37, 24, dtype=dtype, requires_grad=True)
     w = (0.3 * torch.randn(101, 24)).to(dtype).requires_grad_()
