@@ -156,15 +156,14 @@ def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int) -> None:
         f"the weights, LoRA parameters and optimizer state hold {held:.1f} GiB, and " if held_bytes else ""
     )
     if max_memory_gb is None:
-        cause, way_out = (
-            "The device has no memory left for activations",
-            (
-                "Free the device (another process may hold it), load in 4-bit, or use a shorter max_seq_length."
-            ),
-        )
+        cause = "The device has no memory left for activations"
+        way_out = "Free the device (another process may hold it), load in 4-bit, or shorten max_seq_length."
     else:
         cause = f"max_memory_gb={max_memory_gb:g} leaves no room for activations"
-        way_out = f"Raise max_memory_gb to at least {held + reserve + 0.5:.1f}, or load the model in 4-bit if it is not."
+        way_out = (
+            f"Raise max_memory_gb to at least {held + reserve + 0.5:.1f}, "
+            "or load the model in 4-bit if it is not."
+        )
     logger.warning(
         "%s: %s%.1f GiB stays free for the loss and the optimizer step. Training goes on with every layer "
         "recomputed (inputs in CPU memory where offload is on), but the peak will be above the cap. %s",

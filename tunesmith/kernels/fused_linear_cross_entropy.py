@@ -8,7 +8,8 @@ Here tokens go through in chunks of ``chunk_tokens_for(V)`` tokens (1,024 at Lla
    gradient ``(softmax(x) - onehot(y)) * scale`` (float32 math, as transformers' upcast loss);
 3. ``dh_c = dlogits W`` and, only when W is trained, ``dW += dlogits^T h_c``.
 Gradients are computed during forward (Liger's scheme), so backward only scales ``dh`` by the
-incoming gradient. Peak extra memory: one chunk of logits (at most ``CHUNK_LOGITS_BYTES``, 263 MB) plus ``dh``.
+incoming gradient. Peak extra memory: one chunk of logits (at most ``CHUNK_LOGITS_BYTES``, 263 MB)
+plus ``dh``.
 On a CPU step 2 is the same row math in PyTorch ops (``_cross_entropy_rows``): two matrix products per
 chunk instead of the three of a head that recomputes its logits in backward.
 Reduction matches transformers' ``ForCausalLMLoss``: mean over non-ignored labels, or the sum divided
