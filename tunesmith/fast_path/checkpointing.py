@@ -25,7 +25,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith._distributed import is_main_process
-from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer, available_host_bytes
+from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer
+from tunesmith.models.memory import available_host_bytes
 from tunesmith.models.registry import family_of, head_dim_of
 
 __all__ = [

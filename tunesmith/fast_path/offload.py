@@ -24,22 +24,7 @@ __all__ = [
     "AttentionStash",
     "OffloadedLayer",
     "HostEmbedding",
-    "available_host_bytes",
 ]
-
-
-def available_host_bytes() -> int:
-    """Memory the operating system can still give this process (``MemAvailable``), in bytes."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 class HostCopy:

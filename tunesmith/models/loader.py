@@ -1,8 +1,9 @@
 """``load(model_name, ...) -> (model, tokenizer)``: every source, every precision, one validated path.
 
 Order: check the arguments, find the device and dtype, turn the name into a local folder (alias and
-``.gguf`` sources convert once into the cache; hub ids download), check the architecture and the weight
-files, then load. Every bad input raises :class:`TunesmithError` before any long work starts.
+``.gguf`` sources convert once into the cache; hub ids download), check the architecture, the weight
+files and that the weights fit the device's free memory (``memory.py``), then load. Every bad input
+raises :class:`TunesmithError` before any long work starts.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.device import resolve_device, resolve_dtype
+from tunesmith.models.memory import require_room_for_weights
 from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked, require_bitsandbytes
 from tunesmith.models.registry import require_family
-from tunesmith.models.sources import materialize
+from tunesmith.models.sources import check_source, is_hub_id, materialize
 
-__all__ = ["load", "load_tokenizer", "materialize"]
+__all__ = ["load", "load_tokenizer", "check_room", "materialize"]
 
 
 def load(
@@ -42,15 +44,43 @@ def load(
     _check_arguments(max_seq_length, load_in_4bit, load_in_8bit, full_finetuning)
     device = resolve_device(device_map)
     torch_dtype = resolve_dtype(dtype, device)
+    if is_hub_id(model_name):  # its config.json alone first: a model that cannot fit is not downloaded
+        _require_room(check_source(os.fspath(model_name), hub=True, token=token), torch_dtype, device,
+                      load_in_4bit, load_in_8bit, trust_remote_code)  # fmt: skip
     folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
     config, family = _checked_config(folder, trust_remote_code)
     _check_weight_files(folder)
+    require_room_for_weights(config, folder, torch_dtype, device, load_in_4bit, load_in_8bit)
     tokenizer = _load_tokenizer(folder, trust_remote_code)
     model = _load_model(
         folder, config, family, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code
     )
     _finish(model, tokenizer, max_seq_length, full_finetuning)
     return model, tokenizer
+
+
+def check_room(
+    model_name: str | os.PathLike,
+    *,
+    dtype=None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    device_map=None,
+    token: str | None = None,
+    trust_remote_code: bool = False,
+) -> None:
+    """What ``load`` would check before reading weights, without loading: the source (a hub id's
+    ``config.json`` alone is fetched), its family, and that the weights fit the device's free memory (not
+    known for an alias or a ``.gguf`` file before conversion: those are checked when loaded)."""
+    device = resolve_device(device_map)
+    folder = check_source(os.fspath(model_name), hub=True, token=token)
+    _require_room(folder, resolve_dtype(dtype, device), device, load_in_4bit, load_in_8bit, trust_remote_code)
+
+
+def _require_room(folder, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code) -> None:
+    if folder is not None:
+        config, _ = _checked_config(folder, trust_remote_code)
+        require_room_for_weights(config, folder, dtype, device, load_in_4bit, load_in_8bit)
 
 
 def load_tokenizer(
@@ -190,7 +220,7 @@ def _warn_unquantized_experts(model, family) -> None:
         warnings.warn(
             f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
             f"({sum(sizes) / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the attention "
-            "and embedding layers are 4-bit. Plan GPU memory for the experts' full size.",
+            "layers are 4-bit. Plan GPU memory for the experts' full size.",
             stacklevel=4,
         )
 

@@ -14,7 +14,14 @@ from tunesmith.errors import TunesmithError, closest_name
 from tunesmith.models.gguf_cache import convert_gguf
 from tunesmith.models.registry import ALIASES, Alias, require_family
 
-__all__ = ["materialize", "check_source", "alias_gguf_path", "HubUnreachable", "HUB_FILE_PATTERNS"]
+__all__ = [
+    "materialize",
+    "check_source",
+    "is_hub_id",
+    "alias_gguf_path",
+    "HubUnreachable",
+    "HUB_FILE_PATTERNS",
+]
 
 # What a hub download fetches: configs, safetensors weights and tokenizer files; never pickles.
 HUB_FILE_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.model", "*.tiktoken", "*.txt", "tokenizer*"]
@@ -59,18 +66,20 @@ def materialize(
     return _from_hub(name, token=token, trust_remote_code=trust_remote_code)
 
 
-def check_source(model_name: str, *, hub: bool = False, token: str | None = None) -> None:
-    """Check what can be checked of ``model_name`` without loading or converting anything.
+def check_source(model_name: str, *, hub: bool = False, token: str | None = None) -> Path | None:
+    """Check what can be checked of ``model_name`` without loading or converting anything; returns the
+    folder whose ``config.json`` was read (None for an alias or a GGUF file, which need converting first).
 
     An alias must be installed; a local folder needs a ``config.json`` of a supported family; a local
     file must be a GGUF file; a path that does not exist is an error. A hub id is checked only with
-    ``hub=True`` (the dry run): its ``config.json`` alone is fetched, or read from the hub cache offline.
+    ``hub=True`` (the dry run, and ``load`` before it downloads): its ``config.json`` alone is fetched, or
+    read from the hub cache offline.
     """
     import json
 
     if model_name.lower() in ALIASES:
         alias_gguf_path(ALIASES[model_name.lower()])
-        return
+        return None
     path = Path(model_name).expanduser()
     if path.is_dir():
         config_file = _checked_folder(path) / "config.json"
@@ -82,7 +91,8 @@ def check_source(model_name: str, *, hub: bool = False, token: str | None = None
                 "the model again with save_pretrained, or pass the original .gguf file."
             ) from None
         require_family(model_type, path)
-    elif path.is_file():
+        return path
+    if path.is_file():
         with open(path, "rb") as handle:
             magic = handle.read(4)
         if magic != b"GGUF" and path.suffix.lower() == ".gguf":
@@ -92,10 +102,18 @@ def check_source(model_name: str, *, hub: bool = False, token: str | None = None
             )
         if magic != b"GGUF":
             _from_file(path)  # the not-a-model-file error
-    elif _looks_like_path(model_name):
+        return None
+    if _looks_like_path(model_name):
         materialize(model_name)  # the does-not-exist error
-    elif hub:
-        _check_hub_config(model_name, token)
+    return _check_hub_config(model_name, token) if hub else None
+
+
+def is_hub_id(model_name: str | os.PathLike) -> bool:
+    """True when ``model_name`` names a hub model: not an alias, and no local path of that name exists."""
+    name = os.fspath(model_name)
+    if name.lower() in ALIASES or Path(name).expanduser().exists():
+        return False
+    return not _looks_like_path(name)
 
 
 class HubUnreachable(TunesmithError):
@@ -152,8 +170,9 @@ def _from_hub(repo_id: str, *, token: str | None, trust_remote_code: bool) -> Pa
     return folder
 
 
-def _check_hub_config(repo_id: str, token: str | None) -> None:
-    """Fetch only ``config.json`` of ``repo_id`` (or take it from the hub cache) and check its family."""
+def _check_hub_config(repo_id: str, token: str | None) -> Path:
+    """Fetch only ``config.json`` of ``repo_id`` (or take it from the hub cache) and check its family;
+    returns the folder it is in."""
     import json
 
     from huggingface_hub import hf_hub_download
@@ -175,6 +194,7 @@ def _check_hub_config(repo_id: str, token: str | None) -> None:
             f"{err}). Pick another repository, or download the model and pass its folder."
         ) from None
     require_family(model_type, f"the hub repository '{repo_id}'")
+    return config_file.parent
 
 
 def _no_config_json(repo_id: str) -> TunesmithError:

@@ -19,8 +19,9 @@ from tunesmith._distributed import is_main_process
 from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.data.stats import DataStats
 from tunesmith.errors import TunesmithError
+from tunesmith.models.loader import check_room
 from tunesmith.models.registry import ALIASES
-from tunesmith.models.sources import HubUnreachable, alias_gguf_path, check_source
+from tunesmith.models.sources import HubUnreachable, alias_gguf_path
 from tunesmith.recipe.config import RunConfig
 from tunesmith.recipe.context import LOSS_PNG, TRAINING_DIR, RunContext, Stage, model_name
 from tunesmith.recipe.datacheck import check_data
@@ -90,11 +91,13 @@ def _run(config: RunConfig) -> RunResult:
 
 
 def dry_run(config: RunConfig) -> None:
-    """Check the config, the data and the output folder (no model is loaded, nothing is written but a
-    probe file, removed at once); raise on a problem."""
+    """Check the config, the data, the model's source and size, and the output folder (no model is loaded,
+    nothing is written but a probe file, removed at once); raise on a problem."""
     summary = check_data(config)
-    try:  # a hub id: its config.json names a supported family
-        check_source(config.model.name, hub=True)
+    m = config.model
+    try:  # a hub id: its config.json names a supported family; and the weights fit this machine
+        check_room(m.name, dtype=None if m.dtype == "auto" else m.dtype, load_in_4bit=m.load_in_4bit,
+                   load_in_8bit=m.load_in_8bit, trust_remote_code=m.trust_remote_code)  # fmt: skip
     except HubUnreachable as err:  # offline now; the real run may be online, and then downloads it
         print(f"Note: the model was not checked: {err}", file=sys.stderr)
     check_output_folder(Path(config.output.folder))
