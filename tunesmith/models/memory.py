@@ -29,11 +29,11 @@ INT8_BYTES_PER_WEIGHT = 1.0
 
 @dataclass(frozen=True)
 class WeightBytes:
-    """Bytes the loaded weights take (``total``), of which ``unquantized_linear_like`` are 3-D expert
-    parameters that a 4-bit/8-bit load leaves at the 16-bit size."""
+    """Bytes the loaded weights take (``total``), of which ``unquantized_experts`` are 3-D expert
+    parameters that a 4-bit/8-bit load leaves unquantized."""
 
     total: int
-    unquantized_linear_like: int
+    unquantized_experts: int
 
 
 def available_host_bytes() -> int:
@@ -110,9 +110,9 @@ def require_room_for_weights(
         return need
     where = "this machine" if device.type == "cpu" else str(device)
     experts = (
-        f" (the experts stay 16-bit, {need.unquantized_linear_like / GB:.1f} GB of it: bitsandbytes "
-        "quantizes linear layers only)"
-        if need.unquantized_linear_like
+        f" (the experts are not quantized, {need.unquantized_experts / GB:.1f} GB of it: "
+        "bitsandbytes quantizes linear layers only)"
+        if need.unquantized_experts
         else ""
     )
     ways = ["pick a smaller model", "free memory that other programs hold"]
