@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.device import resolve_device, resolve_dtype
-from tunesmith.models.memory import require_room_for_weights
+from tunesmith.models.memory import WeightBytes, require_room_for_weights
 from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked, require_bitsandbytes
 from tunesmith.models.registry import require_family
 from tunesmith.models.sources import check_source, is_hub_id, materialize
@@ -44,17 +44,21 @@ def load(
     _check_arguments(max_seq_length, load_in_4bit, load_in_8bit, full_finetuning)
     device = resolve_device(device_map)
     torch_dtype = resolve_dtype(dtype, device)
+    need = None
     if is_hub_id(model_name):  # its config.json alone first: a model that cannot fit is not downloaded
-        _require_room(check_source(os.fspath(model_name), hub=True, token=token), torch_dtype, device,
-                      load_in_4bit, load_in_8bit, trust_remote_code)  # fmt: skip
+        need = _require_room(check_source(os.fspath(model_name), hub=True, token=token), torch_dtype, device,
+                             load_in_4bit, load_in_8bit, trust_remote_code)  # fmt: skip
     folder = materialize(model_name, token=token, trust_remote_code=trust_remote_code)
     config, family = _checked_config(folder, trust_remote_code)
     _check_weight_files(folder)
-    require_room_for_weights(config, folder, torch_dtype, device, load_in_4bit, load_in_8bit)
+    if need is None:  # the same config.json when the hub id's was checked before the download
+        need = require_room_for_weights(config, folder, torch_dtype, device, load_in_4bit, load_in_8bit)
     tokenizer = _load_tokenizer(folder, trust_remote_code)
     model = _load_model(
         folder, config, family, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code
     )
+    if need.unquantized_experts:
+        _warn_unquantized_experts(family, need)
     _finish(model, tokenizer, max_seq_length, full_finetuning)
     return model, tokenizer
 
@@ -77,10 +81,11 @@ def check_room(
     _require_room(folder, resolve_dtype(dtype, device), device, load_in_4bit, load_in_8bit, trust_remote_code)
 
 
-def _require_room(folder, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code) -> None:
-    if folder is not None:
-        config, _ = _checked_config(folder, trust_remote_code)
-        require_room_for_weights(config, folder, dtype, device, load_in_4bit, load_in_8bit)
+def _require_room(folder, dtype, device, load_in_4bit, load_in_8bit, trust_remote_code) -> WeightBytes | None:
+    if folder is None:
+        return None
+    config, _ = _checked_config(folder, trust_remote_code)
+    return require_room_for_weights(config, folder, dtype, device, load_in_4bit, load_in_8bit)
 
 
 def load_tokenizer(
@@ -202,27 +207,18 @@ def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bi
         )
     if quantization is not None:
         keep_4bit_weights_unpacked(model)
-        _warn_unquantized_experts(model, family)
     return model
 
 
-def _warn_unquantized_experts(model, family) -> None:
+def _warn_unquantized_experts(family, need: WeightBytes) -> None:
     """bitsandbytes quantizes linear layers only: a mixture-of-experts model's experts (3-D parameters in
     transformers 5) keep their 16-bit size, which is most of the model."""
-    if not family.lora_parameters:
-        return
-    sizes = [
-        p.numel() * p.element_size()
-        for n, p in model.named_parameters()
-        if n.endswith(family.lora_parameters)
-    ]
-    if sizes:
-        warnings.warn(
-            f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
-            f"({sum(sizes) / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the attention "
-            "layers are 4-bit. Plan GPU memory for the experts' full size.",
-            stacklevel=4,
-        )
+    warnings.warn(
+        f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
+        f"({need.unquantized_experts / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the "
+        "attention layers are 4-bit. Plan GPU memory for the experts' full size.",
+        stacklevel=3,
+    )
 
 
 def _finish(model, tokenizer, max_seq_length: int, full_finetuning: bool) -> None:
