@@ -96,8 +96,7 @@ def dry_run(config: RunConfig) -> None:
     summary = check_data(config)
     m = config.model
     try:  # a hub id: its config.json names a supported family; and the weights fit this machine
-        check_room(m.name, dtype=None if m.dtype == "auto" else m.dtype, load_in_4bit=m.load_in_4bit,
-                   load_in_8bit=m.load_in_8bit, trust_remote_code=m.trust_remote_code)  # fmt: skip
+        check_room(m.name, **m.model_dump(exclude={"name", "max_seq_length"}))  # as load_base_model loads it
     except HubUnreachable as err:  # offline now; the real run may be online, and then downloads it
         print(f"Note: the model was not checked: {err}", file=sys.stderr)
     check_output_folder(Path(config.output.folder))
@@ -165,9 +164,8 @@ def load_base_model(ctx: RunContext) -> None:
     from tunesmith.models.loader import load
 
     m = ctx.config.model
-    dtype = None if m.dtype == "auto" else m.dtype
-    with main_first():
-        ctx.model, ctx.tokenizer = load(m.name, dtype=dtype, **m.model_dump(exclude={"name", "dtype"}))
+    with main_first():  # dtype "auto" is load's own default
+        ctx.model, ctx.tokenizer = load(m.name, **m.model_dump(exclude={"name"}))
     template = prompt_format(ctx.config)
     if isinstance(template, PromptTemplate):
         ctx.tokenizer.chat_template = template.to_chat_template()  # probes, training and export share it
