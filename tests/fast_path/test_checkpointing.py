@@ -93,3 +93,31 @@ def test_the_plan_is_said_once_and_again_only_when_a_batch_needs_more(tiny, capl
         "checkpointing plan: 2 of 2 layers recompute",
         "checkpointing plan: 2 of 2 layers recompute, their inputs in pinned CPU memory",
     ]
+
+
+def test_the_reserve_counts_what_a_step_needs_beside_the_activations(tiny):
+    """A cap just above the memory held must leave room to keep layers: the reserve is the loss chunk, the
+    gradients still to come and one layer's working set, not a fixed amount that swallows a small card's
+    slack (a fixed 1.5 GiB left Llama-3.1-8B's capped run 1.25 GiB under the cap, recomputing every layer)."""
+    from _models import with_lora
+
+    from tunesmith.fast_path.checkpointing import MARGIN_BYTES, SmartCheckpointing, reserve_bytes
+    from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
+
+    model, _ = tiny
+    lora = with_lora(model).train()
+    decoder = lora.base_model.model.model
+    smart = SmartCheckpointing(decoder, decoder.layers, model.config, max_memory_gb=None, offload=False)
+    try:
+        trainable = sum(p.numel() * p.element_size() for p in decoder.parameters() if p.requires_grad)
+        assert trainable > 0 and smart._pending_grad_bytes() == trainable
+        ids = torch.randint(0, 100, (2, 16))
+        lora(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+        assert smart._pending_grad_bytes() == 0, "gradients already held are counted by the allocator"
+    finally:
+        smart.remove()
+    full, _ = layer_bytes_per_token(_llama8b())
+    tutorial_batch = 2 * 400
+    reserve = reserve_bytes(tutorial_batch, full, pending_grad_bytes=168 * 2**20)
+    assert reserve == CHUNK_LOGITS_BYTES + 168 * 2**20 + full * tutorial_batch + MARGIN_BYTES
+    assert reserve < 0.8 * GIB

@@ -25,6 +25,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith._distributed import is_main_process
+from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
 from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer
 from tunesmith.models.memory import available_host_bytes
 from tunesmith.models.registry import family_of, head_dim_of
@@ -32,6 +33,7 @@ from tunesmith.models.registry import family_of, head_dim_of
 __all__ = [
     "CheckpointPlan",
     "plan_checkpointing",
+    "reserve_bytes",
     "layer_bytes_per_token",
     "plain_layer_bytes_per_token",
     "attention_bytes_per_token",
@@ -41,9 +43,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Headroom kept free of activations: the allocator's fragmentation, the loss chunk, optimizer steps.
+# Headroom on the planned activations (autograd's bookkeeping, rows of different length in one plan).
 SAFETY = 1.15
-RESERVE_BYTES = 1.5 * 2**30
+# Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries.
+MARGIN_BYTES = 256 * 2**20
 # From this many tokens per sequence an offloaded layer keeps its attention result in CPU memory too:
 # attention's share of the recompute grows with the sequence (a third of it at 16k, over half at 65k).
 KEEP_ATTENTION_MIN_TOKENS = 8192
@@ -111,6 +114,13 @@ def keeps_attention(config, layers: int, batch: int, seq: int) -> bool:
     return layers * batch * seq * per_token <= HOST_SHARE * available_host_bytes()
 
 
+def reserve_bytes(tokens: int, full_per_token: int, pending_grad_bytes: int) -> int:
+    """Bytes a training step needs beside the planned activations: one chunk of the fused loss's logits,
+    the gradients of trainable parameters not allocated yet (the first micro-batch of each optimizer step),
+    the working set of the layer being differentiated (about what it keeps), and ``MARGIN_BYTES``."""
+    return CHUNK_LOGITS_BYTES + pending_grad_bytes + full_per_token * tokens + MARGIN_BYTES
+
+
 def plan_checkpointing(
     layers: int, tokens: int, full_per_token: int, kept_per_token: int, free_bytes: float, offload: bool
 ) -> CheckpointPlan:
@@ -148,11 +158,11 @@ def _say_plan(plan: CheckpointPlan) -> None:
     )
 
 
-def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int) -> None:
+def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int, reserve: int) -> None:
     """Once, on the main process: no room is left for activations, so the peak will pass the cap."""
     if not is_main_process():
         return
-    held, reserve = held_bytes / 2**30, RESERVE_BYTES / 2**30
+    held, reserve = held_bytes / 2**30, reserve / 2**30
     held_part = (
         f"the weights, LoRA parameters and optimizer state hold {held:.1f} GiB, and " if held_bytes else ""
     )
@@ -211,20 +221,26 @@ class SmartCheckpointing:
         self._keep_attention: dict[tuple[int, int], bool] = {}
         self._handle = decoder.register_forward_pre_hook(self._before_forward, with_kwargs=True)
 
-    def _budget(self, device: torch.device) -> float:
+    def _pending_grad_bytes(self) -> int:
+        """Bytes the gradients of trainable parameters will take that are not allocated yet."""
+        return sum(
+            p.numel() * p.element_size() for p in self.decoder.parameters() if p.requires_grad and p.grad is None
+        )
+
+    def _budget(self, device: torch.device, reserve: int) -> float:
         """Bytes this process may fill with activations on its own card (each rank plans for its own), or
-        on a CPU a share of the memory the system can still give."""
+        on a CPU a share of the memory the system can still give; ``reserve`` stays free beside them."""
         if device.type == "cpu":
             free = HOST_SHARE * available_host_bytes()
             cap = free if self.max_memory_gb is None else min(free, self.max_memory_gb * 2**30)
-            return cap - RESERVE_BYTES
+            return cap - reserve
         total = torch.cuda.get_device_properties(device).total_memory
         cap = total * 0.92 if self.max_memory_gb is None else min(total, self.max_memory_gb * 2**30)
         allocated = torch.cuda.memory_allocated(device)
         # What other processes hold on this card (another rank, a server) is not there to plan with.
         free, _ = torch.cuda.mem_get_info(device)
         cached = torch.cuda.memory_reserved(device) - allocated
-        return min(cap - allocated, free + cached) - RESERVE_BYTES
+        return min(cap - allocated, free + cached) - reserve
 
     def _before_forward(self, module, args, kwargs):
         x = kwargs.get("input_ids")
@@ -241,11 +257,12 @@ class SmartCheckpointing:
             return None
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)
-        budget = self._budget(x.device)
+        reserve = reserve_bytes(tokens, full, self._pending_grad_bytes())
+        budget = self._budget(x.device, reserve)
         if budget < 0 and not self._said_cap_too_low:
             self._said_cap_too_low = True
             held = torch.cuda.memory_allocated(x.device) if x.device.type == "cuda" else 0
-            _say_cap_too_low(self.max_memory_gb, held)
+            _say_cap_too_low(self.max_memory_gb, held, reserve)
         plan = plan_checkpointing(len(self.layers), tokens, full, kept, budget, self.offload)
         keep = plan.offload and self._keeps_attention(x.shape[0], x.shape[1])
         self.apply_plan(plan, keep_attention=keep)
