@@ -101,10 +101,10 @@ def with_lora(model, r: int = 8, seed: int = 1):
     return model.train(training)
 
 
-def loss_and_grads(model, input_ids, labels):
+def loss_and_grads(model, input_ids, labels, attention_mask=None):
     """One forward/backward: the loss and every trainable parameter's gradient, by name."""
     model.zero_grad(set_to_none=True)
-    out = model(input_ids=input_ids, labels=labels)
+    out = model(input_ids=input_ids, labels=labels, attention_mask=attention_mask)
     out.loss.backward()
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
     return out.loss.detach().float(), grads

@@ -97,11 +97,18 @@ def test_the_plan_is_said_once_and_again_only_when_a_batch_needs_more(tiny, capl
 
 def test_the_reserve_counts_what_a_step_needs_beside_the_activations(tiny):
     """A cap just above the memory held must leave room to keep layers: the reserve is the loss chunk, the
-    gradients still to come and one layer's working set, not a fixed amount that swallows a small card's
-    slack (a fixed 1.5 GiB left Llama-3.1-8B's capped run 1.25 GiB under the cap, recomputing every layer)."""
+    gradients still to come, one layer's working set and the largest dequantized 4-bit weight, not a fixed
+    amount that swallows a small card's slack (a fixed 1.5 GiB left Llama-3.1-8B's capped run 1.25 GiB under
+    the cap, recomputing every layer)."""
+    import bitsandbytes as bnb
     from _models import with_lora
 
-    from tunesmith.fast_path.checkpointing import MARGIN_BYTES, SmartCheckpointing, reserve_bytes
+    from tunesmith.fast_path.checkpointing import (
+        MARGIN_BYTES,
+        SmartCheckpointing,
+        largest_dequantized_bytes,
+        reserve_bytes,
+    )
     from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
 
     model, _ = tiny
@@ -116,8 +123,14 @@ def test_the_reserve_counts_what_a_step_needs_beside_the_activations(tiny):
         assert smart._pending_grad_bytes() == 0, "gradients already held are counted by the allocator"
     finally:
         smart.remove()
+    assert largest_dequantized_bytes(decoder) == 0, "no 4-bit weights"
+    mlp = torch.nn.Sequential(
+        *(bnb.nn.Linear4bit(i, o, bias=False, quant_type="nf4") for i, o in [(64, 224), (224, 64), (64, 32)])
+    ).to("cpu")  # quantizes
+    assert largest_dequantized_bytes(mlp) == 224 * 64 * 2
+
     full, _ = layer_bytes_per_token(_llama8b())
-    tutorial_batch = 2 * 400
-    reserve = reserve_bytes(tutorial_batch, full, pending_grad_bytes=168 * 2**20)
-    assert reserve == CHUNK_LOGITS_BYTES + 168 * 2**20 + full * tutorial_batch + MARGIN_BYTES
-    assert reserve < 0.8 * GIB
+    tutorial_batch, gate_bf16 = 2 * 400, 14336 * 4096 * 2
+    reserve = reserve_bytes(tutorial_batch, full, 168 * 2**20, gate_bf16)
+    assert reserve == CHUNK_LOGITS_BYTES + 168 * 2**20 + full * tutorial_batch + gate_bf16 + MARGIN_BYTES
+    assert reserve < 1.25 * GIB

@@ -206,3 +206,43 @@ def test_qwen3_moe_gets_the_fast_path_around_its_experts():
     assert any("experts" in n for n in grads1), "the experts' adapters train too"
     unpatch(model)
     assert type(model.get_base_model().model.layers[0].self_attn).__name__ == "Qwen3MoeAttention"
+
+
+def test_right_padded_rows_train_through_the_mask_free_kernel_with_the_same_loss(monkeypatch):
+    """The trainer pads each batch after its rows' ends: causal attention alone then gives the real tokens
+    what the padding mask would, so the fast path skips the mask (SDPA's flash kernel, no mask copy per layer)
+    and the loss and gradients stay those of the masked model. Left padding keeps the mask."""
+    model = with_lora(tiny_model(**ODD)).train()
+    x, labels = _batch()
+    right = torch.ones_like(x)
+    right[0, 9:] = 0
+    left = right.flip(1)
+    masks_seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks_seen.append(attn_mask is not None)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    for mask in (right, left):
+        want_loss, want = loss_and_grads(model, x, labels.masked_fill(mask == 0, IGNORE_INDEX), mask)
+        apply_fast_path(model)
+        monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+        masks_seen.clear()
+        loss, grads = loss_and_grads(model, x, labels.masked_fill(mask == 0, IGNORE_INDEX), mask)
+        monkeypatch.undo()
+        unpatch(model)
+        assert abs(loss - want_loss) < 1e-5
+        assert max(rel_err(grads[n], want[n]) for n in want) < 1e-5
+        assert set(masks_seen) == {mask is left}, "a mask for left padding only"
+
+
+def test_padding_counts_as_after_the_rows_only_when_no_padded_position_is_labelled():
+    from tunesmith.fast_path.packing import padding_only_after_rows
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    labels = torch.tensor([[5, 6, 7, IGNORE_INDEX], [1, 2, 3, 4]])
+    assert padding_only_after_rows(mask, labels)
+    assert not padding_only_after_rows(mask, torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]]))
+    assert not padding_only_after_rows(mask.flip(1), labels.flip(1))
+    assert not padding_only_after_rows(mask, None), "no labels: the padded positions' outputs may be read"

@@ -25,8 +25,9 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from tunesmith._distributed import is_main_process
-from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
 from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer
+from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
+from tunesmith.kernels.nf4 import is_nf4_weight
 from tunesmith.models.memory import available_host_bytes
 from tunesmith.models.registry import family_of, head_dim_of
 
@@ -34,6 +35,7 @@ __all__ = [
     "CheckpointPlan",
     "plan_checkpointing",
     "reserve_bytes",
+    "largest_dequantized_bytes",
     "layer_bytes_per_token",
     "plain_layer_bytes_per_token",
     "attention_bytes_per_token",
@@ -45,8 +47,10 @@ logger = logging.getLogger(__name__)
 
 # Headroom on the planned activations (autograd's bookkeeping, rows of different length in one plan).
 SAFETY = 1.15
-# Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries.
-MARGIN_BYTES = 256 * 2**20
+# Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries,
+# cuBLAS workspaces, attention's float32 accumulators. Sized from the capped 8B runs (bench/NOTES.md, "A
+# reserve counted instead of fixed"), whose peaks passed a 256-MiB margin by up to 0.27 GiB.
+MARGIN_BYTES = 512 * 2**20
 # From this many tokens per sequence an offloaded layer keeps its attention result in CPU memory too:
 # attention's share of the recompute grows with the sequence (a third of it at 16k, over half at 65k).
 KEEP_ATTENTION_MIN_TOKENS = 8192
@@ -114,11 +118,23 @@ def keeps_attention(config, layers: int, batch: int, seq: int) -> bool:
     return layers * batch * seq * per_token <= HOST_SHARE * available_host_bytes()
 
 
-def reserve_bytes(tokens: int, full_per_token: int, pending_grad_bytes: int) -> int:
+def reserve_bytes(
+    tokens: int, full_per_token: int, pending_grad_bytes: int, dequantized_bytes: int = 0
+) -> int:
     """Bytes a training step needs beside the planned activations: one chunk of the fused loss's logits,
     the gradients of trainable parameters not allocated yet (the first micro-batch of each optimizer step),
-    the working set of the layer being differentiated (about what it keeps), and ``MARGIN_BYTES``."""
-    return CHUNK_LOGITS_BYTES + pending_grad_bytes + full_per_token * tokens + MARGIN_BYTES
+    the working set of the layer being differentiated (about what it keeps), the largest 4-bit weight
+    dequantized for its product (``dequantized_bytes``), and ``MARGIN_BYTES``."""
+    return (
+        CHUNK_LOGITS_BYTES + pending_grad_bytes + full_per_token * tokens + dequantized_bytes + MARGIN_BYTES
+    )
+
+
+def largest_dequantized_bytes(module: torch.nn.Module, element_bytes: int = 2) -> int:
+    """Bytes of the largest 4-bit weight in ``module`` once dequantized (the fused products make one at a
+    time and drop it); 0 without 4-bit weights."""
+    sizes = [math.prod(p.quant_state.shape) for p in module.parameters() if is_nf4_weight(p)]
+    return max(sizes, default=0) * element_bytes
 
 
 def plan_checkpointing(
@@ -214,6 +230,7 @@ class SmartCheckpointing:
             (layer.__dict__.get("gradient_checkpointing"), layer.__dict__.get("_gradient_checkpointing_func"))
             for layer in self.layers
         ]
+        self._dequantized_bytes = largest_dequantized_bytes(decoder)
         self._anchor = torch.zeros((), requires_grad=True)  # makes backward run even for a frozen input
         self._stream = None
         self._last_slot: LayerSlot | None = None
@@ -224,7 +241,9 @@ class SmartCheckpointing:
     def _pending_grad_bytes(self) -> int:
         """Bytes the gradients of trainable parameters will take that are not allocated yet."""
         return sum(
-            p.numel() * p.element_size() for p in self.decoder.parameters() if p.requires_grad and p.grad is None
+            p.numel() * p.element_size()
+            for p in self.decoder.parameters()
+            if p.requires_grad and p.grad is None
         )
 
     def _budget(self, device: torch.device, reserve: int) -> float:
@@ -257,7 +276,7 @@ class SmartCheckpointing:
             return None
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)
-        reserve = reserve_bytes(tokens, full, self._pending_grad_bytes())
+        reserve = reserve_bytes(tokens, full, self._pending_grad_bytes(), self._dequantized_bytes)
         budget = self._budget(x.device, reserve)
         if budget < 0 and not self._said_cap_too_low:
             self._said_cap_too_low = True

@@ -138,6 +138,9 @@ class FastAttention(nn.Module):
         self.qkv_widths = (self.config.num_attention_heads * self.head_dim, kv_width, kv_width)
         self.layer_idx = getattr(base_layer, "layer_idx", None)
         self.packed_mask: torch.Tensor | None = None  # set per forward by the packing hook (patch.py)
+        # Set per training forward by the same hook: the batch is padded only after each row's last token,
+        # so causal attention needs no padding mask (``packing.padding_only_after_rows``).
+        self.padding_after_rows = False
         # Set around an offloaded layer's forward and recompute (checkpointing.py).
         self.offload_slot = None
 
@@ -189,6 +192,8 @@ class FastAttention(nn.Module):
         v = v.view(b, t, -1, self.head_dim)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
+        if self.padding_after_rows:
+            mask = None
         if self.packed_mask is not None and (mask is None or mask.dtype == torch.bool):
             mask = self.packed_mask if mask is None else mask & self.packed_mask
 

@@ -30,6 +30,7 @@ __all__ = [
     "pack_without_padding",
     "packed_causal_mask",
     "has_restarts",
+    "padding_only_after_rows",
     "sample_lengths",
     "packed_sdpa_forward",
     "packed_attention",
@@ -55,6 +56,22 @@ def has_restarts(position_ids: torch.Tensor) -> bool:
     if position_ids.dim() != 2 or position_ids.shape[1] < 2:
         return False
     return bool(_sample_starts(position_ids)[:, 1:].any())
+
+
+def padding_only_after_rows(attention_mask: torch.Tensor | None, labels: torch.Tensor | None) -> bool:
+    """True when each row's padding comes after its last token (right padding) and no padded position has a
+    label. Causal attention without the padding mask then gives every real token the same result (a token
+    never sees the positions after it), and the padded positions' outputs reach no loss: so a training
+    forward can keep SDPA's mask-free flash kernel instead of the masked one, which takes a float copy of
+    the mask in every layer. One host sync."""
+    if attention_mask is None or labels is None or attention_mask.dim() != 2:
+        return False
+    if labels.shape != attention_mask.shape:
+        return False
+    keep = attention_mask.bool()
+    no_token_after_padding = (keep[:, 1:] <= keep[:, :-1]).all()
+    padding_unlabelled = labels.masked_fill(keep, IGNORE_INDEX).eq(IGNORE_INDEX).all()
+    return bool(no_token_after_padding & padding_unlabelled)
 
 
 def packed_causal_mask(position_ids: torch.Tensor) -> torch.Tensor:

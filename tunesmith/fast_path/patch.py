@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.fast_path.checkpointing import SmartCheckpointing, plain_layer_bytes_per_token
 from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
 from tunesmith.fast_path.offload import HostEmbedding
-from tunesmith.fast_path.packing import has_restarts, packed_causal_mask
+from tunesmith.fast_path.packing import has_restarts, packed_causal_mask, padding_only_after_rows
 from tunesmith.models.registry import family_of
 from tunesmith.models.unwrap import base_model_of
 
@@ -89,8 +90,6 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
     state.old_loss_function = causal_lm.loss_function
 
     def defer_when_training(module, args, kwargs):
-        import torch
-
         fused.defer = kwargs.get("labels") is not None and module.training and torch.is_grad_enabled()
 
     def stop_deferring(module, args, kwargs, output):
@@ -144,12 +143,20 @@ def _install_packing(state: FastPathState, causal_lm: nn.Module) -> None:
             if position_ids is not None and has_restarts(position_ids)
             else None
         )
+        training = module.training and torch.is_grad_enabled()
+        after_rows = (
+            mask is None
+            and training
+            and padding_only_after_rows(kwargs.get("attention_mask"), kwargs.get("labels"))
+        )
         for attention in attentions:
             attention.packed_mask = mask
+            attention.padding_after_rows = after_rows
 
     def clear_mask(module, args, kwargs, output):
         for attention in attentions:
             attention.packed_mask = None
+            attention.padding_after_rows = False
 
     state.hooks.append(causal_lm.register_forward_pre_hook(set_mask, with_kwargs=True))
     state.hooks.append(causal_lm.register_forward_hook(clear_mask, with_kwargs=True))
