@@ -25,7 +25,7 @@ def test_room_for_everything_means_no_recompute():
     full, kept = layer_bytes_per_token(_llama8b())
     plan = plan_checkpointing(32, 4096, full, kept, free_bytes=100 * GIB, offload=False)
     assert plan.checkpointed == 0 and not plan.offload
-    assert 12 < plan.estimate_gib < 20  # ~100 KB per token per layer for 4,096 tokens x 32 layers
+    assert 12 < plan.estimate_gib < 24  # ~100 KB per token per layer for 4,096 tokens x 32 layers, + SAFETY
 
 
 def test_tight_budget_checkpoints_just_enough_layers():
