@@ -211,8 +211,10 @@ def test_qwen3_moe_gets_the_fast_path_around_its_experts():
 def test_right_padded_rows_train_through_the_mask_free_kernel_with_the_same_loss(monkeypatch):
     """The trainer pads each batch after its rows' ends: causal attention alone then gives the real tokens
     what the padding mask would, so the fast path skips the mask (SDPA's flash kernel, no mask copy per layer)
-    and the loss and gradients stay those of the masked model. Left padding keeps the mask."""
+    and the loss and gradients stay those of the masked model. Left padding keeps the mask, with each query
+    head given its key and value so that a fused kernel can take it."""
     model = with_lora(tiny_model(**ODD)).train()
+    assert model.config.num_key_value_heads < model.config.num_attention_heads  # grouped heads
     x, labels = _batch()
     right = torch.ones_like(x)
     right[0, 9:] = 0
@@ -220,9 +222,11 @@ def test_right_padded_rows_train_through_the_mask_free_kernel_with_the_same_loss
     masks_seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def spy(*args, attn_mask=None, **kwargs):
+    def spy(q, k, v, attn_mask=None, **kwargs):
         masks_seen.append(attn_mask is not None)
-        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+        # A fused kernel takes a mask only without grouped heads (else SDPA falls back to its math kernel).
+        assert attn_mask is None or k.shape[1] == q.shape[1]
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
 
     for mask in (right, left):
         want_loss, want = loss_and_grads(model, x, labels.masked_fill(mask == 0, IGNORE_INDEX), mask)

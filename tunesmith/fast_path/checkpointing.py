@@ -46,8 +46,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Headroom on each layer's counted activations. What autograd saves matches the count within 2% (checked on
-# CPU), but on a GPU the capped 8B runs peaked ~19 MB per kept layer above a plan with 1.15, about 40% of a
-# layer's count at the tutorial's batches (bench/NOTES.md, "A reserve counted instead of fixed").
+# CPU), but on a GPU the capped 8B runs peaked ~19 MB per kept layer above a plan with 1.15 (bench/NOTES.md,
+# "A reserve counted instead of fixed"): most likely the B x H x T x T weights of SDPA's math kernel, which
+# padded batches of grouped-head models fell back to until the fast path stopped giving it masks with grouped
+# heads. Until a GPU run shows that gone, the larger headroom stays.
 SAFETY = 1.5
 # Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries,
 # cuBLAS workspaces, attention's float32 accumulators.

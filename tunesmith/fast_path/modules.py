@@ -198,6 +198,11 @@ class FastAttention(nn.Module):
             mask = self.packed_mask if mask is None else mask & self.packed_mask
 
         def attend(q, k, v):
+            if mask is not None and k.shape[1] != q.shape[1]:
+                # No fused kernel takes a mask and grouped heads together (flash takes no mask, the
+                # memory-efficient kernel no GQA), so SDPA would fall back to its math kernel, which keeps
+                # B x H x T x T weights per layer for backward. Each query head gets its key and value.
+                k, v = (t.repeat_interleave(q.shape[1] // t.shape[1], dim=1) for t in (k, v))
             return F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, is_causal=mask is None, scale=self.scaling,
                 enable_gqa=q.shape[1] != k.shape[1],
