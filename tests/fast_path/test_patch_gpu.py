@@ -170,3 +170,41 @@ def test_phi3_fused_projections_against_transformers_peft(tmp_path, qlora):
         assert abs(got - want) / abs(want) < 5e-3, (losses, ref_losses)
     errs = {n: rel_err(grads[n], ref_grads[n]) for n in ref_grads}
     assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_padded_grouped_head_batches_train_without_sdpas_math_kernel(tmp_path, side):
+    """Rows of different lengths padded into one batch, on a model with grouped key/value heads: with SDPA's
+    math kernel switched off the fast path still trains (right padding: flash without the mask; left padding:
+    the mask with a key and value per query head, for the memory-efficient kernel), and the loss and LoRA
+    gradients match transformers + PEFT with its mask."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from tunesmith.constants import IGNORE_INDEX
+    from tunesmith.fast_path.patch import apply_fast_path
+
+    path = write_tiny_model(tmp_path, dtype=torch.bfloat16, vocab_size=32000, hidden_size=1024,
+                            intermediate_size=2816, num_hidden_layers=2, num_attention_heads=16,
+                            num_key_value_heads=4, max_position_embeddings=4096)  # fmt: skip
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randint(0, 32000, (2, 301), device="cuda", generator=gen)  # not a multiple of 8
+    mask = torch.ones_like(x)
+    mask[1, 187:] = 0
+    if side == "left":
+        mask = mask.flip(1)
+    labels = x.masked_fill(mask == 0, IGNORE_INDEX)
+
+    def loss_and_grads(m):
+        m.zero_grad(set_to_none=True)
+        loss = m(input_ids=x, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.float() for n, p in m.named_parameters() if p.requires_grad}
+
+    want_loss, want = loss_and_grads(_load(path, qlora=False))
+    m = _load(path, qlora=False)
+    assert apply_fast_path(m)
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+        loss, grads = loss_and_grads(m)
+    assert abs(loss - want_loss) / want_loss < 5e-3
+    errs = {n: rel_err(grads[n], want[n]) for n in want}
+    assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]
