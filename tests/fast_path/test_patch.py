@@ -250,3 +250,40 @@ def test_padding_counts_as_after_the_rows_only_when_no_padded_position_is_labell
     assert not padding_only_after_rows(mask, torch.tensor([[5, 6, 7, 0], [1, 2, 3, 4]]))
     assert not padding_only_after_rows(mask.flip(1), labels.flip(1))
     assert not padding_only_after_rows(mask, None), "no labels: the padded positions' outputs may be read"
+
+
+def test_recomputed_layers_attend_as_their_forward_did():
+    """Smart checkpointing recomputes layers in backward, after the model's forward (and its packing hook)
+    ended: a right-padded batch (no mask in forward) and a packed row (its block mask) must recompute with the
+    same masking, or the checkpoint sees other saved tensors, or worse, the gradients change."""
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    from tunesmith.fast_path.packing import pack_without_padding
+
+    model = with_lora(tiny_model(**ODD)).train()
+    x, labels = _batch()
+    right = torch.ones_like(x)
+    right[0, 9:] = 0
+    labels = labels.masked_fill(right == 0, IGNORE_INDEX)
+    packed = pack_without_padding([[5, 17, 3, 88, 41, 9, 60], [12, 7, 33, 2, 71]])
+
+    def step(**batch):
+        model.zero_grad(set_to_none=True)
+        out = model(**batch)
+        out.loss.backward()
+        grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
+        return out.loss.item(), grads
+
+    batches = [dict(input_ids=x, attention_mask=right, labels=labels), packed]
+    apply_fast_path(model)
+    wants = [step(**batch) for batch in batches]
+    for layer in model.get_base_model().model.layers:  # what a tight budget sets
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    for batch, (want_loss, want) in zip(batches, wants, strict=True):
+        loss, grads = step(**batch)
+        assert abs(loss - want_loss) < 1e-6
+        assert max(rel_err(grads[n], want[n]) for n in want) < 1e-6
+    unpatch(model)

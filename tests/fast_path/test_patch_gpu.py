@@ -172,12 +172,13 @@ def test_phi3_fused_projections_against_transformers_peft(tmp_path, qlora):
     assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_padded_grouped_head_batches_train_without_sdpas_math_kernel(tmp_path, side):
+def test_padded_grouped_head_batches_train_without_sdpas_math_kernel(tmp_path, side, recompute):
     """Rows of different lengths padded into one batch, on a model with grouped key/value heads: with SDPA's
     math kernel switched off the fast path still trains (right padding: flash without the mask; left padding:
-    the mask with a key and value per query head, for the memory-efficient kernel), and the loss and LoRA
-    gradients match transformers + PEFT with its mask."""
+    the mask with a key and value per query head, for the memory-efficient kernel), also with every layer
+    recomputed in backward, and the loss and LoRA gradients match transformers + PEFT with its mask."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from tunesmith.constants import IGNORE_INDEX
@@ -202,9 +203,10 @@ def test_padded_grouped_head_batches_train_without_sdpas_math_kernel(tmp_path, s
 
     want_loss, want = loss_and_grads(_load(path, qlora=False))
     m = _load(path, qlora=False)
-    assert apply_fast_path(m)
+    assert apply_fast_path(m, max_memory_gb=0.01 if recompute else None)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
         loss, grads = loss_and_grads(m)
+    assert m.__dict__["_tunesmith_fast_path"].checkpointing.last_plan.checkpointed == (2 if recompute else 0)
     assert abs(loss - want_loss) / want_loss < 5e-3
     errs = {n: rel_err(grads[n], want[n]) for n in want}
     assert max(errs.values()) < 2e-2, sorted(errs.items(), key=lambda kv: -kv[1])[:5]

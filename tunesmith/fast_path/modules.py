@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.weak import WeakIdKeyDictionary
 
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.fast_path.packing import SDPA_BACKENDS
@@ -111,6 +112,11 @@ def sdpa_computes(attention: nn.Module) -> bool:
 WINDOW_FROM_CONFIG = ("mistral", "phi3")
 
 
+# Each training forward's masking decisions, by the forward's rotary cosine tensor (made anew per forward);
+# an entry goes when that tensor does, after the backward.
+_BATCH_MASKING: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+
 class FastAttention(nn.Module):
     """Self-attention with LoRA fused into Q/K/V and O, in-place RoPE and SDPA (flash) attention; where the
     model normalises each head's query and key before RoPE (Qwen3's ``q_norm`` / ``k_norm``), so does this.
@@ -191,11 +197,12 @@ class FastAttention(nn.Module):
         q, k = apply_rope(q, k, cos, sin, self.head_dim)  # (B, T, Hq, D), (B, T, Hkv, D)
         v = v.view(b, t, -1, self.head_dim)
         q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # (B, H, T, D) views for SDPA
+        packed_mask, after_rows = self._batch_masking(cos)
         mask = attention_mask if attention_mask is None or attention_mask.dim() == 4 else None
-        if self.padding_after_rows:
+        if after_rows:
             mask = None
-        if self.packed_mask is not None and (mask is None or mask.dtype == torch.bool):
-            mask = self.packed_mask if mask is None else mask & self.packed_mask
+        if packed_mask is not None and (mask is None or mask.dtype == torch.bool):
+            mask = packed_mask if mask is None else mask & packed_mask
 
         def attend(q, k, v):
             if mask is not None and k.shape[1] != q.shape[1]:
@@ -211,6 +218,16 @@ class FastAttention(nn.Module):
         out = attend(q, k, v) if self.offload_slot is None else self.offload_slot.attend(attend, q, k, v)
         out = out.transpose(1, 2).reshape(b, t, -1)
         return lora_projections(out, projections[-1:])[0], None
+
+    def _batch_masking(self, cos: torch.Tensor) -> tuple[torch.Tensor | None, bool]:
+        """(packed mask, padding only after the rows) for this forward's batch. The packing hook sets them
+        around the model's forward; a checkpointed layer's recompute runs in backward, after the hook has
+        cleared them, so they are also kept for the batch's rotary tensor, which the recompute receives again
+        (a recompute must attend as the forward did: same result, same saved tensors)."""
+        if self.packed_mask is not None or self.padding_after_rows:
+            _BATCH_MASKING[cos] = (self.packed_mask, self.padding_after_rows)
+            return self.packed_mask, self.padding_after_rows
+        return _BATCH_MASKING.get(cos, (None, False))
 
     def _query_key_value(self, hidden_states: torch.Tensor, projections: list[Projection]):
         """(q, k, v), each (B, T, width) and a tensor of its own (RoPE rotates q and k in place)."""
