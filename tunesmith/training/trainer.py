@@ -221,8 +221,9 @@ def _padding_free(args, data_collator, datasets) -> bool:
     A flattened batch does the loss of a padded one without the padding: transformers and the fast path
     keep the rows apart by their restarting positions, and TRL trains without a KV cache, the one case in
     which transformers would not (tests/training/test_padding_free.py). It pays where arithmetic bounds the
-    step: 4% on a CPU, while on an H200 the tutorial's step was 10% slower than padded (attention over the
-    flattened row under a mask, where padded rows take the mask-free kernel; bench/NOTES.md).
+    step: 4% on a CPU, while on an H200 the tutorial's step was 10% slower than padded (run 14, when both
+    went through SDPA's math kernel; a right-padded batch now takes the mask-free flash kernel, and a packed
+    row the memory-efficient one with its block mask; bench/NOTES.md).
     """
     asked = args.padding_free
     default_off = args.packing or data_collator is not None or not args.use_cpu
