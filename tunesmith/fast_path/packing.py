@@ -62,8 +62,8 @@ def padding_only_after_rows(attention_mask: torch.Tensor | None, labels: torch.T
     """True when each row's padding comes after its last token (right padding) and no padded position has a
     label. Causal attention without the padding mask then gives every real token the same result (a token
     never sees the positions after it), and the padded positions' outputs reach no loss: so a training
-    forward can keep SDPA's mask-free flash kernel instead of the masked one, which takes a float copy of
-    the mask in every layer. One host sync."""
+    forward can keep SDPA's mask-free flash kernel instead of a masked one (with grouped heads, its math
+    kernel). One host sync."""
     if attention_mask is None or labels is None or attention_mask.dim() != 2:
         return False
     if labels.shape != attention_mask.shape:
