@@ -134,3 +134,27 @@ def test_the_reserve_counts_what_a_step_needs_beside_the_activations(tiny):
     reserve = reserve_bytes(tutorial_batch, full, 168 * 2**20, gate_bf16)
     assert reserve == CHUNK_LOGITS_BYTES + 168 * 2**20 + full * tutorial_batch + gate_bf16 + MARGIN_BYTES
     assert reserve < 1.25 * GIB
+
+
+def test_without_the_fused_head_the_reserve_counts_the_plain_losss_full_logits():
+    """Gemma 2 caps its logits, so it keeps the plain loss, which holds the whole batch's logits in float32
+    (not one 263-MB chunk): at 2 x 400 tokens and Gemma's 256,000 words that is 3.3 GB the plan must leave
+    free, or a capped run passes its cap in the loss."""
+    from _models import tiny_model
+
+    from tunesmith.fast_path.checkpointing import loss_peak_bytes, reserve_bytes
+    from tunesmith.fast_path.patch import apply_cpu_path, has_fused_loss, unpatch
+    from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
+
+    assert loss_peak_bytes(800, None) == CHUNK_LOGITS_BYTES
+    assert loss_peak_bytes(800, 256_000) == 800 * 256_000 * 16 > 12 * CHUNK_LOGITS_BYTES
+    assert reserve_bytes(800, 0, 0, 0, loss_peak_bytes(800, 256_000)) > 3.3e9
+    for family, plain_vocab in [("llama", None), ("gemma2", 256)]:
+        model = tiny_model(family).train()
+        apply_cpu_path(model)
+        try:
+            assert has_fused_loss(model) is (plain_vocab is None)
+            smart = model.__dict__["_tunesmith_fast_path"].checkpointing
+            assert smart.plain_loss_vocab == plain_vocab, family
+        finally:
+            unpatch(model)

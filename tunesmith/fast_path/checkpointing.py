@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointPlan",
     "plan_checkpointing",
     "reserve_bytes",
+    "loss_peak_bytes",
     "largest_dequantized_bytes",
     "layer_bytes_per_token",
     "plain_layer_bytes_per_token",
@@ -54,6 +55,10 @@ SAFETY = 1.5
 # Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries,
 # cuBLAS workspaces, attention's float32 accumulators.
 MARGIN_BYTES = 512 * 2**20
+# Bytes per token and vocabulary word that the plain loss (no fused head: Gemma 2's capped logits, an adapted
+# or 4-bit output layer) holds at its peak in backward: the 16-bit logits, Gemma 2's capped copy, the float32
+# log-probabilities the cross-entropy keeps, and their float32 gradients twice over.
+PLAIN_LOSS_BYTES_PER_LOGIT = 16
 # From this many tokens per sequence an offloaded layer keeps its attention result in CPU memory too:
 # attention's share of the recompute grows with the sequence (a third of it at 16k, over half at 65k).
 KEEP_ATTENTION_MIN_TOKENS = 8192
@@ -122,15 +127,26 @@ def keeps_attention(config, layers: int, batch: int, seq: int) -> bool:
 
 
 def reserve_bytes(
-    tokens: int, full_per_token: int, pending_grad_bytes: int, dequantized_bytes: int = 0
+    tokens: int,
+    full_per_token: int,
+    pending_grad_bytes: int,
+    dequantized_bytes: int = 0,
+    loss_bytes: int = CHUNK_LOGITS_BYTES,
 ) -> int:
-    """Bytes a training step needs beside the planned activations: one chunk of the fused loss's logits,
-    the gradients of trainable parameters not allocated yet (the first micro-batch of each optimizer step),
-    the working set of the layer being differentiated (about what it keeps), the largest 4-bit weight
-    dequantized for its product (``dequantized_bytes``), and ``MARGIN_BYTES``."""
-    return (
-        CHUNK_LOGITS_BYTES + pending_grad_bytes + full_per_token * tokens + dequantized_bytes + MARGIN_BYTES
-    )
+    """Bytes a training step needs beside the planned activations: the loss's logits at their peak
+    (``loss_bytes``, one chunk of the fused loss by default: ``loss_peak_bytes``), the gradients of trainable
+    parameters not allocated yet (the first micro-batch of each optimizer step), the working set of the layer
+    being differentiated (about what it keeps), the largest 4-bit weight dequantized for its product
+    (``dequantized_bytes``), and ``MARGIN_BYTES``."""
+    return loss_bytes + pending_grad_bytes + full_per_token * tokens + dequantized_bytes + MARGIN_BYTES
+
+
+def loss_peak_bytes(tokens: int, plain_loss_vocab: int | None) -> int:
+    """Bytes the loss's logits take at their peak: one chunk of the fused head's (``plain_loss_vocab`` None),
+    else the plain loss's logits for all ``tokens`` over a vocabulary of ``plain_loss_vocab`` words."""
+    if plain_loss_vocab is None:
+        return CHUNK_LOGITS_BYTES
+    return tokens * plain_loss_vocab * PLAIN_LOSS_BYTES_PER_LOGIT
 
 
 def largest_dequantized_bytes(module: torch.nn.Module, element_bytes: int = 2) -> int:
@@ -216,6 +232,7 @@ class SmartCheckpointing:
         offload: bool,
         bytes_per_token=layer_bytes_per_token,
         on_cpu: bool = False,
+        plain_loss_vocab: int | None = None,
     ):
         self.decoder, self.layers, self.config = decoder, list(layers), config
         self.max_memory_gb, self.offload = max_memory_gb, offload
@@ -223,6 +240,8 @@ class SmartCheckpointing:
         # Which devices' forwards it plans: the GPU's, and a CPU's on transformers' own path (the fast path
         # on a CPU runs only under Triton's interpreter, in tests that set their plan by hand).
         self.devices = ("cuda", "cpu") if on_cpu else ("cuda",)
+        # The vocabulary whose full logits the plain loss holds; None where the fused head chunks them.
+        self.plain_loss_vocab = plain_loss_vocab
         self.last_plan: CheckpointPlan | None = None
         self.keep_attention = False
         # The plan is said when it first runs and again only when a batch needs more than any said before
@@ -279,7 +298,8 @@ class SmartCheckpointing:
             return None
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)
-        reserve = reserve_bytes(tokens, full, self._pending_grad_bytes(), self._dequantized_bytes)
+        loss = loss_peak_bytes(tokens, self.plain_loss_vocab)
+        reserve = reserve_bytes(tokens, full, self._pending_grad_bytes(), self._dequantized_bytes, loss)
         budget = self._budget(x.device, reserve)
         if budget < 0 and not self._said_cap_too_low:
             self._said_cap_too_low = True

@@ -189,7 +189,9 @@ def apply_fast_path(model: nn.Module, *, max_memory_gb: float | None = None, off
     _install_packing(state, causal_lm)
     if offload and max_memory_gb is not None:
         _embedding_to_host(state, causal_lm, decoder)
-    state.checkpointing = SmartCheckpointing(decoder, decoder.layers, config, max_memory_gb, offload)
+    state.checkpointing = SmartCheckpointing(
+        decoder, decoder.layers, config, max_memory_gb, offload, plain_loss_vocab=_plain_loss_vocab(causal_lm)
+    )
     model.__dict__[_STATE] = state
     return True
 
@@ -216,8 +218,18 @@ def apply_cpu_path(
             offload=False,
             bytes_per_token=plain_layer_bytes_per_token,
             on_cpu=True,
+            plain_loss_vocab=_plain_loss_vocab(causal_lm),
         )
     model.__dict__[_STATE] = state
+
+
+def _plain_loss_vocab(causal_lm: nn.Module) -> int | None:
+    """The vocabulary whose full logits the plain loss holds in training, or None where the fused head
+    computes the loss chunk by chunk."""
+    if has_fused_loss(causal_lm):
+        return None
+    head = getattr(causal_lm, "lm_head", None)
+    return getattr(head, "out_features", None) or causal_lm.config.get_text_config().vocab_size
 
 
 def has_fused_loss(model: nn.Module) -> bool:
