@@ -194,6 +194,10 @@ def test_padded_grouped_head_batches_train_without_sdpas_math_kernel(tmp_path, s
     if side == "left":
         mask = mask.flip(1)
     labels = x.masked_fill(mask == 0, IGNORE_INDEX)
+    # A left-padded row's first token is predicted from a padded position, whose attention row is all masked.
+    # Kernels fill that row differently (cuDNN, memory-efficient, math), and this one loss term moved the LoRA
+    # gradients by 9% (run 24; 8.7% in a CPU emulation), so it is left out: padding predicts nothing.
+    labels[:, 1:].masked_fill_(mask[:, :-1] == 0, IGNORE_INDEX)
 
     def loss_and_grads(m):
         m.zero_grad(set_to_none=True)

@@ -193,21 +193,28 @@ def _say_plan(plan: CheckpointPlan) -> None:
     )
 
 
-def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int, reserve: int) -> None:
-    """Once, on the main process: no room is left for activations, so the peak will pass the cap."""
+def _say_cap_too_low(
+    max_memory_gb: float | None, held_bytes: int, reserve: int, budget: float, leanest: float
+) -> None:
+    """Once, on the main process: the ``budget`` left for activations is below what even the leanest plan
+    (every layer recomputed) keeps, ``leanest`` bytes, so the peak will pass the cap."""
     if not is_main_process():
         return
-    held, reserve = held_bytes / 2**30, reserve / 2**30
+    gib = 2**30
     held_part = (
-        f"the weights, LoRA parameters and optimizer state hold {held:.1f} GiB, and " if held_bytes else ""
+        f"the weights, LoRA parameters and optimizer state hold {held_bytes / gib:.1f} GiB, and "
+        if held_bytes
+        else ""
     )
+    room = "no room" if budget <= 0 else f"{budget / gib:.2f} GiB"
+    needed = f", and even with every layer recomputed they need {leanest / gib:.2f} GiB"
     if max_memory_gb is None:
-        cause = "The device has no memory left for activations"
+        cause = f"The device has {room} left for activations{needed}"
         way_out = "Free the device (another process may hold it), load in 4-bit, or shorten max_seq_length."
     else:
-        cause = f"max_memory_gb={max_memory_gb:g} leaves no room for activations"
+        cause = f"max_memory_gb={max_memory_gb:g} leaves {room} for activations{needed}"
         way_out = (
-            f"Raise max_memory_gb to at least {held + reserve + 0.5:.1f}, "
+            f"Raise max_memory_gb to at least {(held_bytes + reserve + leanest) / gib + 0.5:.1f}, "
             "or load the model in 4-bit if it is not."
         )
     logger.warning(
@@ -215,7 +222,7 @@ def _say_cap_too_low(max_memory_gb: float | None, held_bytes: int, reserve: int)
         "recomputed (inputs in CPU memory where offload is on), but the peak will be above the cap. %s",
         cause,
         held_part,
-        reserve,
+        reserve / gib,
         way_out,
     )
 
@@ -301,11 +308,12 @@ class SmartCheckpointing:
         loss = loss_peak_bytes(tokens, self.plain_loss_vocab)
         reserve = reserve_bytes(tokens, full, self._pending_grad_bytes(), self._dequantized_bytes, loss)
         budget = self._budget(x.device, reserve)
-        if budget < 0 and not self._said_cap_too_low:
+        plan = plan_checkpointing(len(self.layers), tokens, full, kept, budget, self.offload)
+        leanest = plan.estimate_gib * 2**30  # the plan recomputes every layer before it passes the budget
+        if leanest > budget and not self._said_cap_too_low:
             self._said_cap_too_low = True
             held = torch.cuda.memory_allocated(x.device) if x.device.type == "cuda" else 0
-            _say_cap_too_low(self.max_memory_gb, held, reserve)
-        plan = plan_checkpointing(len(self.layers), tokens, full, kept, budget, self.offload)
+            _say_cap_too_low(self.max_memory_gb, held, reserve, budget, leanest)
         keep = plan.offload and self._keeps_attention(x.shape[0], x.shape[1])
         self.apply_plan(plan, keep_attention=keep)
         return None
