@@ -190,3 +190,44 @@ def test_a_cap_that_even_recomputing_every_layer_passes_is_said(tiny, caplog):
         in said[0]
     )
     assert f"Raise max_memory_gb to at least {(reserve + leanest) / GIB + 0.5:.1f}" in said[0]
+
+
+def test_adapted_experts_count_the_stack_copy_each_layer_keeps():
+    """With LoRA on a mixture of experts' 3-D stacks, each layer keeps a 16-bit copy of its stacks (weight plus
+    update) for backward, whatever the tokens: 1.2 GB a layer on Qwen3-30B-A3B, which the per-token count
+    missed (a 12-layer run peaked at 31.6 GiB). The plan counts it, and what autograd saves stays under it."""
+    from _models import tiny_model, with_lora
+
+    from tunesmith.fast_path.checkpointing import adapted_expert_bytes
+
+    model = tiny_model("qwen3_moe", num_experts=16, moe_intermediate_size=64).to(torch.bfloat16)
+    assert adapted_expert_bytes(model.model.layers) == 0, "no adapted experts, no copy"
+    lora = with_lora(model).train()
+    layers = lora.base_model.model.model.layers
+    config = model.config
+    experts = config.num_experts * 3 * config.moe_intermediate_size * config.hidden_size
+    assert experts * 2 < adapted_expert_bytes(layers) < experts * 2 * 1.5  # the stacks and their factors
+
+    params = {p.untyped_storage().data_ptr() for p in lora.parameters()}
+    saved, inside = {}, []
+    layers[0].register_forward_pre_hook(lambda *_: inside.append(True))
+    layers[0].register_forward_hook(lambda *_: inside.clear())
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if inside and storage.data_ptr() not in params:  # the frozen weights themselves cost nothing more
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    ids = torch.randint(0, 100, (2, 8))
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lora(input_ids=ids, labels=ids, use_cache=False)
+    full_per_token, _ = plain_layer_bytes_per_token(model.config, element_bytes=2)
+    measured = sum(saved.values())
+    assert experts * 2 < measured <= full_per_token * ids.numel() + adapted_expert_bytes(layers)
+
+    plain = plan_checkpointing(2, ids.numel(), full_per_token, 0, free_bytes=measured * 2.5, offload=False)
+    counted = plan_checkpointing(2, ids.numel(), full_per_token, 0, measured * 2.5, False, experts * 2)
+    assert (plain.checkpointed, counted.checkpointed) == (0, 2), (
+        "the copies do not fit: both layers recompute"
+    )
