@@ -23,6 +23,7 @@ from tunesmith.export.gguf import save_pretrained_gguf
 from tunesmith.export.merge import save_pretrained_merged
 from tunesmith.export.ollama import plan_modelfile
 from tunesmith.export.verify import DEFAULT_PROMPTS, verify_gguf
+from tunesmith.models.expert_stacks import STACK_NAMES, is_4bit_stack
 from tunesmith.models.loader import load
 from tunesmith.models.registry import FAMILIES
 from tunesmith.training.lora import get_peft_model
@@ -105,12 +106,11 @@ def trained(case):
 def test_loads_in_4bit_and_trains_qlora(case):
     family, tokenizer, folder = case
     ids = tokenizer("Hello, world!", return_tensors="pt")["input_ids"]
-    if FAMILIES[family].lora_parameters:  # the user is told what 4-bit does not shrink
-        with pytest.warns(UserWarning, match=r"experts of this Qwen3-MoE .* stay in 16-bit \(0\.00 GB\)"):
-            quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
-    else:
-        quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
+    quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
     layer = quantized.model.layers[0]
+    if FAMILIES[family].lora_parameters:  # the experts' 3-D stacks are 4-bit too, not left in 16-bit
+        assert all(is_4bit_stack(layer.mlp.experts, n) for n in STACK_NAMES)
+        assert layer.mlp.experts.gate_up_proj.untyped_storage().nbytes() <= 4, "no 16-bit copy at rest"
     projections = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in layer.named_modules()}
     linear = [t for t in FAMILIES[family].lora_targets if t in projections]  # the MoE's are experts'
     assert linear and all(projections[t] == "Linear4bit" for t in linear), projections

@@ -38,14 +38,15 @@ def test_weights_too_large_for_the_device_are_refused_before_loading_with_the_wa
     assert "load_in_4bit=True (about 0.2 GB)" in text  # the cheaper way, with what it would need
 
 
-def test_a_4bit_mixture_of_experts_is_told_that_its_experts_stay_16_bit(tmp_path):
+def test_a_4bit_mixture_of_experts_is_told_that_its_experts_load_in_16_bit(tmp_path):
+    """The room asked for is the load's: the experts are read in 16-bit and quantized afterwards."""
     folder = write_tiny_model(tmp_path / "moe", "qwen3_moe", num_experts=64, moe_intermediate_size=64)
     config, _ = __import__("tunesmith.models.loader", fromlist=["_checked_config"])._checked_config(
         folder, False
     )
     need = weight_bytes(config, torch.bfloat16, load_in_4bit=True)
     assert need.unquantized_experts == 2 * 64 * 3 * 64 * 64 * 2  # two layers' experts, in bf16
-    with pytest.raises(TunesmithError, match="the experts are not quantized"):
+    with pytest.raises(TunesmithError, match="the experts load in 16-bit, 0.0 GB of it, and become 4-bit"):
         require_room_for_weights(config, folder, torch.bfloat16, torch.device("cpu"), load_in_4bit=True,
                                  free_bytes=need.total - 1)  # fmt: skip
 

@@ -19,6 +19,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.export._output import check_free_space, check_output_dir, disk_full_as_error
 from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
 from tunesmith.export.tensor_source import TensorSource
+from tunesmith.models.expert_stacks import dense_stack
 from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
 from tunesmith.models.unwrap import base_model_of
 
@@ -109,7 +110,7 @@ def _expert_sources(name: str, experts: torch.nn.Module, wrappers: dict[str, lis
     def merged(parameter: str) -> torch.Tensor:
         if parameter not in cache:
             cache.clear()
-            weight = _dense(getattr(experts, parameter)).float()
+            weight = dense_stack(experts, parameter).float()
             for wrapper in wrappers.get(parameter, []):
                 weight = _with_deltas(weight, wrapper)
             cache[parameter] = weight

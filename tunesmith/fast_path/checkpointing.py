@@ -28,6 +28,7 @@ from tunesmith._distributed import is_main_process
 from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer
 from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
 from tunesmith.kernels.nf4 import is_nf4_weight
+from tunesmith.models.expert_stacks import STACK_NAMES, is_4bit_stack
 from tunesmith.models.memory import available_host_bytes
 from tunesmith.models.registry import family_of, head_dim_of
 
@@ -155,9 +156,13 @@ def loss_peak_bytes(tokens: int, plain_loss_vocab: int | None) -> int:
 
 def largest_dequantized_bytes(module: torch.nn.Module, element_bytes: int = 2) -> int:
     """Bytes of the largest 4-bit weight in ``module`` once dequantized (the fused products make one at a
-    time and drop it); 0 without 4-bit weights."""
+    time and drop it), or of a mixture of experts' 4-bit stacks (one layer's, dequantized for its forward);
+    0 without 4-bit weights."""
     sizes = [math.prod(p.quant_state.shape) for p in module.parameters() if is_nf4_weight(p)]
-    return max(sizes, default=0) * element_bytes
+    stacks = [
+        sum(getattr(m, n).numel() for n in STACK_NAMES if is_4bit_stack(m, n)) for m in module.modules()
+    ]
+    return max(sizes + stacks, default=0) * element_bytes
 
 
 def adapted_expert_bytes(layers) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 from tunesmith.models.device import resolve_device, resolve_dtype
+from tunesmith.models.expert_stacks import quantize_expert_stacks
 from tunesmith.models.memory import WeightBytes, require_room_for_weights
 from tunesmith.models.quantization import bnb_config, keep_4bit_weights_unpacked, require_bitsandbytes
 from tunesmith.models.registry import require_family
@@ -57,8 +58,6 @@ def load(
     model = _load_model(
         folder, config, family, torch_dtype, device, load_in_4bit, load_in_8bit, trust_remote_code
     )
-    if need.unquantized_experts:
-        _warn_unquantized_experts(family, need)
     _finish(model, tokenizer, max_seq_length, full_finetuning)
     return model, tokenizer
 
@@ -207,18 +206,9 @@ def _load_model(folder, config, family, dtype, device, load_in_4bit, load_in_8bi
         )
     if quantization is not None:
         keep_4bit_weights_unpacked(model)
+    if load_in_4bit:  # bitsandbytes leaves a mixture of experts' 3-D stacks in 16-bit: most of the model
+        quantize_expert_stacks(model)
     return model
-
-
-def _warn_unquantized_experts(family, need: WeightBytes) -> None:
-    """bitsandbytes quantizes linear layers only: a mixture-of-experts model's experts (3-D parameters in
-    transformers 5) keep their 16-bit size, which is most of the model."""
-    warnings.warn(
-        f"load_in_4bit: the experts of this {family.display_name} model stay in 16-bit "
-        f"({need.unquantized_experts / 1e9:.2f} GB), since bitsandbytes quantizes linear layers only; the "
-        "attention layers are 4-bit. Plan GPU memory for the experts' full size.",
-        stacklevel=3,
-    )
 
 
 def _finish(model, tokenizer, max_seq_length: int, full_finetuning: bool) -> None:

@@ -30,7 +30,8 @@ INT8_BYTES_PER_WEIGHT = 1.0
 @dataclass(frozen=True)
 class WeightBytes:
     """Bytes the loaded weights take (``total``), of which ``unquantized_experts`` are 3-D expert
-    parameters that a 4-bit/8-bit load leaves unquantized."""
+    parameters that a 4-bit/8-bit load reads in 16-bit (a 4-bit load quantizes them afterwards,
+    ``expert_stacks.py``; an 8-bit load keeps them)."""
 
     total: int
     unquantized_experts: int
@@ -110,8 +111,8 @@ def require_room_for_weights(
         return need
     where = "this machine" if device.type == "cpu" else str(device)
     experts = (
-        f" (the experts are not quantized, {need.unquantized_experts / GB:.1f} GB of it: "
-        "bitsandbytes quantizes linear layers only)"
+        f" (the experts load in 16-bit, {need.unquantized_experts / GB:.1f} GB of it, and become 4-bit "
+        "after loading: bitsandbytes quantizes linear layers only)"
         if need.unquantized_experts
         else ""
     )

@@ -1,0 +1,122 @@
+"""A mixture of experts' 3-D stacks in 4-bit: they train and merge as their dequantized 16-bit weights would,
+and hold no 16-bit copy between forwards."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from _models import loss_and_grads, rel_err, tiny_model, with_lora
+
+from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack, quantize_expert_stacks
+
+
+def _pair():
+    """(a 4-bit-stack model, the same model with those stacks dequantized into 16-bit parameters)."""
+    model = tiny_model("qwen3_moe", num_experts=16, moe_intermediate_size=64).to(torch.bfloat16)
+    quantized = copy.deepcopy(model)
+    assert quantize_expert_stacks(quantized) == 2 * len(model.model.layers)
+    with torch.no_grad():
+        for plain, packed in zip(model.model.layers, quantized.model.layers, strict=True):
+            for name in STACK_NAMES:
+                getattr(plain.mlp.experts, name).copy_(dense_stack(packed.mlp.experts, name))
+    return quantized, model
+
+
+def _same_adapters(ours, ref):
+    with torch.no_grad():
+        mine = dict(ours.named_parameters())
+        for name, param in ref.named_parameters():
+            if "lora_" in name:
+                mine[name].copy_(param)
+
+
+def _at_rest(model) -> bool:
+    """No 16-bit stack held and no LoRA parametrization left behind after a forward."""
+    experts = [layer.mlp.experts for layer in model.get_base_model().model.layers]
+    experts = [e.get_base_layer() if hasattr(e, "get_base_layer") else e for e in experts]
+    return all(
+        getattr(e, n).untyped_storage().nbytes() <= 4 and not torch.nn.utils.parametrize.is_parametrized(e)
+        for e in experts
+        for n in STACK_NAMES
+    )
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["kept", "recomputed"])
+def test_4bit_stacks_train_as_their_dequantized_weights(recompute):
+    """Three SGD steps with LoRA on attention and every expert: the loss and every LoRA gradient equal those
+    of the 16-bit model holding the dequantized stacks, with each layer's forward kept or recomputed in
+    backward; after each step the stacks are back to their 4-bit codes alone."""
+    quantized, plain = _pair()
+    ours, ref = with_lora(quantized).train(), with_lora(plain).train()
+    _same_adapters(ours, ref)
+    if recompute:
+        for model in (ours, ref):
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    x = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    steps = [torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.5) for m in (ours, ref)]
+    for _ in range(3):
+        got, grads = loss_and_grads(ours, x, x)
+        want, want_grads = loss_and_grads(ref, x, x)
+        assert got == want
+        assert max(rel_err(grads[n], want_grads[n]) for n in want_grads) == 0.0
+        assert sum("experts" in n for n in grads) == 4 * len(plain.model.layers)  # A, B of both stacks
+        assert _at_rest(ours)
+        for step in steps:
+            step.step()
+
+
+def test_frozen_4bit_stacks_without_adapters_give_the_right_gradients():
+    """LoRA on attention only: the experts' product reads the dense stack itself in backward, after the stack
+    went back to its codes; the gradients must still be those of the 16-bit model."""
+    from peft import LoraConfig, get_peft_model
+
+    quantized, plain = _pair()
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    ours, ref = (
+        get_peft_model(quantized, config).train(),
+        get_peft_model(plain, copy.deepcopy(config)).train(),
+    )
+    _same_adapters(ours, ref)
+    x = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        for model in (ours, ref):  # B as after training, so every gradient is non-zero
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(0.01)
+    got, grads = loss_and_grads(ours, x, x)
+    want, want_grads = loss_and_grads(ref, x, x)
+    assert got == want and max(rel_err(grads[n], want_grads[n]) for n in want_grads) == 0.0
+    assert _at_rest(ours)
+
+
+def test_4bit_stacks_merge_as_their_dequantized_weights_and_hold_a_quarter_of_the_memory():
+    from tunesmith.export.merge import merged_tensors
+
+    quantized, plain = _pair()
+    experts = quantized.model.layers[0].mlp.experts
+    assert all(is_4bit_stack(experts, n) for n in STACK_NAMES)
+    packed = sum(b.numel() * b.element_size() for b in experts.buffers())
+    dense = sum(getattr(experts, n).numel() * 2 for n in STACK_NAMES)
+    assert packed < 0.3 * dense  # NF4 codes and one float32 scale per 64 weights, against bf16
+    ours, ref = with_lora(quantized), with_lora(plain)
+    _same_adapters(ours, ref)
+    want = {t.name: t for t in merged_tensors(ref)}
+    got = [t for t in merged_tensors(ours) if ".experts." in t.name]
+    assert len(got) == 3 * 16 * len(plain.model.layers)  # gate, up and down of every expert
+    for tensor in got:
+        assert torch.equal(tensor.load(), want[tensor.name].load()), tensor.name
+
+
+def test_4bit_stacks_generate_as_their_dequantized_weights_without_the_cuda_graph_path():
+    """Greedy answers equal the 16-bit model's. The static-cache decoder (a CUDA graph on a GPU) is declined
+    with the reason: a graph replays kernels, not the hooks that bring each layer's stacks in."""
+    from tunesmith.generation.static_decoder import static_decoding_refusal
+
+    quantized, plain = _pair()
+    prompt = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(2))
+    settings = dict(max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(quantized.generate(prompt, **settings), plain.generate(prompt, **settings))
+    assert "4-bit expert stacks" in static_decoding_refusal(quantized)
+    assert static_decoding_refusal(plain) is None or "4-bit" not in static_decoding_refusal(plain)

@@ -1,0 +1,120 @@
+"""4-bit expert stacks: a mixture of experts' 3-D weights kept as NF4 codes between forwards.
+
+bitsandbytes quantizes linear layers only, and transformers 5 keeps a mixture-of-experts layer's experts as
+two 3-D parameters (``gate_up_proj``, ``down_proj``: experts x out x in), so ``load_in_4bit`` left them in
+16-bit, most of the model (14.5 of ~17 GB on 12 layers of Qwen3-30B-A3B). Here each stack is quantized with
+bitsandbytes' own NF4 (``quantize_4bit``, blocks of 64) into buffers of its module, and the parameter keeps its
+shape and dtype but no memory (one element, broadcast). A forward pre-hook dequantizes the stacks into their
+parameters, and a hook after the forward lets them go again, so only the layer that runs holds its 16-bit stacks.
+(bitsandbytes' own ``replace_parameter_4bit`` parametrization would be the simpler route, but PEFT up to 0.22
+leaves its LoRA proxy behind on a parameter that is already parametrized, one more at every forward.)
+
+The parameter stays the one PEFT adapts (``target_parameters``): its LoRA update is added to the dequantized
+weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge) take
+:func:`dense_stack`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
+
+__all__ = ["quantize_expert_stacks", "dense_stack", "is_4bit_stack", "STACK_NAMES"]
+
+BLOCKSIZE = 64
+STACK_NAMES = tuple(name.rsplit(".", 1)[-1] for name in FUSED_EXPERT_PARAMETERS)  # gate_up_proj, down_proj
+# The buffers of one stack, by suffix: NF4 codes (two per byte), one float32 scale per block, the 16 values.
+_CODES, _ABSMAX, _TABLE = "_nf4_codes", "_nf4_absmax", "_nf4_table"
+
+
+def is_4bit_stack(module: nn.Module, name: str) -> bool:
+    """Whether ``module``'s 3-D parameter ``name`` is kept as NF4 codes."""
+    return hasattr(module, name + _CODES)
+
+
+def quantize_expert_stacks(model: nn.Module) -> int:
+    """Quantize every mixture-of-experts stack in ``model`` to NF4, one module at a time; returns the number
+    of stacks quantized (0 for a model without 3-D experts)."""
+    count = 0
+    for module in model.modules():
+        stacks = [n for n in STACK_NAMES if _is_plain_stack(module, n)]
+        if len(stacks) != len(STACK_NAMES):
+            continue
+        for name in stacks:
+            _quantize(module, name)
+            count += 1
+        module.register_forward_pre_hook(_dequantize_stacks)
+        module.register_forward_hook(_release_stacks, always_call=True)
+    return count
+
+
+def dense_stack(module: nn.Module, name: str) -> torch.Tensor:
+    """``module``'s 3-D stack ``name`` as a 16-bit tensor of its own, whether kept as NF4 codes or not."""
+    if not is_4bit_stack(module, name):
+        return getattr(module, name).detach()
+    import bitsandbytes.functional as bnb_functional
+
+    param = _parameter(module, name)
+    state = bnb_functional.QuantState(
+        absmax=getattr(module, name + _ABSMAX),
+        shape=param.shape,
+        code=getattr(module, name + _TABLE),
+        blocksize=BLOCKSIZE,
+        quant_type="nf4",
+        dtype=param.dtype,
+    )
+    return bnb_functional.dequantize_4bit(getattr(module, name + _CODES), state)
+
+
+def _is_plain_stack(module: nn.Module, name: str) -> bool:
+    param = module._parameters.get(name)
+    return (
+        param is not None
+        and param.dim() == 3
+        and param.is_floating_point()
+        and not is_4bit_stack(module, name)
+    )
+
+
+def _quantize(module: nn.Module, name: str) -> None:
+    import bitsandbytes.functional as bnb_functional
+
+    param = module._parameters[name]
+    codes, state = bnb_functional.quantize_4bit(
+        param.data, blocksize=BLOCKSIZE, quant_type="nf4", compress_statistics=False
+    )
+    module.register_buffer(name + _CODES, codes)
+    module.register_buffer(name + _ABSMAX, state.absmax)
+    module.register_buffer(name + _TABLE, state.code)
+    param.data = _placeholder(param)
+
+
+def _placeholder(param: torch.Tensor) -> torch.Tensor:
+    """One element broadcast to the stack's shape: shape, dtype and device stay what PEFT reads."""
+    return torch.zeros((), dtype=param.dtype, device=param.device).expand(param.shape)
+
+
+def _parameter(module: nn.Module, name: str) -> nn.Parameter:
+    """The stack's parameter, also while PEFT's LoRA parametrizes it during a forward."""
+    if torch.nn.utils.parametrize.is_parametrized(module, name):
+        return module.parametrizations[name].original
+    return module._parameters[name]
+
+
+@torch.no_grad()
+def _dequantize_stacks(module: nn.Module, args) -> None:
+    for name in STACK_NAMES:
+        if is_4bit_stack(module, name):
+            _parameter(module, name).data = dense_stack(module, name)
+
+
+@torch.no_grad()
+def _release_stacks(module: nn.Module, args, output) -> None:
+    # Safe for the backward: what it reads is another tensor (the stack plus its LoRA update) or a view or
+    # copy of the dense stack, which keeps that memory alive on its own; a new ``.data`` does not touch it.
+    for name in STACK_NAMES:
+        if is_4bit_stack(module, name):
+            param = _parameter(module, name)
+            param.data = _placeholder(param)
