@@ -2,10 +2,11 @@
 
 bitsandbytes quantizes linear layers only, and transformers 5 keeps a mixture-of-experts layer's experts as
 two 3-D parameters (``gate_up_proj``, ``down_proj``: experts x out x in), so ``load_in_4bit`` left them in
-16-bit, most of the model (14.5 of ~17 GB on 12 layers of Qwen3-30B-A3B). Here each stack is quantized with
-bitsandbytes' own NF4 (``quantize_4bit``, blocks of 64) into buffers of its module, and the parameter keeps its
-shape and dtype but no memory (one element, broadcast). A forward pre-hook dequantizes the stacks into their
-parameters, and a hook after the forward lets them go again, so only the layer that runs holds its 16-bit stacks.
+16-bit, most of the model (14.5 of ~17 GB on 12 layers of Qwen3-30B-A3B). Here each stack is quantized
+with bitsandbytes' own NF4 (``quantize_4bit``, blocks of 64) into buffers of its module, and the parameter
+keeps its shape and dtype but no memory (one element, broadcast). A forward pre-hook dequantizes the stacks
+into their parameters, and a hook after the forward lets them go again, so only the layer that runs holds its
+16-bit stacks.
 (bitsandbytes' own ``replace_parameter_4bit`` parametrization would be the simpler route, but PEFT up to 0.22
 leaves its LoRA proxy behind on a parameter that is already parametrized, one more at every forward.)
 
