@@ -120,3 +120,26 @@ def test_4bit_stacks_generate_as_their_dequantized_weights_without_the_cuda_grap
     assert torch.equal(quantized.generate(prompt, **settings), plain.generate(prompt, **settings))
     assert "4-bit expert stacks" in static_decoding_refusal(quantized)
     assert static_decoding_refusal(plain) is None or "4-bit" not in static_decoding_refusal(plain)
+
+
+def test_ddp_takes_a_model_with_4bit_stacks(tmp_path):
+    """DDP broadcasts every parameter and buffer when it starts: a one-element placeholder cannot be written
+    ("more than one element ... refers to a single memory location"). The trainers' 4-bit preparation tells DDP
+    to leave the stacks out, and a step trains (one gloo process here; the same list holds on more)."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tunesmith.training.lora import keep_4bit_trainable
+
+    quantized, _ = _pair()
+    model = with_lora(quantized).train()
+    keep_4bit_trainable(model)  # what SFTTrainer, the preference trainers and GRPO call
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(model)
+        x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(3))
+        ddp(input_ids=x, labels=x).loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "experts" in n and p.requires_grad)
+    assert _at_rest(model)

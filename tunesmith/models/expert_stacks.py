@@ -22,7 +22,7 @@ from torch import nn
 
 from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
 
-__all__ = ["quantize_expert_stacks", "dense_stack", "is_4bit_stack", "STACK_NAMES"]
+__all__ = ["quantize_expert_stacks", "dense_stack", "is_4bit_stack", "stack_tensor_names", "STACK_NAMES"]
 
 BLOCKSIZE = 64
 STACK_NAMES = tuple(name.rsplit(".", 1)[-1] for name in FUSED_EXPERT_PARAMETERS)  # gate_up_proj, down_proj
@@ -67,6 +67,19 @@ def dense_stack(module: nn.Module, name: str) -> torch.Tensor:
         dtype=param.dtype,
     )
     return bnb_functional.dequantize_4bit(getattr(module, name + _CODES), state)
+
+
+def stack_tensor_names(model: nn.Module) -> list[str]:
+    """Names, from ``model``, of every 4-bit stack's placeholder parameter and code buffers: what DDP must
+    neither broadcast into (a broadcast one-element tensor cannot be written) nor send again at each forward
+    (the codes never change, and every rank quantized the same weights)."""
+    names = []
+    for prefix, module in model.named_modules():
+        for name in STACK_NAMES:
+            if is_4bit_stack(module, name):
+                dot = f"{prefix}." if prefix else ""
+                names += [f"{dot}{name}"] + [f"{dot}{name}{suffix}" for suffix in (_CODES, _ABSMAX, _TABLE)]
+    return names
 
 
 def _is_plain_stack(module: nn.Module, name: str) -> bool:

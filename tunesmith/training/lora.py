@@ -13,6 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from tunesmith.errors import TunesmithError, closest_name
+from tunesmith.models.expert_stacks import stack_tensor_names
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
 
@@ -133,6 +134,7 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
     question before training or was loaded outside tunesmith.
     """
     keep_4bit_weights_unpacked(model)
+    _hide_expert_stacks_from_ddp(model)
     packed = [
         m.weight
         for m in model.modules()
@@ -146,6 +148,16 @@ def keep_4bit_trainable(model: torch.nn.Module) -> None:
         weight.data, weight.quant_state = functional._convert_weight_packed_for_cpu_inverse(
             weight.data, weight.quant_state
         )
+
+
+def _hide_expert_stacks_from_ddp(model: torch.nn.Module) -> None:
+    """DDP syncs every parameter and buffer at its start, and buffers again at each forward: not the 4-bit
+    expert stacks' placeholders (which cannot be written) and codes (the same on every rank)."""
+    names = stack_tensor_names(model)
+    if names:
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
 
 
 def enable_checkpointing(model: torch.nn.Module, mode) -> None:
