@@ -58,10 +58,10 @@ def dense_stack(module: nn.Module, name: str) -> torch.Tensor:
     import bitsandbytes.functional as bnb_functional
 
     param = _parameter(module, name)
-    state = bnb_functional.QuantState(
-        absmax=getattr(module, name + _ABSMAX),
+    state = bnb_functional.QuantState(  # scales and table in float32 even after a module-wide .to(dtype)
+        absmax=getattr(module, name + _ABSMAX).float(),
         shape=param.shape,
-        code=getattr(module, name + _TABLE),
+        code=getattr(module, name + _TABLE).float(),
         blocksize=BLOCKSIZE,
         quant_type="nf4",
         dtype=param.dtype,
