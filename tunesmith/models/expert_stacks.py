@@ -12,8 +12,8 @@ leaves its LoRA proxy behind on a parameter that is already parametrized, one mo
 
 The parameter stays the one PEFT adapts (``target_parameters``): its LoRA update is added to the dequantized
 weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge) take
-:func:`dense_stack`. Quantize where the model will train (the loader does, on its device): ``.to()`` turns each
-placeholder into a full tensor of zeros until its layer's next forward lets it go.
+:func:`dense_stack`. Quantize where the model will train (the loader does, on its device): ``.to()`` turns
+each placeholder into a full tensor of zeros until its layer's next forward lets it go.
 """
 
 from __future__ import annotations
