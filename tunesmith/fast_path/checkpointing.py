@@ -297,6 +297,7 @@ class SmartCheckpointing:
             for layer in self.layers
         ]
         self._dequantized_bytes = largest_dequantized_bytes(decoder)
+        self._layer_fixed_bytes = adapted_expert_bytes(self.layers)  # the adapters are in place by now
         self._anchor = torch.zeros((), requires_grad=True)  # makes backward run even for a frozen input
         self._stream = None
         self._last_slot: LayerSlot | None = None
@@ -343,7 +344,7 @@ class SmartCheckpointing:
         tokens = x.shape[0] * x.shape[1]
         full, kept = self.bytes_per_token(self.config)
         loss = loss_peak_bytes(tokens, self.plain_loss_vocab)
-        fixed = adapted_expert_bytes(self.layers)
+        fixed = self._layer_fixed_bytes
         reserve = reserve_bytes(
             tokens, full, self._pending_grad_bytes(), self._dequantized_bytes, loss, fixed
         )
