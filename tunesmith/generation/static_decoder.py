@@ -20,7 +20,7 @@ from torch import nn
 
 from tunesmith.fast_path.packing import SDPA_BACKENDS
 from tunesmith.generation.decode_kernels import decode_kernels
-from tunesmith.models.expert_stacks import STACK_NAMES, is_4bit_stack
+from tunesmith.models.expert_stacks import stack_tensor_names
 from tunesmith.models.unwrap import base_model_of
 
 __all__ = ["StaticDecoder", "static_decoding_refusal"]
@@ -47,7 +47,7 @@ def static_decoding_refusal(model: nn.Module) -> str | None:
 
 
 def _refusal(core: nn.Module) -> str | None:
-    if any(is_4bit_stack(m, n) for m in core.modules() for n in STACK_NAMES):
+    if stack_tensor_names(core):
         # A CUDA graph replays kernels only: the hooks that swap each stack's memory would not run.
         return "its 4-bit expert stacks are dequantized by forward hooks, one layer at a time"
     parameters = _forward_parameters(core)
