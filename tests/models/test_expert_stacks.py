@@ -12,15 +12,17 @@ from _models import loss_and_grads, rel_err, tiny_model, with_lora
 from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack, quantize_expert_stacks
 
 
-def _pair():
-    """(a 4-bit-stack model, the same model with those stacks dequantized into 16-bit parameters)."""
-    model = tiny_model("qwen3_moe", num_experts=16, moe_intermediate_size=64).to(torch.bfloat16)
-    quantized = copy.deepcopy(model)
+def _pair(device: str = "cpu", **sizes):
+    """(a 4-bit-stack model on ``device``, quantized there as the loader does; the same model on the CPU with
+    those stacks dequantized into 16-bit parameters)."""
+    sizes = {"num_experts": 16, "moe_intermediate_size": 64, **sizes}
+    model = tiny_model("qwen3_moe", **sizes).to(torch.bfloat16)
+    quantized = copy.deepcopy(model).to(device)
     assert quantize_expert_stacks(quantized) == 2 * len(model.model.layers)
     with torch.no_grad():
         for plain, packed in zip(model.model.layers, quantized.model.layers, strict=True):
             for name in STACK_NAMES:
-                getattr(plain.mlp.experts, name).copy_(dense_stack(packed.mlp.experts, name))
+                getattr(plain.mlp.experts, name).copy_(dense_stack(packed.mlp.experts, name).cpu())
     return quantized, model
 
 
@@ -151,16 +153,8 @@ def test_on_a_gpu_4bit_stacks_train_as_their_dequantized_weights_in_less_memory(
     dequantized stacks, and a training step's peak lower by at least 40% of the stacks' 16-bit bytes (at rest
     they shrink to 28%; one layer's dense stacks come back for its forward; the rebuilt copies PEFT keeps for
     backward are the same in both)."""
-    base = tiny_model(
-        "qwen3_moe", hidden_size=1024, num_hidden_layers=4, num_experts=32, moe_intermediate_size=512
-    )
-    base = base.to(torch.bfloat16)
-    quantized = copy.deepcopy(base).to("cuda")
-    quantize_expert_stacks(quantized)  # on the GPU, as the loader does
-    with torch.no_grad():
-        for plain, packed in zip(base.model.layers, quantized.model.layers, strict=True):
-            for name in STACK_NAMES:
-                getattr(plain.mlp.experts, name).copy_(dense_stack(packed.mlp.experts, name).cpu())
+    sizes = dict(hidden_size=1024, num_hidden_layers=4, num_experts=32, moe_intermediate_size=512)
+    quantized, base = _pair("cuda", **sizes)
     stacks = sum(
         getattr(layer.mlp.experts, n).numel() * 2 for layer in base.model.layers for n in STACK_NAMES
     )
