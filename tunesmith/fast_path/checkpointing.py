@@ -49,14 +49,13 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Headroom on each layer's counted activations. What autograd saves matches the count within 2% (checked on
-# CPU), but on a GPU the capped 8B runs peaked ~19 MB per kept layer above a plan with 1.15 (bench/NOTES.md,
-# "A reserve counted instead of fixed"): most likely the B x H x T x T weights of SDPA's math kernel, which
-# padded batches of grouped-head models fell back to until the fast path stopped giving it masks with grouped
-# heads. Until a GPU run shows that gone, the larger headroom stays.
-SAFETY = 1.5
+# CPU). The capped 8B runs once peaked ~19 MB per kept layer above the count: SDPA's math kernel, which padded
+# batches of grouped-head models fell back to. With that gone (run 24) a 1.5 headroom ended 0.82 GiB under the
+# cap, so 1.2 keeps about ten more layers (bench/NOTES.md, "The math kernel gone").
+SAFETY = 1.2
 # Kept free beside what ``reserve_bytes`` counts: the allocator's rounding, the optimizer's temporaries,
 # cuBLAS workspaces, attention's float32 accumulators.
-MARGIN_BYTES = 512 * 2**20
+MARGIN_BYTES = 384 * 2**20
 # Bytes per token and vocabulary word that the plain loss (no fused head: Gemma 2's capped logits, an adapted
 # or 4-bit output layer) holds at its peak in backward: the 16-bit logits, Gemma 2's capped copy, the float32
 # log-probabilities the cross-entropy keeps, and their float32 gradients twice over.
