@@ -106,15 +106,20 @@ def trained(case):
 def test_loads_in_4bit_and_trains_qlora(case):
     family, tokenizer, folder = case
     ids = tokenizer("Hello, world!", return_tensors="pt")["input_ids"]
-    quantized, _ = load(folder, load_in_4bit=True, dtype=torch.float32)
+    moe = bool(FAMILIES[family].lora_parameters)
+    quantized, _ = load(folder, load_in_4bit=True, dtype=torch.bfloat16 if moe else torch.float32)
     layer = quantized.model.layers[0]
-    if FAMILIES[family].lora_parameters:  # the experts' 3-D stacks are 4-bit too, not left in 16-bit
+    if moe:  # the experts' 3-D stacks are 4-bit too, not left in 16-bit
         assert all(is_4bit_stack(layer.mlp.experts, n) for n in STACK_NAMES)
         assert layer.mlp.experts.gate_up_proj.untyped_storage().nbytes() <= 4, "no 16-bit copy at rest"
     projections = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in layer.named_modules()}
     linear = [t for t in FAMILIES[family].lora_targets if t in projections]  # the MoE's are experts'
     assert linear and all(projections[t] == "Linear4bit" for t in linear), projections
     qlora = get_peft_model(quantized, r=8, use_gradient_checkpointing=False)
+    if moe:  # the k-bit recipe's float32 cast leaves no full copy of a stack behind either
+        experts = qlora.get_base_model().model.layers[0].mlp.experts
+        experts = experts.get_base_layer() if hasattr(experts, "get_base_layer") else experts
+        assert all(getattr(experts, n).untyped_storage().nbytes() <= 4 for n in STACK_NAMES)
     loss = qlora(input_ids=ids, labels=ids).loss
     loss.backward()
     assert torch.isfinite(loss)

@@ -13,7 +13,8 @@ leaves its LoRA proxy behind on a parameter that is already parametrized, one mo
 The parameter stays the one PEFT adapts (``target_parameters``): its LoRA update is added to the dequantized
 weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge) take
 :func:`dense_stack`. Quantize where the model will train (the loader does, on its device): ``.to()`` turns
-each placeholder into a full tensor of zeros until its layer's next forward lets it go.
+each placeholder into a full tensor of zeros until its layer's next forward lets it go, or until
+:func:`release_expert_stacks`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from torch import nn
 
 from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
 
-__all__ = ["quantize_expert_stacks", "dense_stack", "is_4bit_stack", "stack_tensor_names", "STACK_NAMES"]
+__all__ = [
+    "quantize_expert_stacks",
+    "release_expert_stacks",
+    "dense_stack",
+    "is_4bit_stack",
+    "stack_tensor_names",
+    "STACK_NAMES",
+]
 
 BLOCKSIZE = 64
 STACK_NAMES = tuple(name.rsplit(".", 1)[-1] for name in FUSED_EXPERT_PARAMETERS)  # gate_up_proj, down_proj
@@ -50,6 +58,16 @@ def quantize_expert_stacks(model: nn.Module) -> int:
         module.register_forward_pre_hook(_dequantize_stacks)
         module.register_forward_hook(_release_stacks, always_call=True)
     return count
+
+
+def release_expert_stacks(model: nn.Module) -> None:
+    """Give every 4-bit stack in ``model`` its one-element placeholder back, in the parameter's current dtype.
+
+    For a cast outside a forward, which turns a placeholder into a full tensor of zeros: PEFT's k-bit
+    preparation upcasts every 16-bit parameter to float32, and would otherwise hold each stack as 4-byte
+    zeros until its layer's first forward."""
+    for module in model.modules():
+        _release_stacks(module, None, None)
 
 
 def dense_stack(module: nn.Module, name: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 
 from tunesmith.errors import TunesmithError, closest_name
-from tunesmith.models.expert_stacks import stack_tensor_names
+from tunesmith.models.expert_stacks import release_expert_stacks, stack_tensor_names
 from tunesmith.models.quantization import keep_4bit_weights_unpacked
 from tunesmith.models.registry import LLAMA_STYLE_TARGETS, family_of
 
@@ -263,6 +263,7 @@ def get_peft_model(
             use_gradient_checkpointing=bool(checkpointing),
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
+        release_expert_stacks(model)  # its float32 cast made each 4-bit stack's placeholder a full tensor
     else:
         # The fast path keeps norms and embeddings in the compute dtype (no fp32 upcast of the k-bit recipe).
         enable_checkpointing(model, checkpointing)
