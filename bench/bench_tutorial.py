@@ -13,7 +13,7 @@ non-reentrant gradient checkpointing. tunesmith trains on the whole text here, a
 usage (GPU machine, from the repository root, anchors on PYTHONPATH as in run_all.sh):
     python3 bench/random_model.py qwen3-4b MODEL_DIR                      # another family's shape
     python3 bench/bench_tutorial.py prep MODEL_DIR TOKENIZER_DIR OUT_DIR   # weights + real tokenizer
-    python3 bench/bench_tutorial.py run OUT_DIR ts|unsloth|hf STEPS        # one RESULT {json} line
+    python3 bench/bench_tutorial.py run OUT_DIR ts|unsloth|hf|hf-bf16 STEPS  # one RESULT {json} line
     python3 bench/bench_tutorial.py table LOG_DIR                          # markdown table of RESULT lines
     bash bench/run_tutorial.sh                                             # all of it, one device call
 Environment: BENCH_4BIT=0 for bf16 LoRA (default 1, QLoRA); BENCH_DATA=en|zh (the shipped MedQuAD rows, or
@@ -136,7 +136,9 @@ def _load(variant: str, model_dir: str, four_bit: bool, cuda: bool):
         )  # fmt: skip
     model = AutoModelForCausalLM.from_pretrained(model_dir, **kw)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if four_bit:
+    if (
+        four_bit and variant == "hf"
+    ):  # hf-bf16 skips it: norms, embeddings and head stay 16-bit, as in Unsloth
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
     lora = LoraConfig(r=16, lora_alpha=16, lora_dropout=0.0, bias="none", target_modules=TARGETS,
                       task_type="CAUSAL_LM")  # fmt: skip
@@ -212,7 +214,8 @@ def export_gguf(model, tokenizer, quant: str) -> dict:
 
 
 def run(model_dir: str, variant: str, steps: int) -> None:
-    """Time the tutorial's calls for ``variant`` (``ts``, ``unsloth`` or ``hf``) and print the RESULT line."""
+    """Time the tutorial's calls for ``variant`` (``ts``, ``unsloth``, ``hf`` or ``hf-bf16``: transformers + peft
+    without the k-bit recipe's float32 upcast) and print the RESULT line."""
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
