@@ -9,6 +9,7 @@ import torch
 from _models import ODD, loss_and_grads, rel_err, tiny_model, with_lora
 
 from tunesmith.constants import IGNORE_INDEX
+from tunesmith.fast_path.experts import FastExperts
 from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
 from tunesmith.fast_path.patch import apply_fast_path, unpatch
 
@@ -197,15 +198,16 @@ def test_qwen3_moe_gets_the_fast_path_around_its_experts():
     assert apply_fast_path(model)
     layer = model.get_base_model().model.layers[0]
     assert isinstance(layer.self_attn, FastAttention) and isinstance(layer.self_attn.q_norm, FastRMSNorm)
-    assert type(layer.mlp).__name__ == "Qwen3MoeSparseMoeBlock", (
-        "the experts stay on transformers' grouped path"
-    )
+    assert type(layer.mlp).__name__ == "Qwen3MoeSparseMoeBlock", "the router's block stays transformers'"
+    assert isinstance(layer.mlp.experts, FastExperts), "LoRA applied per expert, no stack rebuilt"
     assert list(model.state_dict()) == keys
     loss1, grads1 = loss_and_grads(model, x, labels)
     assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
     assert any("experts" in n for n in grads1), "the experts' adapters train too"
     unpatch(model)
-    assert type(model.get_base_model().model.layers[0].self_attn).__name__ == "Qwen3MoeAttention"
+    layer = model.get_base_model().model.layers[0]
+    assert type(layer.self_attn).__name__ == "Qwen3MoeAttention"
+    assert type(layer.mlp.experts).__name__ == "ParamWrapper" and list(model.state_dict()) == keys
 
 
 def test_right_padded_rows_train_through_the_mask_free_kernel_with_the_same_loss(monkeypatch):

@@ -12,11 +12,11 @@ from _models import loss_and_grads, rel_err, tiny_model, with_lora
 from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack, quantize_expert_stacks
 
 
-def _pair(device: str = "cpu", **sizes):
+def _pair(device: str = "cpu", dtype: torch.dtype = torch.bfloat16, **sizes):
     """(a 4-bit-stack model on ``device``, quantized there as the loader does; the same model on the CPU with
-    those stacks dequantized into 16-bit parameters)."""
+    those stacks dequantized into ``dtype`` parameters)."""
     sizes = {"num_experts": 16, "moe_intermediate_size": 64, **sizes}
-    model = tiny_model("qwen3_moe", **sizes).to(torch.bfloat16)
+    model = tiny_model("qwen3_moe", **sizes).to(dtype)
     quantized = copy.deepcopy(model).to(device)
     assert quantize_expert_stacks(quantized) == 2 * len(model.model.layers)
     with torch.no_grad():
@@ -36,7 +36,7 @@ def _same_adapters(ours, ref):
 
 def _at_rest(model) -> bool:
     """No 16-bit stack held and no LoRA parametrization left behind after a forward."""
-    experts = [layer.mlp.experts for layer in model.get_base_model().model.layers]
+    experts = [getattr(layer.mlp.experts, "original", layer.mlp.experts) for layer in model.get_base_model().model.layers]  # fmt: skip
     experts = [e.get_base_layer() if hasattr(e, "get_base_layer") else e for e in experts]
     return all(
         getattr(e, n).untyped_storage().nbytes() <= 4 and not torch.nn.utils.parametrize.is_parametrized(e)
@@ -67,6 +67,70 @@ def test_4bit_stacks_train_as_their_dequantized_weights(recompute):
         assert _at_rest(ours)
         for step in steps:
             step.step()
+
+
+@pytest.mark.parametrize("experts_adapted", [True, False], ids=["lora-on-experts", "attention-only"])
+def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_stack_is_kept(
+    experts_adapted,
+):
+    """The fast path's experts forward (LoRA per token group, the stack read again in backward): the loss and
+    LoRA gradients of the unpatched model holding the dequantized stacks, while no tensor the size of a stack
+    is kept for backward, so the plan counts no per-layer copy."""
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.fast_path.checkpointing import adapted_expert_bytes
+    from tunesmith.fast_path.experts import FastExperts
+    from tunesmith.fast_path.patch import apply_fast_path
+
+    quantized, plain = _pair(dtype=torch.float32, moe_intermediate_size=128)
+    smallest_stack = min(getattr(plain.model.layers[0].mlp.experts, n).nbytes for n in STACK_NAMES)
+    if experts_adapted:
+        ours, ref = with_lora(quantized).train(), with_lora(plain).train()
+    else:
+        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+        ours, ref = (
+            get_peft_model(quantized, config).train(),
+            get_peft_model(plain, copy.deepcopy(config)).train(),
+        )
+    _same_adapters(ours, ref)
+    x = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(4))
+    _, unpatched = _kept_by_first_layer(ours, x)
+    assert apply_fast_path(ours)
+    layers = ours.get_base_model().model.layers
+    assert all(isinstance(layer.mlp.experts, FastExperts) for layer in layers)
+    assert adapted_expert_bytes(layers) == 0
+    (got, grads), kept = _kept_by_first_layer(ours, x)
+    want, want_grads = loss_and_grads(ref, x, x)
+    assert abs(got - want) / want < 1e-5
+    assert max(rel_err(grads[n], want_grads[n]) for n in want_grads) < 1e-5
+    assert sum("experts" in n for n in grads) == (4 * len(layers) if experts_adapted else 0)
+    assert max(unpatched.values()) >= smallest_stack, "without the fast path a stack is kept"
+    assert max(kept.values()) < smallest_stack, "no stack, dense or rebuilt, is kept for backward"
+    assert _at_rest(ours)
+
+
+def _kept_by_first_layer(model, x):
+    """(loss and gradients of one step, {storage: bytes} that the first decoder layer's forward saved for
+    backward, the parameters themselves left out)."""
+    layer = model.get_base_model().model.layers[0]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept, inside = {}, []
+    hooks = [
+        layer.register_forward_pre_hook(lambda *_: inside.append(True)),
+        layer.register_forward_hook(lambda *_: inside.clear()),
+    ]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if inside and storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = loss_and_grads(model, x, x)
+    for hook in hooks:
+        hook.remove()
+    return result, kept
 
 
 def test_frozen_4bit_stacks_without_adapters_give_the_right_gradients():

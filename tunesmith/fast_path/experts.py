@@ -1,0 +1,197 @@
+"""A mixture of experts' forward with LoRA applied to each expert's tokens, not by rebuilding the stacks.
+
+PEFT adapts an expert stack (a 3-D parameter named in ``target_parameters``) by parametrizing it: each
+forward builds the weight plus its update, a 16-bit copy of the whole stack, and autograd keeps that copy for
+backward and computes its full gradient, which PEFT then reduces to the two factors (1.2 GB kept a layer on
+Qwen3-30B-A3B, and a weight gradient as large as the forward's products). Here the tokens are sorted by expert
+once, and each projection is ``x W_e^T + s (x A_e^T) B_e^T`` over the groups:
+- the frozen stack is read in the forward and read again in the backward (dequantized each time when it is
+  kept as 4-bit codes), and never saved;
+- the low-rank factors get their gradients from the two small products.
+On a GPU the groups go through PyTorch's grouped matrix product; elsewhere through
+:func:`grouped_linear_reference`, one product per expert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack
+
+__all__ = ["FastExperts", "grouped_linear", "grouped_linear_reference"]
+
+# (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is ``scale * x @ first_e @ second_e``.
+Factors = tuple[torch.Tensor, torch.Tensor, float]
+
+
+def grouped_linear_reference(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """``x`` (S, K) in groups ending at ``offsets`` (one per expert, cumulative), times ``weight`` (E, K, N):
+    row block e of the result is ``x[block e] @ weight[e]``. One product per non-empty group."""
+    pieces, start = [], 0
+    for expert, end in enumerate(offsets.tolist()):
+        if end > start:
+            pieces.append(x[start:end] @ weight[expert])
+        start = end
+    if not pieces:
+        return x.new_zeros(x.shape[0], weight.shape[-1])
+    return torch.cat(pieces)
+
+
+def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """:func:`grouped_linear_reference`'s result, through PyTorch's grouped product where it takes these
+    tensors (a CUDA card of compute capability 8 or more, bf16, 16-byte aligned strides)."""
+    if _grouped_mm_takes(x, weight):
+        return F.grouped_mm(x, weight, offs=offsets)
+    return grouped_linear_reference(x, weight, offsets)
+
+
+def _grouped_mm_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    if not (hasattr(F, "grouped_mm") and x.is_cuda and x.dtype == weight.dtype == torch.bfloat16):
+        return False
+    if torch.cuda.get_device_capability(x.device) < (8, 0):
+        return False
+
+    def aligned(t: torch.Tensor) -> bool:
+        strides = t.stride()[-2:]
+        return t.data_ptr() % 16 == 0 and 1 in strides and all(s == 1 or s * 2 % 16 == 0 for s in strides)
+
+    return x.stride(-1) == 1 and aligned(x) and aligned(weight)
+
+
+class _FrozenGroupedLinear(torch.autograd.Function):
+    """``x @ W_e^T`` per group for a frozen stack that ``weight_of()`` gives (E, out, in), read again in the
+    backward instead of being saved."""
+
+    @staticmethod
+    def forward(ctx, x, offsets, weight_of: Callable[[], torch.Tensor]):
+        ctx.weight_of = weight_of
+        ctx.save_for_backward(offsets)
+        return grouped_linear(x, weight_of().transpose(-2, -1), offsets)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (offsets,) = ctx.saved_tensors
+        return grouped_linear(grad.contiguous(), ctx.weight_of(), offsets), None, None
+
+
+class FastExperts(nn.Module):
+    """The experts of a mixture-of-experts layer (transformers' 3-D ``gate_up_proj`` and ``down_proj``), with
+    or without PEFT's LoRA on them, in 16-bit or as 4-bit stacks (``models/expert_stacks.py``). Falls back to
+    the wrapped module's own forward where it cannot read the adapters (several active, merged, dropout) and
+    without gradients (generation)."""
+
+    @classmethod
+    def can_wrap(cls, experts: nn.Module | None) -> bool:
+        """Whether ``experts`` (possibly inside PEFT's ``ParamWrapper``\\ s) is transformers' experts module
+        with two untransposed 3-D stacks, no bias and a gated activation."""
+        if experts is None:
+            return False
+        base = _base_experts(experts)
+        stacks = [base._parameters.get(n) for n in STACK_NAMES]
+        return (
+            all(s is not None and s.dim() == 3 for s in stacks)
+            and not getattr(base, "is_transposed", False)
+            and not getattr(base, "has_bias", False)
+            and hasattr(base, "act_fn")
+            and hasattr(base, "num_experts")
+        )
+
+    def __init__(self, experts: nn.Module):
+        super().__init__()
+        self.__dict__["original"] = experts
+        # The original's own tensors and children under the same names, so state_dict and PEFT see them as before.
+        for name, param in experts._parameters.items():
+            self.register_parameter(name, param)
+        for name, buffer in experts._buffers.items():
+            self.register_buffer(name, buffer, persistent=name not in experts._non_persistent_buffers_set)
+        for name, child in experts._modules.items():
+            self.add_module(name, child)
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Each token's weighted sum over its chosen experts, (tokens, hidden) -> (tokens, hidden)."""
+        base, factors = _base_experts(self.original), _adapter_factors(self.original)
+        frozen = not any(base._parameters[n].requires_grad for n in STACK_NAMES)
+        if not torch.is_grad_enabled() or factors is None or not frozen:
+            # Generation keeps transformers' own path, which a CUDA graph can capture (no host sync).
+            return self.original(hidden_states, top_k_index, top_k_weights)
+        per_token = top_k_index.shape[-1]
+        expert_ids = top_k_index.reshape(-1)
+        order = torch.argsort(expert_ids, stable=True)
+        tokens = order // per_token
+        offsets = torch.bincount(expert_ids, minlength=base.num_experts)[: base.num_experts]
+        offsets = offsets.cumsum(0).to(torch.int32)
+
+        def project(x: torch.Tensor, name: str) -> torch.Tensor:
+            out = _FrozenGroupedLinear.apply(x, offsets, lambda: _frozen_stack(base, name))
+            if name in factors:
+                first, second, scale = factors[name]
+                low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)
+                out = out + scale * grouped_linear(low_rank, second.to(x.dtype).contiguous(), offsets)
+            return out
+
+        gate, up = project(hidden_states[tokens], "gate_up_proj").chunk(2, dim=-1)
+        out = project(base.act_fn(gate) * up, "down_proj")
+        out = out * top_k_weights.reshape(-1)[order, None]
+        return torch.zeros_like(hidden_states).index_add_(0, tokens, out.to(hidden_states.dtype))
+
+
+def _column_major(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (E, K, N) laid out with K contiguous: the grouped product's right operand then needs only K,
+    not the LoRA rank N, to be a multiple of 8."""
+    return t.transpose(-2, -1).contiguous().transpose(-2, -1)
+
+
+def _base_experts(experts: nn.Module) -> nn.Module:
+    from peft.tuners.lora import ParamWrapper
+
+    while isinstance(experts, ParamWrapper):
+        experts = experts.base_layer
+    return experts
+
+
+def _frozen_stack(base: nn.Module, name: str) -> torch.Tensor:
+    if is_4bit_stack(base, name):
+        return dense_stack(base, name)
+    return base._parameters[name].detach()
+
+
+def _adapter_factors(experts: nn.Module) -> dict[str, Factors] | None:
+    """Each adapted stack's factors by stack name ({} without LoRA on the experts); None where this forward
+    cannot apply them."""
+    from peft.tuners.lora import ParamWrapper
+
+    factors: dict[str, Factors] = {}
+    while isinstance(experts, ParamWrapper):
+        one = _factors(experts)
+        if one is None:
+            return None
+        factors[experts.parameter_name] = one
+        experts = experts.base_layer
+    return factors
+
+
+def _factors(wrapper: nn.Module) -> Factors | None:
+    """PEFT's per-expert factors of one ``ParamWrapper``: ``lora_A`` holds (experts x rank, d_A) and
+    ``lora_B`` (d_B, rank x experts), and expert e's update is ``B_e A_e`` (d_B, d_A) when PEFT swapped the
+    stack's in and out features (stacks stored experts x out x in), else its transpose."""
+    names = list(wrapper.active_adapters)
+    if wrapper.merged or wrapper.disable_adapters or len(names) != 1 or names[0] not in wrapper.lora_A:
+        return None
+    name = names[0]
+    if not isinstance(wrapper.lora_dropout[name], nn.Identity) or wrapper.use_dora.get(name):
+        return None
+    if getattr(wrapper, "lora_bias", {}).get(name):
+        return None
+    experts = wrapper.num_experts
+    a, b = wrapper.lora_A[name].weight, wrapper.lora_B[name].weight
+    a = a.reshape(experts, -1, a.shape[-1])  # (E, r, d_A)
+    b = b.reshape(b.shape[0], -1, experts).permute(2, 0, 1)  # (E, d_B, r)
+    if getattr(wrapper, "_did_swap_in_out_features", False):  # W_e is (d_B, d_A): x @ A_e^T @ B_e^T
+        return a.transpose(-2, -1), b.transpose(-2, -1), wrapper.scaling[name]
+    return b, a, wrapper.scaling[name]  # W_e is (d_A, d_B): x @ B_e @ A_e
