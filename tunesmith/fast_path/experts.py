@@ -45,12 +45,16 @@ def grouped_linear(x: torch.Tensor, weight: torch.Tensor, offsets: torch.Tensor)
     """:func:`grouped_linear_reference`'s result, through PyTorch's grouped product where it takes these
     tensors (a CUDA card of compute capability 8 or more, bf16, 16-byte aligned strides)."""
     if _grouped_mm_takes(x, weight):
-        return F.grouped_mm(x, weight, offs=offsets)
+        return _GROUPED_MM(x, weight, offs=offsets)
     return grouped_linear_reference(x, weight, offsets)
 
 
+# torch.nn.functional.grouped_mm from PyTorch 2.10; the same kernel was torch._grouped_mm before.
+_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
+
+
 def _grouped_mm_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if not (hasattr(F, "grouped_mm") and x.is_cuda and x.dtype == weight.dtype == torch.bfloat16):
+    if not (_GROUPED_MM is not None and x.is_cuda and x.dtype == weight.dtype == torch.bfloat16):
         return False
     if torch.cuda.get_device_capability(x.device) < (8, 0):
         return False
@@ -135,7 +139,8 @@ class FastExperts(nn.Module):
                 out = out + scale * grouped_linear(low_rank, second.to(x.dtype).contiguous(), offsets)
             return out
 
-        gate, up = project(hidden_states[tokens], "gate_up_proj").chunk(2, dim=-1)
+        rows = hidden_states[tokens].to(base._parameters["gate_up_proj"].dtype)  # no autocast in grouped_mm
+        gate, up = project(rows, "gate_up_proj").chunk(2, dim=-1)
         out = project(base.act_fn(gate) * up, "down_proj")
         out = out * top_k_weights.reshape(-1)[order, None]
         return torch.zeros_like(hidden_states).index_add_(0, tokens, out.to(hidden_states.dtype))
