@@ -24,7 +24,8 @@ from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_sta
 
 __all__ = ["FastExperts", "grouped_linear", "grouped_linear_reference"]
 
-# (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is ``scale * x @ first_e @ second_e``.
+# (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is ``scale * x @ first_e @ second_e``
+# (first is E x in x rank, second E x rank x out).
 Factors = tuple[torch.Tensor, torch.Tensor, float]
 
 
@@ -107,7 +108,7 @@ class FastExperts(nn.Module):
     def __init__(self, experts: nn.Module):
         super().__init__()
         self.__dict__["original"] = experts
-        # The original's own tensors and children under the same names, so state_dict and PEFT see them as before.
+        # The original's tensors and children under the same names: state_dict and PEFT see them as before.
         for name, param in experts._parameters.items():
             self.register_parameter(name, param)
         for name, buffer in experts._buffers.items():
