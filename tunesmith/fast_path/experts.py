@@ -24,8 +24,9 @@ from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_sta
 
 __all__ = ["FastExperts", "grouped_linear", "grouped_linear_reference"]
 
-# (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is ``scale * x @ first_e @ second_e``
-# (first is E x in x rank, second E x rank x out).
+# (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is
+# ``scale * x @ first_e @ second_e``
+# with first (E, in, rank) and second (E, rank, out).
 Factors = tuple[torch.Tensor, torch.Tensor, float]
 
 
