@@ -36,7 +36,7 @@ def _same_adapters(ours, ref):
 
 def _at_rest(model) -> bool:
     """No 16-bit stack held and no LoRA parametrization left behind after a forward."""
-    experts = [getattr(layer.mlp.experts, "original", layer.mlp.experts) for layer in model.get_base_model().model.layers]  # fmt: skip
+    experts = [layer.mlp.experts for layer in model.get_base_model().model.layers]
     experts = [e.get_base_layer() if hasattr(e, "get_base_layer") else e for e in experts]
     return all(
         getattr(e, n).untyped_storage().nbytes() <= 4 and not torch.nn.utils.parametrize.is_parametrized(e)
@@ -79,7 +79,7 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     from peft import LoraConfig, get_peft_model
 
     from tunesmith.fast_path.checkpointing import adapted_expert_bytes
-    from tunesmith.fast_path.experts import FastExperts
+    from tunesmith.fast_path.experts import FastMoEBlock
     from tunesmith.fast_path.patch import apply_fast_path
 
     quantized, plain = _pair(dtype=torch.float32, moe_intermediate_size=128)
@@ -97,7 +97,7 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     _, unpatched = _kept_by_first_layer(ours, x)
     assert apply_fast_path(ours)
     layers = ours.get_base_model().model.layers
-    assert all(isinstance(layer.mlp.experts, FastExperts) for layer in layers)
+    assert all(isinstance(layer.mlp, FastMoEBlock) for layer in layers)
     assert adapted_expert_bytes(layers) == 0
     (got, grads), kept = _kept_by_first_layer(ours, x)
     want, want_grads = loss_and_grads(ref, x, x)
@@ -107,6 +107,15 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     assert max(unpatched.values()) >= smallest_stack, "without the fast path a stack is kept"
     assert max(kept.values()) < smallest_stack, "no stack, dense or rebuilt, is kept for backward"
     assert _at_rest(ours)
+    if (
+        experts_adapted
+    ):  # PEFT's wrappers stay in the tree, so the merge of the patched model has every update
+        from tunesmith.export.merge import merged_tensors
+
+        want = {t.name: t for t in merged_tensors(ref)}
+        got = [t for t in merged_tensors(ours) if ".experts." in t.name]
+        assert len(got) == 3 * 16 * len(layers)
+        assert all(torch.equal(t.load(), want[t.name].load()) for t in got)
 
 
 def _kept_by_first_layer(model, x):

@@ -169,14 +169,14 @@ def adapted_expert_bytes(layers) -> int:
     3-D stacks (PEFT's ``ParamWrapper``), each forward rebuilds every adapted stack as weight plus update from
     the low-rank factors cast to the stack's dtype, and keeps that 16-bit copy and the factors (checked with
     saved-tensor hooks on CPU). 1.2 GB a layer on Qwen3-30B-A3B. The largest over ``layers``; 0 without
-    adapted experts, or where :class:`~tunesmith.fast_path.experts.FastExperts` runs them (no copy)."""
+    adapted experts, or where :class:`~tunesmith.fast_path.experts.FastMoEBlock` runs them (no copy)."""
     from peft.tuners.lora import ParamWrapper
 
-    from tunesmith.fast_path.experts import FastExperts
+    from tunesmith.fast_path.experts import FastMoEBlock
 
     def one(layer) -> int:
         total = 0
-        fast = {id(m) for f in layer.modules() if isinstance(f, FastExperts) for m in f.modules()}
+        fast = {id(m) for f in layer.modules() if isinstance(f, FastMoEBlock) for m in f.modules()}
         for wrapper in (m for m in layer.modules() if isinstance(m, ParamWrapper) and id(m) not in fast):
             stack = getattr(wrapper.get_base_layer(), wrapper.parameter_name)
             factors = sum(

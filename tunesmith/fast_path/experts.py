@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.fast_path.modules import keep_base
 from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack
 
-__all__ = ["FastExperts", "grouped_linear", "grouped_linear_reference"]
+__all__ = ["FastMoEBlock", "grouped_linear", "grouped_linear_reference"]
 
 # (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is
 # ``scale * x @ first_e @ second_e``
@@ -84,17 +85,21 @@ class _FrozenGroupedLinear(torch.autograd.Function):
         return grouped_linear(grad.contiguous(), ctx.weight_of(), offsets), None, None
 
 
-class FastExperts(nn.Module):
-    """The experts of a mixture-of-experts layer (transformers' 3-D ``gate_up_proj`` and ``down_proj``), with
-    or without PEFT's LoRA on them, in 16-bit or as 4-bit stacks (``models/expert_stacks.py``). Falls back to
-    the wrapped module's own forward where it cannot read the adapters (several active, merged, dropout) and
-    without gradients (generation)."""
+class FastMoEBlock(nn.Module):
+    """A mixture-of-experts block (a ``gate`` router, transformers' ``experts`` with 3-D ``gate_up_proj`` and
+    ``down_proj``), its experts with or without PEFT's LoRA on them, in 16-bit or as 4-bit stacks
+    (``models/expert_stacks.py``), run per token group while training. The router and the experts stay
+    registered under their names, so PEFT (merge, save, adapter switches) still sees its ``ParamWrapper``\\ s.
+    Falls back to the block's own forward without gradients (generation, whose CUDA graph needs no host sync)
+    and where it cannot read the adapters (several active, merged, dropout)."""
 
     @classmethod
-    def can_wrap(cls, experts: nn.Module | None) -> bool:
-        """Whether ``experts`` (possibly inside PEFT's ``ParamWrapper``\\ s) is transformers' experts module
-        with two untransposed 3-D stacks, no bias and a gated activation."""
-        if experts is None:
+    def can_wrap(cls, block: nn.Module) -> bool:
+        """Whether ``block`` routes with ``gate`` to transformers' experts module (possibly inside PEFT's
+        ``ParamWrapper``\\ s) of two untransposed 3-D stacks, no bias and a gated activation, and has no
+        shared expert."""
+        experts = getattr(block, "experts", None)
+        if experts is None or not hasattr(block, "gate") or hasattr(block, "shared_expert"):
             return False
         base = _base_experts(experts)
         stacks = [base._parameters.get(n) for n in STACK_NAMES]
@@ -106,46 +111,52 @@ class FastExperts(nn.Module):
             and hasattr(base, "num_experts")
         )
 
-    def __init__(self, experts: nn.Module):
+    def __init__(self, base_layer: nn.Module):
         super().__init__()
-        self.__dict__["original"] = experts
-        # The original's tensors and children under the same names: state_dict and PEFT see them as before.
-        for name, param in experts._parameters.items():
-            self.register_parameter(name, param)
-        for name, buffer in experts._buffers.items():
-            self.register_buffer(name, buffer, persistent=name not in experts._non_persistent_buffers_set)
-        for name, child in experts._modules.items():
-            self.add_module(name, child)
+        keep_base(self, base_layer, tuple(base_layer._modules))
 
-    def forward(
-        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
-    ) -> torch.Tensor:
-        """Each token's weighted sum over its chosen experts, (tokens, hidden) -> (tokens, hidden)."""
-        base, factors = _base_experts(self.original), _adapter_factors(self.original)
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, T, H): each token's weighted sum over the experts its router chose."""
+        base, factors = _base_experts(self.experts), _adapter_factors(self.experts)
         frozen = not any(base._parameters[n].requires_grad for n in STACK_NAMES)
         if not torch.is_grad_enabled() or factors is None or not frozen:
-            # Generation keeps transformers' own path, which a CUDA graph can capture (no host sync).
-            return self.original(hidden_states, top_k_index, top_k_weights)
-        per_token = top_k_index.shape[-1]
-        expert_ids = top_k_index.reshape(-1)
-        order = torch.argsort(expert_ids, stable=True)
-        tokens = order // per_token
-        offsets = torch.bincount(expert_ids, minlength=base.num_experts)[: base.num_experts]
-        offsets = offsets.cumsum(0).to(torch.int32)
+            return self.base_layer(hidden_states)
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        routed = self.gate(flat)  # transformers 5's routers: (logits, top-k weights, top-k experts)
+        if not (isinstance(routed, tuple) and len(routed) == 3):
+            return self.base_layer(hidden_states)
+        _, weights, chosen = routed
+        return _grouped_experts(base, factors, flat, chosen, weights).reshape(hidden_states.shape)
 
-        def project(x: torch.Tensor, name: str) -> torch.Tensor:
-            out = _FrozenGroupedLinear.apply(x, offsets, lambda: _frozen_stack(base, name))
-            if name in factors:
-                first, second, scale = factors[name]
-                low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)
-                out = out + scale * grouped_linear(low_rank, second.to(x.dtype).contiguous(), offsets)
-            return out
 
-        rows = hidden_states[tokens].to(base._parameters["gate_up_proj"].dtype)  # no autocast in grouped_mm
-        gate, up = project(rows, "gate_up_proj").chunk(2, dim=-1)
-        out = project(base.act_fn(gate) * up, "down_proj")
-        out = out * top_k_weights.reshape(-1)[order, None]
-        return torch.zeros_like(hidden_states).index_add_(0, tokens, out.to(hidden_states.dtype))
+def _grouped_experts(
+    base: nn.Module,
+    factors: dict[str, Factors],
+    hidden: torch.Tensor,
+    chosen: torch.Tensor,
+    weights: torch.Tensor,
+) -> torch.Tensor:
+    """The experts' output for ``hidden`` (tokens, H), each token sent to its ``chosen`` (tokens, k) experts
+    and their outputs summed with ``weights`` (tokens, k)."""
+    expert_ids = chosen.reshape(-1)
+    order = torch.argsort(expert_ids, stable=True)
+    tokens = order // chosen.shape[-1]
+    offsets = torch.bincount(expert_ids, minlength=base.num_experts)[: base.num_experts]
+    offsets = offsets.cumsum(0).to(torch.int32)
+
+    def project(x: torch.Tensor, name: str) -> torch.Tensor:
+        out = _FrozenGroupedLinear.apply(x, offsets, lambda: _frozen_stack(base, name))
+        if name in factors:
+            first, second, scale = factors[name]
+            low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)
+            out = out + scale * grouped_linear(low_rank, second.to(x.dtype).contiguous(), offsets)
+        return out
+
+    rows = hidden[tokens].to(base._parameters["gate_up_proj"].dtype)  # grouped_mm takes no autocast
+    gate, up = project(rows, "gate_up_proj").chunk(2, dim=-1)
+    out = project(base.act_fn(gate) * up, "down_proj")
+    out = out * weights.reshape(-1)[order, None]
+    return torch.zeros_like(hidden).index_add_(0, tokens, out.to(hidden.dtype))
 
 
 def _column_major(t: torch.Tensor) -> torch.Tensor:

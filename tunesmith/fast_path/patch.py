@@ -20,7 +20,7 @@ from torch import nn
 
 from tunesmith.constants import IGNORE_INDEX
 from tunesmith.fast_path.checkpointing import SmartCheckpointing, plain_layer_bytes_per_token
-from tunesmith.fast_path.experts import FastExperts
+from tunesmith.fast_path.experts import FastMoEBlock
 from tunesmith.fast_path.modules import FastAttention, FastMLP, FastRMSNorm, FusedLMHead
 from tunesmith.fast_path.offload import HostEmbedding
 from tunesmith.fast_path.packing import has_restarts, packed_causal_mask, padding_only_after_rows
@@ -75,8 +75,8 @@ def _swap_layers(state: FastPathState, decoder: nn.Module, norm_weight_offset: f
                 _swap(state, layer.self_attn, name, norm)
         if FastMLP.can_wrap(layer.mlp):
             _swap(state, layer, "mlp", FastMLP)
-        elif FastExperts.can_wrap(getattr(layer.mlp, "experts", None)):
-            _swap(state, layer.mlp, "experts", FastExperts)  # the router and its block stay transformers'
+        elif FastMoEBlock.can_wrap(layer.mlp):
+            _swap(state, layer, "mlp", FastMoEBlock)
     _swap(state, decoder, "norm", norm)
 
 
