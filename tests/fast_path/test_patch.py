@@ -204,7 +204,16 @@ def test_qwen3_moe_gets_the_fast_path_around_its_experts():
     loss1, grads1 = loss_and_grads(model, x, labels)
     assert abs(loss1 - loss0) < 1e-5 and max(rel_err(grads1[n], grads0[n]) for n in grads0) < 1e-5
     assert any("experts" in n for n in grads1), "the experts' adapters train too"
+    with torch.no_grad():  # generation keeps the block's own path (a CUDA graph can capture it); same logits
+        patched = model.eval()(input_ids=x).logits
+        with model.disable_adapter():  # PEFT's switch reaches the experts through the patched block
+            patched_off = model(input_ids=x).logits
     unpatch(model)
+    with torch.no_grad():
+        assert torch.equal(patched, model(input_ids=x).logits)
+        with model.disable_adapter():
+            off = model(input_ids=x).logits
+        assert torch.equal(patched_off, off) and not torch.equal(off, patched)
     layer = model.get_base_model().model.layers[0]
     assert type(layer.self_attn).__name__ == "Qwen3MoeAttention"
     assert type(layer.mlp).__name__ == "Qwen3MoeSparseMoeBlock" and list(model.state_dict()) == keys
