@@ -76,7 +76,10 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     """The fast path's experts forward (LoRA per token group, the stack read again in backward): the loss and
     LoRA gradients of the unpatched model holding the dequantized stacks, while no tensor the size of a stack
     is kept for backward, so the plan counts no per-layer copy."""
+    from functools import partial
+
     from peft import LoraConfig, get_peft_model
+    from torch.utils.checkpoint import checkpoint
 
     from tunesmith.fast_path.checkpointing import adapted_expert_bytes
     from tunesmith.fast_path.experts import FastMoEBlock
@@ -107,9 +110,15 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     assert max(unpatched.values()) >= smallest_stack, "without the fast path a stack is kept"
     assert max(kept.values()) < smallest_stack, "no stack, dense or rebuilt, is kept for backward"
     assert _at_rest(ours)
-    if (
-        experts_adapted
-    ):  # PEFT's wrappers stay in the tree, so the merge of the patched model has every update
+    for layer in layers:  # recomputed in backward, as a tight budget sets: the stacks are read a third time
+        layer.gradient_checkpointing = True
+        layer._gradient_checkpointing_func = partial(checkpoint, use_reentrant=False)
+    again, again_grads = loss_and_grads(ours, x, x)
+    assert abs(again - want) / want < 1e-5
+    assert max(rel_err(again_grads[n], want_grads[n]) for n in want_grads) < 1e-5
+    assert _at_rest(ours)
+    # PEFT's wrappers stay in the tree, so the merge of the patched model has every update.
+    if experts_adapted:
         from tunesmith.export.merge import merged_tensors
 
         want = {t.name: t for t in merged_tensors(ref)}
