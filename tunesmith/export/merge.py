@@ -21,7 +21,7 @@ from tunesmith.export._safetensors import parse_size, shard_plan, write_shards
 from tunesmith.export.tensor_source import TensorSource
 from tunesmith.models.expert_stacks import dense_stack
 from tunesmith.models.registry import FUSED_EXPERT_PARAMETERS
-from tunesmith.models.unwrap import base_model_of
+from tunesmith.models.unwrap import base_model_of, without_param_wrappers
 
 __all__ = ["merged_tensors", "save_pretrained_merged", "SAVE_METHODS"]
 
@@ -87,12 +87,10 @@ def _experts_of(module: torch.nn.Module) -> tuple[torch.nn.Module, dict[str, lis
     """A mixture-of-experts layer's experts (fused 3-D ``gate_up_proj`` / ``down_proj``, transformers 5)
     under any PEFT ``ParamWrapper`` s, and the wrappers by the parameter they adapt; None for other
     modules."""
-    from peft.tuners.lora import ParamWrapper
-
+    module, chain = without_param_wrappers(module)
     wrappers: dict[str, list] = {}
-    while isinstance(module, ParamWrapper):
-        wrappers.setdefault(module.parameter_name, []).append(module)
-        module = module.base_layer
+    for wrapper in chain:
+        wrappers.setdefault(wrapper.parameter_name, []).append(wrapper)
     params = dict(module.named_parameters(recurse=False))
     if not all(getattr(params.get(p.rsplit(".", 1)[-1]), "ndim", 0) == 3 for p in FUSED_EXPERT_PARAMETERS):
         return None

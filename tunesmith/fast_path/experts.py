@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.fast_path.modules import keep_base
-from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack
+from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack
+from tunesmith.models.unwrap import without_param_wrappers
 
 __all__ = ["FastMoEBlock", "grouped_linear", "grouped_linear_reference"]
 
@@ -101,7 +102,7 @@ class FastMoEBlock(nn.Module):
         experts = getattr(block, "experts", None)
         if experts is None or not hasattr(block, "gate") or hasattr(block, "shared_expert"):
             return False
-        base = _base_experts(experts)
+        base, _ = without_param_wrappers(experts)
         stacks = [base._parameters.get(n) for n in STACK_NAMES]
         return (
             all(s is not None and s.dim() == 3 for s in stacks)
@@ -117,7 +118,8 @@ class FastMoEBlock(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """(B, T, H) -> (B, T, H): each token's weighted sum over the experts its router chose."""
-        base, factors = _base_experts(self.experts), _adapter_factors(self.experts)
+        base, wrappers = without_param_wrappers(self.experts)
+        factors = _adapter_factors(wrappers)
         frozen = not any(base._parameters[n].requires_grad for n in STACK_NAMES)
         if not torch.is_grad_enabled() or factors is None or not frozen:
             return self.base_layer(hidden_states)
@@ -145,7 +147,7 @@ def _grouped_experts(
     offsets = offsets.cumsum(0).to(torch.int32)
 
     def project(x: torch.Tensor, name: str) -> torch.Tensor:
-        out = _FrozenGroupedLinear.apply(x, offsets, lambda: _frozen_stack(base, name))
+        out = _FrozenGroupedLinear.apply(x, offsets, lambda: dense_stack(base, name))
         if name in factors:
             first, second, scale = factors[name]
             low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)
@@ -165,33 +167,11 @@ def _column_major(t: torch.Tensor) -> torch.Tensor:
     return t.transpose(-2, -1).contiguous().transpose(-2, -1)
 
 
-def _base_experts(experts: nn.Module) -> nn.Module:
-    from peft.tuners.lora import ParamWrapper
-
-    while isinstance(experts, ParamWrapper):
-        experts = experts.base_layer
-    return experts
-
-
-def _frozen_stack(base: nn.Module, name: str) -> torch.Tensor:
-    if is_4bit_stack(base, name):
-        return dense_stack(base, name)
-    return base._parameters[name].detach()
-
-
-def _adapter_factors(experts: nn.Module) -> dict[str, Factors] | None:
-    """Each adapted stack's factors by stack name ({} without LoRA on the experts); None where this forward
-    cannot apply them."""
-    from peft.tuners.lora import ParamWrapper
-
-    factors: dict[str, Factors] = {}
-    while isinstance(experts, ParamWrapper):
-        one = _factors(experts)
-        if one is None:
-            return None
-        factors[experts.parameter_name] = one
-        experts = experts.base_layer
-    return factors
+def _adapter_factors(wrappers: list[nn.Module]) -> dict[str, Factors] | None:
+    """Each adapted stack's factors by stack name, from its PEFT ``ParamWrapper`` ({} without LoRA on the
+    experts); None where this forward cannot apply them."""
+    factors = {wrapper.parameter_name: _factors(wrapper) for wrapper in wrappers}
+    return None if None in factors.values() else factors
 
 
 def _factors(wrapper: nn.Module) -> Factors | None:
