@@ -110,6 +110,30 @@ def loss_and_grads(model, input_ids, labels, attention_mask=None):
     return out.loss.detach().float(), grads
 
 
+def kept_by_first_layer(model, input_ids):
+    """(loss and gradients of one step on ``input_ids`` as labels, {storage: bytes} that the first decoder
+    layer's forward saved for backward, the parameters themselves left out: they cost nothing more)."""
+    layer = model.get_base_model().model.layers[0]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept, inside = {}, []
+    hooks = [
+        layer.register_forward_pre_hook(lambda *_: inside.append(True)),
+        layer.register_forward_hook(lambda *_: inside.clear()),
+    ]
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if inside and storage.data_ptr() not in params:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = loss_and_grads(model, input_ids, input_ids)
+    for hook in hooks:
+        hook.remove()
+    return result, kept
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """||a - b|| / ||b|| in float64 (``b`` is the reference)."""
     a, b = a.double(), b.double()

@@ -196,7 +196,7 @@ def test_adapted_experts_count_the_stack_copy_each_layer_keeps():
     """With LoRA on a mixture of experts' 3-D stacks, each layer keeps a 16-bit copy of its stacks (weight plus
     update) for backward, whatever the tokens: 1.2 GB a layer on Qwen3-30B-A3B, which the per-token count
     missed (a 12-layer run peaked at 31.6 GiB). The plan counts it, and what autograd saves stays under it."""
-    from _models import tiny_model, with_lora
+    from _models import kept_by_first_layer, tiny_model, with_lora
 
     from tunesmith.fast_path.checkpointing import adapted_expert_bytes
 
@@ -208,20 +208,8 @@ def test_adapted_experts_count_the_stack_copy_each_layer_keeps():
     experts = config.num_experts * 3 * config.moe_intermediate_size * config.hidden_size
     assert experts * 2 < adapted_expert_bytes(layers) < experts * 2 * 1.5  # the stacks and their factors
 
-    params = {p.untyped_storage().data_ptr() for p in lora.parameters()}
-    saved, inside = {}, []
-    layers[0].register_forward_pre_hook(lambda *_: inside.append(True))
-    layers[0].register_forward_hook(lambda *_: inside.clear())
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if inside and storage.data_ptr() not in params:  # the frozen weights themselves cost nothing more
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
     ids = torch.randint(0, 100, (2, 8))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        lora(input_ids=ids, labels=ids, use_cache=False)
+    _, saved = kept_by_first_layer(lora, ids)
     full_per_token, _ = plain_layer_bytes_per_token(model.config, element_bytes=2)
     measured = sum(saved.values())
     assert experts * 2 < measured <= full_per_token * ids.numel() + adapted_expert_bytes(layers)

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from _models import loss_and_grads, rel_err, tiny_model, with_lora
+from _models import kept_by_first_layer, loss_and_grads, rel_err, tiny_model, with_lora
 
 from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, is_4bit_stack, quantize_expert_stacks
 
@@ -32,6 +32,19 @@ def _same_adapters(ours, ref):
         for name, param in ref.named_parameters():
             if "lora_" in name:
                 mine[name].copy_(param)
+
+
+def _attention_only_pair(quantized, plain):
+    """Both models with the same LoRA on two attention projections only, the experts left unadapted."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    ours, ref = (
+        get_peft_model(quantized, config).train(),
+        get_peft_model(plain, copy.deepcopy(config)).train(),
+    )
+    _same_adapters(ours, ref)
+    return ours, ref
 
 
 def _at_rest(model) -> bool:
@@ -78,7 +91,6 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     is kept for backward, so the plan counts no per-layer copy."""
     from functools import partial
 
-    from peft import LoraConfig, get_peft_model
     from torch.utils.checkpoint import checkpoint
 
     from tunesmith.fast_path.checkpointing import adapted_expert_bytes
@@ -89,20 +101,16 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
     smallest_stack = min(getattr(plain.model.layers[0].mlp.experts, n).nbytes for n in STACK_NAMES)
     if experts_adapted:
         ours, ref = with_lora(quantized).train(), with_lora(plain).train()
+        _same_adapters(ours, ref)
     else:
-        config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
-        ours, ref = (
-            get_peft_model(quantized, config).train(),
-            get_peft_model(plain, copy.deepcopy(config)).train(),
-        )
-    _same_adapters(ours, ref)
+        ours, ref = _attention_only_pair(quantized, plain)
     x = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(4))
-    _, unpatched = _kept_by_first_layer(ours, x)
+    _, unpatched = kept_by_first_layer(ours, x)
     assert apply_fast_path(ours)
     layers = ours.get_base_model().model.layers
     assert all(isinstance(layer.mlp, FastMoEBlock) for layer in layers)
     assert adapted_expert_bytes(layers) == 0
-    (got, grads), kept = _kept_by_first_layer(ours, x)
+    (got, grads), kept = kept_by_first_layer(ours, x)
     want, want_grads = loss_and_grads(ref, x, x)
     assert abs(got - want) / want < 1e-5
     assert max(rel_err(grads[n], want_grads[n]) for n in want_grads) < 1e-5
@@ -127,42 +135,10 @@ def test_on_the_fast_path_4bit_stacks_train_as_their_dequantized_weights_and_no_
         assert all(torch.equal(t.load(), want[t.name].load()) for t in got)
 
 
-def _kept_by_first_layer(model, x):
-    """(loss and gradients of one step, {storage: bytes} that the first decoder layer's forward saved for
-    backward, the parameters themselves left out)."""
-    layer = model.get_base_model().model.layers[0]
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    kept, inside = {}, []
-    hooks = [
-        layer.register_forward_pre_hook(lambda *_: inside.append(True)),
-        layer.register_forward_hook(lambda *_: inside.clear()),
-    ]
-
-    def pack(tensor):
-        storage = tensor.untyped_storage()
-        if inside and storage.data_ptr() not in params:
-            kept[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = loss_and_grads(model, x, x)
-    for hook in hooks:
-        hook.remove()
-    return result, kept
-
-
 def test_frozen_4bit_stacks_without_adapters_give_the_right_gradients():
     """LoRA on attention only: the experts' product reads the dense stack itself in backward, after the stack
     went back to its codes; the gradients must still be those of the 16-bit model."""
-    from peft import LoraConfig, get_peft_model
-
-    quantized, plain = _pair()
-    config = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
-    ours, ref = (
-        get_peft_model(quantized, config).train(),
-        get_peft_model(plain, copy.deepcopy(config)).train(),
-    )
-    _same_adapters(ours, ref)
+    ours, ref = _attention_only_pair(*_pair())
     x = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         for model in (ours, ref):  # B as after training, so every gradient is non-zero
