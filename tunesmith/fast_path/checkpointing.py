@@ -28,7 +28,7 @@ from tunesmith._distributed import is_main_process
 from tunesmith.fast_path.offload import LayerSlot, OffloadedLayer
 from tunesmith.kernels.fused_linear_cross_entropy import CHUNK_LOGITS_BYTES
 from tunesmith.kernels.nf4 import is_nf4_weight
-from tunesmith.models.expert_stacks import STACK_NAMES, is_4bit_stack
+from tunesmith.models.expert_stacks import STACK_NAMES, expert_slices, is_4bit_stack
 from tunesmith.models.memory import available_host_bytes
 from tunesmith.models.registry import family_of, head_dim_of
 
@@ -155,13 +155,26 @@ def loss_peak_bytes(tokens: int, plain_loss_vocab: int | None) -> int:
 
 def largest_dequantized_bytes(module: torch.nn.Module, element_bytes: int = 2) -> int:
     """Bytes of the largest 4-bit weight in ``module`` once dequantized (the fused products make one at a
-    time and drop it), or of a mixture of experts' 4-bit stacks (one layer's, dequantized for its forward);
-    0 without 4-bit weights."""
+    time and drop it), or of a mixture of experts' 4-bit stacks (one layer's, dequantized for its forward;
+    under :class:`~tunesmith.fast_path.experts.FastMoEBlock` one slice of one stack); 0 without 4-bit
+    weights."""
+    from tunesmith.fast_path.experts import DENSE_SLICE_BYTES, FastMoEBlock
+
+    sliced = {id(m) for block in module.modules() if isinstance(block, FastMoEBlock) for m in block.modules()}
+
+    def stacks(m: torch.nn.Module) -> int:
+        names = [n for n in STACK_NAMES if is_4bit_stack(m, n)]
+        if id(m) not in sliced:
+            return sum(getattr(m, n).numel() for n in names)
+        per_slice = [
+            (experts.stop - experts.start) * getattr(m, n)[0].numel()
+            for n in names
+            for experts in expert_slices(m, n, DENSE_SLICE_BYTES)
+        ]
+        return max(per_slice, default=0)
+
     sizes = [math.prod(p.quant_state.shape) for p in module.parameters() if is_nf4_weight(p)]
-    stacks = [
-        sum(getattr(m, n).numel() for n in STACK_NAMES if is_4bit_stack(m, n)) for m in module.modules()
-    ]
-    return max(sizes + stacks, default=0) * element_bytes
+    return max(sizes + [stacks(m) for m in module.modules()], default=0) * element_bytes
 
 
 def adapted_expert_bytes(layers) -> int:

@@ -5,8 +5,8 @@ forward builds the weight plus its update, a 16-bit copy of the whole stack, and
 backward and computes its full gradient, which PEFT then reduces to the two factors (1.2 GB kept a layer on
 Qwen3-30B-A3B, and a weight gradient as large as the forward's products). Here the tokens are sorted by expert
 once, and each projection is ``x W_e^T + s (x A_e^T) B_e^T`` over the groups:
-- the frozen stack is read in the forward and read again in the backward (dequantized each time when it is
-  kept as 4-bit codes), and never saved;
+- the frozen stack is read in the forward and read again in the backward (dequantized each time, a slice of
+  experts at a time, when it is kept as 4-bit codes), and never saved;
 - the low-rank factors get their gradients from the two small products.
 On a GPU the groups go through PyTorch's grouped matrix product; elsewhere through
 :func:`grouped_linear_reference`, one product per expert.
@@ -15,16 +15,22 @@ On a GPU the groups go through PyTorch's grouped matrix product; elsewhere throu
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tunesmith.fast_path.modules import keep_base
-from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack
+from tunesmith.models.expert_stacks import STACK_NAMES, dense_stack, expert_slices
 from tunesmith.models.unwrap import without_param_wrappers
 
-__all__ = ["FastMoEBlock", "grouped_linear", "grouped_linear_reference"]
+__all__ = ["FastMoEBlock", "grouped_linear", "grouped_linear_reference", "DENSE_SLICE_BYTES"]
+
+# Most bytes of a 4-bit stack dequantized at one time: the block reads such a stack a slice of experts at a
+# time (0.75 GiB of Qwen3-30B-A3B's gate_up_proj in bf16 becomes three 0.25-GiB slices). Each slice's row
+# bounds cost one host sync per projection.
+DENSE_SLICE_BYTES = 256 * 2**20
 
 # (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is
 # ``scale * x @ first_e @ second_e``
@@ -71,19 +77,49 @@ def _grouped_mm_takes(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 class _FrozenGroupedLinear(torch.autograd.Function):
-    """``x @ W_e^T`` per group for a frozen stack that ``weight_of()`` gives (E, out, in), read again in the
-    backward instead of being saved."""
+    """``x @ W_e^T`` per group for a frozen stack that ``weight_of(experts)`` gives a slice at a time
+    (E_slice, out, in), read again in the backward instead of being saved."""
 
     @staticmethod
-    def forward(ctx, x, offsets, weight_of: Callable[[], torch.Tensor]):
-        ctx.weight_of = weight_of
+    def forward(ctx, x, offsets, weight_of: Callable[[slice], torch.Tensor], slices: list[slice]):
+        bounds = _row_bounds(offsets, slices)
+        ctx.weight_of, ctx.slices, ctx.bounds = weight_of, slices, bounds
         ctx.save_for_backward(offsets)
-        return grouped_linear(x, weight_of().transpose(-2, -1), offsets)
+        return _by_slices(x, offsets, slices, bounds, lambda experts: weight_of(experts).transpose(-2, -1))
 
     @staticmethod
     def backward(ctx, grad):
         (offsets,) = ctx.saved_tensors
-        return grouped_linear(grad.contiguous(), ctx.weight_of(), offsets), None, None
+        return _by_slices(grad.contiguous(), offsets, ctx.slices, ctx.bounds, ctx.weight_of), None, None, None
+
+
+def _row_bounds(offsets: torch.Tensor, slices: list[slice]) -> list[int] | None:
+    """Where each slice of experts' rows start and end (one host sync), None for one slice."""
+    if len(slices) == 1:
+        return None
+    return [0, *offsets[[experts.stop - 1 for experts in slices]].tolist()]
+
+
+def _by_slices(
+    x: torch.Tensor,
+    offsets: torch.Tensor,
+    slices: list[slice],
+    bounds: list[int] | None,
+    weight_of: Callable[[slice], torch.Tensor],
+) -> torch.Tensor:
+    """:func:`grouped_linear` of ``x`` with a weight taken one slice of experts at a time, so that only one
+    slice is ever dequantized."""
+    if bounds is None:
+        return grouped_linear(x, weight_of(slices[0]), offsets)
+    out = None
+    for experts, start, stop in zip(slices, bounds, bounds[1:], strict=False):
+        if stop == start:
+            continue
+        product = grouped_linear(x[start:stop], weight_of(experts), offsets[experts] - start)
+        if out is None:
+            out = x.new_empty(x.shape[0], product.shape[-1])
+        out[start:stop] = product
+    return out if out is not None else x.new_zeros(0, weight_of(slices[0]).shape[-1])
 
 
 class FastMoEBlock(nn.Module):
@@ -147,7 +183,8 @@ def _grouped_experts(
     offsets = offsets.cumsum(0).to(torch.int32)
 
     def project(x: torch.Tensor, name: str) -> torch.Tensor:
-        out = _FrozenGroupedLinear.apply(x, offsets, lambda: dense_stack(base, name))
+        slices = expert_slices(base, name, DENSE_SLICE_BYTES)
+        out = _FrozenGroupedLinear.apply(x, offsets, partial(dense_stack, base, name), slices)
         if name in factors:
             first, second, scale = factors[name]
             low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)

@@ -3,7 +3,8 @@
 bitsandbytes quantizes linear layers only, and transformers 5 keeps a mixture-of-experts layer's experts as
 two 3-D parameters (``gate_up_proj``, ``down_proj``: experts x out x in), so ``load_in_4bit`` left them in
 16-bit, most of the model (14.5 of ~17 GB on 12 layers of Qwen3-30B-A3B). Here each stack is quantized
-with bitsandbytes' own NF4 (``quantize_4bit``, blocks of 64) into buffers of its module, and the parameter
+with bitsandbytes' own NF4 (``quantize_4bit``, blocks of 64, the scales quantized again as
+``bnb_4bit_use_double_quant`` does for linear layers) into buffers of its module, and the parameter
 keeps its shape and dtype but no memory (one element, broadcast). A forward pre-hook dequantizes the stacks
 into their parameters, and a hook after the forward lets them go again, so only the layer that runs holds its
 16-bit stacks.
@@ -12,12 +13,14 @@ leaves its LoRA proxy behind on a parameter that is already parametrized, one mo
 
 The parameter stays the one PEFT adapts (``target_parameters``): its LoRA update is added to the dequantized
 weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge) take
-:func:`dense_stack`. Quantize where the model will train (the loader does, on its device): ``.to()`` turns
+:func:`dense_stack`, which can also give a slice of experts (:func:`expert_slices`). Quantize where the model will train (the loader does, on its device): ``.to()`` turns
 each placeholder into a full tensor of zeros until its layer's next forward lets it go, or until
 :func:`release_expert_stacks`.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -28,15 +31,21 @@ __all__ = [
     "quantize_expert_stacks",
     "release_expert_stacks",
     "dense_stack",
+    "expert_slices",
     "is_4bit_stack",
     "stack_tensor_names",
     "STACK_NAMES",
 ]
 
 BLOCKSIZE = 64
+# bitsandbytes quantizes the blocks' scales again in blocks of this many (its nested statistics).
+SCALE_BLOCKSIZE = 256
 STACK_NAMES = tuple(name.rsplit(".", 1)[-1] for name in FUSED_EXPERT_PARAMETERS)  # gate_up_proj, down_proj
-# The buffers of one stack, by suffix: NF4 codes (two per byte), one float32 scale per block, the 16 values.
+# The buffers of one stack, by suffix: NF4 codes (two per byte), one 8-bit code per block for its scale, the
+# 16 values; then, for the scales: one float32 scale per 256 of them, their 256-value table, their mean.
 _CODES, _ABSMAX, _TABLE = "_nf4_codes", "_nf4_absmax", "_nf4_table"
+_SCALE_ABSMAX, _SCALE_TABLE, _SCALE_OFFSET = "_nf4_scale_absmax", "_nf4_scale_table", "_nf4_scale_offset"
+_SUFFIXES = (_CODES, _ABSMAX, _TABLE, _SCALE_ABSMAX, _SCALE_TABLE, _SCALE_OFFSET)
 
 
 def is_4bit_stack(module: nn.Module, name: str) -> bool:
@@ -70,22 +79,65 @@ def release_expert_stacks(model: nn.Module) -> None:
         _release_stacks(module, None, None)
 
 
-def dense_stack(module: nn.Module, name: str) -> torch.Tensor:
-    """``module``'s 3-D stack ``name`` as a 16-bit tensor of its own, whether kept as NF4 codes or not."""
+def dense_stack(module: nn.Module, name: str, experts: slice = slice(None)) -> torch.Tensor:
+    """``module``'s 3-D stack ``name`` as a 16-bit tensor of its own, whether kept as NF4 codes or not; only
+    the ``experts`` slice of it where given (from :func:`expert_slices` for a 4-bit stack)."""
     if not is_4bit_stack(module, name):
-        return getattr(module, name).detach()
+        return getattr(module, name).detach()[experts]
     import bitsandbytes.functional as bnb_functional
 
     param = _parameter(module, name)
-    state = bnb_functional.QuantState(  # scales and table in float32 even after a module-wide .to(dtype)
-        absmax=getattr(module, name + _ABSMAX).float(),
-        shape=param.shape,
+    count = param.shape[0]
+    start, stop, _ = experts.indices(count)
+    weights = math.prod(param.shape[1:])  # per expert
+    blocks, scale_blocks = weights // BLOCKSIZE, weights // BLOCKSIZE // SCALE_BLOCKSIZE
+    if (start, stop) != (0, count) and not _slices_align(param.shape):
+        raise ValueError(
+            f"{name}: a stack of {tuple(param.shape)} cannot be read a slice of experts at a time"
+        )
+
+    def part(suffix: str, per_expert: float) -> torch.Tensor:
+        whole = getattr(module, name + suffix)
+        return (
+            whole if (start, stop) == (0, count) else whole[int(start * per_expert) : int(stop * per_expert)]
+        )
+
+    scales = bnb_functional.QuantState(  # float32 even after a module-wide .to(dtype)
+        absmax=part(_SCALE_ABSMAX, scale_blocks).float(),
+        code=getattr(module, name + _SCALE_TABLE).float(),
+        blocksize=SCALE_BLOCKSIZE,
+        dtype=torch.float32,
+    )
+    state = bnb_functional.QuantState(
+        absmax=part(_ABSMAX, blocks),
+        shape=(stop - start, *param.shape[1:]),
         code=getattr(module, name + _TABLE).float(),
         blocksize=BLOCKSIZE,
         quant_type="nf4",
         dtype=param.dtype,
+        offset=getattr(module, name + _SCALE_OFFSET).float(),
+        state2=scales,
     )
-    return bnb_functional.dequantize_4bit(getattr(module, name + _CODES), state)
+    return bnb_functional.dequantize_4bit(part(_CODES, weights / 2), state)
+
+
+def expert_slices(module: nn.Module, name: str, max_bytes: int) -> list[slice]:
+    """Consecutive slices of experts, of even size, that cover ``module``'s 4-bit stack ``name``, each about
+    ``max_bytes`` or less once dequantized (one expert more at most), for a reader that needs one slice at a
+    time. The whole stack as one slice where it is not 4-bit, fits, or cannot be cut (an expert's weights must
+    fill whole blocks of both levels)."""
+    stack = getattr(module, name)
+    count, per_expert = stack.shape[0], math.prod(stack.shape[1:]) * stack.element_size()
+    if not is_4bit_stack(module, name) or count * per_expert <= max_bytes or not _slices_align(stack.shape):
+        return [slice(0, count)]
+    pieces = -(-count * per_expert // max_bytes)
+    step = -(-count // pieces)
+    return [slice(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+def _slices_align(shape: torch.Size) -> bool:
+    """Whether each expert of a stack this shape starts a block of codes and a block of scales."""
+    return math.prod(shape[1:]) % (BLOCKSIZE * SCALE_BLOCKSIZE) == 0
 
 
 def stack_tensor_names(model: nn.Module) -> list[str]:
@@ -97,7 +149,7 @@ def stack_tensor_names(model: nn.Module) -> list[str]:
         for name in STACK_NAMES:
             if is_4bit_stack(module, name):
                 dot = f"{prefix}." if prefix else ""
-                names += [f"{dot}{name}"] + [f"{dot}{name}{suffix}" for suffix in (_CODES, _ABSMAX, _TABLE)]
+                names += [f"{dot}{name}"] + [f"{dot}{name}{suffix}" for suffix in _SUFFIXES]
     return names
 
 
@@ -116,11 +168,18 @@ def _quantize(module: nn.Module, name: str) -> None:
 
     param = module._parameters[name]
     codes, state = bnb_functional.quantize_4bit(
-        param.data, blocksize=BLOCKSIZE, quant_type="nf4", compress_statistics=False
+        param.data, blocksize=BLOCKSIZE, quant_type="nf4", compress_statistics=True
     )
-    module.register_buffer(name + _CODES, codes)
-    module.register_buffer(name + _ABSMAX, state.absmax)
-    module.register_buffer(name + _TABLE, state.code)
+    buffers = {
+        _CODES: codes,
+        _ABSMAX: state.absmax,
+        _TABLE: state.code,
+        _SCALE_ABSMAX: state.state2.absmax,
+        _SCALE_TABLE: state.state2.code,
+        _SCALE_OFFSET: state.offset.reshape(()),
+    }
+    for suffix, tensor in buffers.items():
+        module.register_buffer(name + suffix, tensor)
     param.data = _placeholder(param)
 
 
