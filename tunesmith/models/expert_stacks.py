@@ -12,10 +12,10 @@ into their parameters, and a hook after the forward lets them go again, so only 
 leaves its LoRA proxy behind on a parameter that is already parametrized, one more at every forward.)
 
 The parameter stays the one PEFT adapts (``target_parameters``): its LoRA update is added to the dequantized
-weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge) take
-:func:`dense_stack`, which can also give a slice of experts (:func:`expert_slices`). Quantize where the model will train (the loader does, on its device): ``.to()`` turns
-each placeholder into a full tensor of zeros until its layer's next forward lets it go, or until
-:func:`release_expert_stacks`.
+weight inside the forward, as for a 16-bit stack. Readers outside a forward (the merge, the fast path's
+experts block) take :func:`dense_stack`, which can also give a slice of experts (:func:`expert_slices`).
+Quantize where the model will train (the loader does, on its device): ``.to()`` turns each placeholder into a
+full tensor of zeros until its layer's next forward lets it go, or until :func:`release_expert_stacks`.
 """
 
 from __future__ import annotations
