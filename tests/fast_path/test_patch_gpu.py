@@ -102,7 +102,7 @@ HEAD_NORM_SHAPE = dict(vocab_size=32000, hidden_size=1024, intermediate_size=281
 # query_pre_attn_scalar is not the head size, so a wrong query scale would show.
 FAMILY_EXTRAS = {
     "qwen3": {},
-    # Qwen3-MoE: eight experts of width 704, two per token; its experts stay on transformers' grouped path
+    # Qwen3-MoE: eight experts of width 704, two per token, on the fast path's experts block
     "qwen3_moe": dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=704, norm_topk_prob=True),
     "gemma3_text": dict(
         query_pre_attn_scalar=96, sliding_window=512, layer_types=["sliding_attention", "full_attention"] * 2
@@ -119,7 +119,9 @@ def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft
     above the Llama test's 2e-2, so the measure is the float32 run of transformers + PEFT: the fast path's
     first-step LoRA gradients are no further from it than transformers + PEFT's own bf16 run (10% slack),
     and its losses stay within 0.5%. Gemma 3 adds its offset norms, GeGLU and local layers; Qwen3-MoE its
-    experts (on transformers' grouped path, with adapters on their 3-D weights)."""
+    experts (the fast path's block: LoRA per token group through grouped products, adapters on the 3-D
+    weights)."""
+    from tunesmith.fast_path.experts import FastMoEBlock
     from tunesmith.fast_path.modules import FastAttention, FastRMSNorm
     from tunesmith.fast_path.patch import apply_fast_path
 
@@ -137,6 +139,8 @@ def test_head_norm_families_in_bf16_are_as_close_to_float32_as_transformers_peft
     assert apply_fast_path(m)
     attention = m.get_base_model().model.layers[0].self_attn
     assert isinstance(attention, FastAttention) and isinstance(attention.q_norm, FastRMSNorm)
+    if family == "qwen3_moe":
+        assert isinstance(m.get_base_model().model.layers[0].mlp, FastMoEBlock)
     losses, fast = _train(m, batches)
     for got, want in zip(losses, exact_losses, strict=True):
         assert abs(got - want) / abs(want) < 5e-3, (losses, exact_losses)
