@@ -158,9 +158,9 @@ def largest_dequantized_bytes(module: torch.nn.Module, element_bytes: int = 2) -
     time and drop it), or of a mixture of experts' 4-bit stacks (one layer's, dequantized for its forward;
     under :class:`~tunesmith.fast_path.experts.FastMoEBlock` one slice of one stack); 0 without 4-bit
     weights."""
-    from tunesmith.fast_path.experts import DENSE_SLICE_BYTES, FastMoEBlock
+    from tunesmith.fast_path.experts import DENSE_SLICE_BYTES
 
-    sliced = {id(m) for block in module.modules() if isinstance(block, FastMoEBlock) for m in block.modules()}
+    sliced = _inside_fast_moe_blocks(module)
 
     def stacks(m: torch.nn.Module) -> int:
         names = [n for n in STACK_NAMES if is_4bit_stack(m, n)]
@@ -185,11 +185,9 @@ def adapted_expert_bytes(layers) -> int:
     adapted experts, or where :class:`~tunesmith.fast_path.experts.FastMoEBlock` runs them (no copy)."""
     from peft.tuners.lora import ParamWrapper
 
-    from tunesmith.fast_path.experts import FastMoEBlock
-
     def one(layer) -> int:
         total = 0
-        fast = {id(m) for f in layer.modules() if isinstance(f, FastMoEBlock) for m in f.modules()}
+        fast = _inside_fast_moe_blocks(layer)
         for wrapper in (m for m in layer.modules() if isinstance(m, ParamWrapper) and id(m) not in fast):
             stack = getattr(wrapper.get_base_layer(), wrapper.parameter_name)
             factors = sum(
@@ -199,6 +197,13 @@ def adapted_expert_bytes(layers) -> int:
         return total
 
     return max((one(layer) for layer in layers), default=0)
+
+
+def _inside_fast_moe_blocks(module: torch.nn.Module) -> set[int]:
+    """The ids of the modules in ``module`` that a :class:`~tunesmith.fast_path.experts.FastMoEBlock` runs."""
+    from tunesmith.fast_path.experts import FastMoEBlock
+
+    return {id(m) for block in module.modules() if isinstance(block, FastMoEBlock) for m in block.modules()}
 
 
 def plan_checkpointing(

@@ -28,8 +28,8 @@ from tunesmith.models.unwrap import without_param_wrappers
 __all__ = ["FastMoEBlock", "grouped_linear", "grouped_linear_reference", "DENSE_SLICE_BYTES"]
 
 # Most bytes of a 4-bit stack dequantized at one time: the block reads such a stack a slice of experts at a
-# time (0.75 GiB of Qwen3-30B-A3B's gate_up_proj in bf16 becomes three 0.25-GiB slices). Each slice's row
-# bounds cost one host sync per projection.
+# time (0.75 GiB of Qwen3-30B-A3B's gate_up_proj in bf16 becomes three 0.25-GiB slices). The slices' row
+# bounds cost one host sync per block forward.
 DENSE_SLICE_BYTES = 256 * 2**20
 
 # (first, second, scale) of one adapted stack: its update to ``x @ W_e^T`` is
@@ -81,8 +81,7 @@ class _FrozenGroupedLinear(torch.autograd.Function):
     (E_slice, out, in), read again in the backward instead of being saved."""
 
     @staticmethod
-    def forward(ctx, x, offsets, weight_of: Callable[[slice], torch.Tensor], slices: list[slice]):
-        bounds = _row_bounds(offsets, slices)
+    def forward(ctx, x, offsets, weight_of: Callable[[slice], torch.Tensor], slices, bounds):
         ctx.weight_of, ctx.slices, ctx.bounds = weight_of, slices, bounds
         ctx.save_for_backward(offsets)
         return _by_slices(x, offsets, slices, bounds, lambda experts: weight_of(experts).transpose(-2, -1))
@@ -90,14 +89,16 @@ class _FrozenGroupedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (offsets,) = ctx.saved_tensors
-        return _by_slices(grad.contiguous(), offsets, ctx.slices, ctx.bounds, ctx.weight_of), None, None, None
+        grad_x = _by_slices(grad.contiguous(), offsets, ctx.slices, ctx.bounds, ctx.weight_of)
+        return grad_x, None, None, None, None
 
 
-def _row_bounds(offsets: torch.Tensor, slices: list[slice]) -> list[int] | None:
-    """Where each slice of experts' rows start and end (one host sync), None for one slice."""
+def _row_bounds(ends: list[int] | None, slices: list[slice]) -> list[int] | None:
+    """Where each slice of experts' rows start and end, from the groups' ``ends`` on the host; None for one
+    slice."""
     if len(slices) == 1:
         return None
-    return [0, *offsets[[experts.stop - 1 for experts in slices]].tolist()]
+    return [0, *(ends[experts.stop - 1] for experts in slices)]
 
 
 def _by_slices(
@@ -181,10 +182,13 @@ def _grouped_experts(
     tokens = order // chosen.shape[-1]
     offsets = torch.bincount(expert_ids, minlength=base.num_experts)[: base.num_experts]
     offsets = offsets.cumsum(0).to(torch.int32)
+    slices = {name: expert_slices(base, name, DENSE_SLICE_BYTES) for name in STACK_NAMES}
+    # The groups' ends on the host (one sync), only where a stack is read in slices.
+    ends = offsets.tolist() if any(len(s) > 1 for s in slices.values()) else None
 
     def project(x: torch.Tensor, name: str) -> torch.Tensor:
-        slices = expert_slices(base, name, DENSE_SLICE_BYTES)
-        out = _FrozenGroupedLinear.apply(x, offsets, partial(dense_stack, base, name), slices)
+        bounds = _row_bounds(ends, slices[name])
+        out = _FrozenGroupedLinear.apply(x, offsets, partial(dense_stack, base, name), slices[name], bounds)
         if name in factors:
             first, second, scale = factors[name]
             low_rank = grouped_linear(x, _column_major(first.to(x.dtype)), offsets)
