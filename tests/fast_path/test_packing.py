@@ -7,8 +7,10 @@ import torch
 from _models import ODD, tiny_model, with_lora
 
 from tunesmith.constants import IGNORE_INDEX
+from tunesmith.fast_path import packing
 from tunesmith.fast_path.packing import (
     PACKED_SDPA,
+    causal_attention_by_products,
     has_restarts,
     pack_without_padding,
     packed_attention,
@@ -103,3 +105,56 @@ def test_a_local_layer_keeps_its_window_inside_a_packed_row():
     with packed_attention(model):  # without a cache, as TRL trains: transformers' masks then see the samples
         got = model(**pack_without_padding(SAMPLES), use_cache=False).loss
     assert abs(got.item() - want.item()) < 1e-5
+
+
+def _relative_errors(got, want) -> list[float]:
+    return [((a.float() - b).norm() / b.norm()).item() for a, b in zip(got, want, strict=True)]
+
+
+def test_attention_by_products_in_bf16_is_as_close_to_float32_as_sdpa_in_bf16():
+    # the embedded model's heads: 9 query heads over 3 key/value heads of width 64
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 200, 64, generator=generator) for h in (9, 3, 3))
+    grad_out = torch.randn(1, 9, 200, 64, generator=generator)
+
+    def run(attend, dtype):
+        inputs = [x.to(dtype).requires_grad_() for x in (q, k, v)]
+        out = attend(*inputs)
+        return [out, *torch.autograd.grad(out, inputs, grad_out.to(dtype))]
+
+    def sdpa(*qkv):
+        return torch.nn.functional.scaled_dot_product_attention(
+            *qkv, is_causal=True, scale=0.125, enable_gqa=True
+        )
+
+    want = [x.float() for x in run(sdpa, torch.float32)]
+    ours = _relative_errors(run(lambda *qkv: causal_attention_by_products(*qkv, 0.125), torch.bfloat16), want)
+    theirs = _relative_errors(run(sdpa, torch.bfloat16), want)
+    assert max(ours) < 1e-2, ours  # output, then the query's, key's and value's gradients
+    assert all(a <= 1.5 * b for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
+
+
+def test_under_cpu_bf16_autocast_short_samples_attend_through_products(monkeypatch):
+    pos = pack_without_padding(SAMPLES)["position_ids"]
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 15, 16, generator=generator, requires_grad=True) for h in (4, 2, 2))
+    lengths = []
+
+    def spy(query, *rest):
+        lengths.append(query.shape[2])
+        return causal_attention_by_products(query, *rest)
+
+    monkeypatch.setattr(packing, "causal_attention_by_products", spy)
+    monkeypatch.setattr(packing, "PRODUCTS_MAX_TOKENS", 6)  # the 7-token sample stays on SDPA
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = packed_sdpa_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, position_ids=pos)
+    got_grads = torch.autograd.grad(got.float().square().sum(), (q, k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, attn_mask=packed_causal_mask(pos), scale=0.25, enable_gqa=True
+    ).transpose(1, 2)
+    want_grads = torch.autograd.grad(want.square().sum(), (q, k, v))
+    assert lengths == [5, 3] and got.dtype == torch.bfloat16
+    assert max(_relative_errors([got, *got_grads], [want, *want_grads])) < 2e-2
+    lengths.clear()
+    packed_sdpa_forward(torch.nn.Module(), q, k, v, None, scaling=0.25, position_ids=pos)
+    assert lengths == []  # float32 without autocast: SDPA's kernel, exact

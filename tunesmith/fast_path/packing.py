@@ -10,7 +10,9 @@ kernel would need no mask at all; SDPA has none, so very long packed rows are be
 Where the model's own attention runs (a CPU), ``packed_attention`` instead gives transformers an attention
 backend that runs SDPA's causal kernel once per sample: the mask's result without its cost. With a mask,
 SDPA's CPU kernel computes all T x T scores; sample by sample it computes the causal half of each sample's
-own block (two samples of 480 tokens: a quarter of the work).
+own block (two samples of 480 tokens: a quarter of the work). Under bf16 a sample of up to
+``PRODUCTS_MAX_TOKENS`` attends through two batched matrix products instead, which that CPU kernel is slower
+than at such lengths.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "padding_only_after_rows",
     "sample_lengths",
     "packed_sdpa_forward",
+    "causal_attention_by_products",
+    "PRODUCTS_MAX_TOKENS",
     "packed_attention",
     "PACKED_SDPA",
     "SDPA_BACKENDS",
@@ -41,6 +45,14 @@ __all__ = [
 # The name transformers knows the sample-by-sample backend by, and the backends that compute SDPA's result.
 PACKED_SDPA = "tunesmith_packed_sdpa"
 SDPA_BACKENDS = ("sdpa", "eager", PACKED_SDPA)
+
+# Up to this many tokens a packed sample on a CPU attends in bf16 through ``causal_attention_by_products``
+# instead of SDPA's CPU flash kernel, which runs far under the matrix products' rate on short samples:
+# forward and backward of 9 query heads over 3 of width 64 (the embedded model) on 2 cores with AVX-512
+# BF16 took 3.2-3.6 ms against 5.3-5.5 at 245 tokens, about the same at 512, and 1.4x longer at 1,024
+# (bench/NOTES.md, "The tutorial's own run", item 9). Autograd keeps the probabilities, 2 x heads x T bytes
+# per token: at 512 tokens 9 KB for the embedded model, two thirds of what its layer keeps anyway.
+PRODUCTS_MAX_TOKENS = 512
 
 
 def _sample_starts(position_ids: torch.Tensor) -> torch.Tensor:
@@ -138,8 +150,13 @@ def packed_sdpa_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     grouped = query.shape[1] != key.shape[1]
+    by_products = _products_pay(query, lengths, dropout)
+    if by_products:  # the dtype SDPA would compute in under autocast
+        query, key, value = (x.to(torch.bfloat16) for x in (query, key, value))
     parts = [
-        F.scaled_dot_product_attention(
+        causal_attention_by_products(q, k, v, scaling)
+        if by_products and q.shape[2] <= PRODUCTS_MAX_TOKENS
+        else F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=grouped
         )
         for q, k, v in zip(
@@ -147,6 +164,36 @@ def packed_sdpa_forward(
         )
     ]
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _products_pay(query: torch.Tensor, lengths: list[int], dropout: float) -> bool:
+    """Whether some sample of a packed row attends through ``causal_attention_by_products``: bf16 on a CPU
+    (the query itself, or CPU autocast's dtype), no dropout, a sample no longer than the limit."""
+    in_bf16 = query.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    )
+    return query.device.type == "cpu" and in_bf16 and not dropout and min(lengths) <= PRODUCTS_MAX_TOKENS
+
+
+def causal_attention_by_products(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float | None = None
+) -> torch.Tensor:
+    """Causal attention of one sample, ``(B, H, T, D)`` queries over ``(B, G, T, D)`` keys and values (G
+    divides H; query head ``i`` reads key head ``i // (H // G)``, as SDPA's ``enable_gqa``), computed as two
+    batched matrix products around a softmax in the inputs' dtype, autocast off. Returns ``(B, H, T, D)``.
+    Autograd keeps the ``H x T x T`` probabilities for backward; see ``PRODUCTS_MAX_TOKENS`` for when."""
+    batch, heads, length, dim = query.shape
+    groups = key.shape[1]
+    scale = dim**-0.5 if scale is None else scale
+    future = torch.ones(length, length, dtype=torch.bool, device=query.device).triu(1)
+    with torch.autocast(query.device.type, enabled=False):
+        # the query heads that share a key head form one matrix of (H / G) x T rows
+        rows = query.reshape(batch * groups, heads // groups * length, dim)
+        scores = torch.bmm(rows, key.reshape(batch * groups, length, dim).transpose(1, 2))
+        scores = scores.view(batch * groups, heads // groups, length, length).masked_fill(future, -torch.inf)
+        probs = torch.softmax(scores * scale, dim=-1)
+        out = torch.bmm(probs.view(batch * groups, -1, length), value.reshape(batch * groups, length, dim))
+    return out.view(batch, heads, length, dim)
 
 
 @contextmanager
