@@ -25,7 +25,7 @@ def test_print_config_shows_the_resolved_default(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     config = yaml.safe_load(proc.stdout)
     assert config["model"]["name"] == "smollm2-135m-instruct"
-    assert config["training"]["max_steps"] == 7 and config["training"]["learning_rate"] == 1e-3
+    assert config["training"]["max_steps"] == 7 and config["training"]["learning_rate"] == 1.5e-3
     assert config["lora"] == {
         "r": 16,
         "lora_alpha": 16,

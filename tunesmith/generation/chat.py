@@ -19,7 +19,15 @@ from tunesmith.data.prompt_template import PromptTemplate
 from tunesmith.errors import TunesmithError
 from tunesmith.generation.generate import fast_generate
 
-__all__ = ["chat", "answer_all", "answer_prompts", "build_prompt", "prompt_ids", "as_messages"]
+__all__ = [
+    "chat",
+    "answer_all",
+    "answer_prompts",
+    "question_prompts",
+    "build_prompt",
+    "prompt_ids",
+    "as_messages",
+]
 
 
 def as_messages(message_or_messages, system: str | None = None) -> list[dict]:
@@ -157,7 +165,7 @@ def answer_all(
     repetition_penalty: float = 1.0,
 ) -> list[str]:
     """Answer every question in one batch (prompts left-padded), in the order given."""
-    rows = [prompt_ids(tokenizer, as_messages(q, system))[0] for q in questions]
+    rows = question_prompts(tokenizer, questions, system)
     return answer_prompts(
         model,
         tokenizer,
@@ -167,6 +175,12 @@ def answer_all(
         top_p=top_p,
         repetition_penalty=repetition_penalty,
     )
+
+
+def question_prompts(tokenizer, questions: list[str], system: str | None = None) -> list[torch.Tensor]:
+    """Each question as the token ids of a chat prompt (the tokenizer's template, an optional system
+    message), ready for ``answer_prompts``."""
+    return [prompt_ids(tokenizer, as_messages(q, system))[0] for q in questions]
 
 
 def answer_prompts(

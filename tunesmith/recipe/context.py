@@ -63,6 +63,8 @@ class RunContext:
     tokenizer: Any = None
     prepared: Any = None  # tunesmith.data prepared train/eval sets and their statistics
     trainer: Any = None
+    # The probes' answers when a held-out stage answered them in its own batch, for the probe stage next.
+    probe_answers: list[str] | None = None
     stage_number: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     interrupted: bool = False
