@@ -50,3 +50,23 @@ def test_cpu_training_scores_through_the_fused_head_with_trls_losses(tiny_llama_
     assert calls == {"head": 3, "full_logits": 0}
     assert len(fused) == 3 and fused[0] != fused[-1]
     assert max(abs(a - b) / b for a, b in zip(fused, trl_head, strict=True)) < 1e-4, (fused, trl_head)
+
+
+def test_the_held_out_loss_goes_through_the_fused_head_with_trls_value(tiny_llama_dir, tmp_path):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama_dir), r=8, random_state=0)
+    placeholders = []  # what the fused head returned: a zero-stride placeholder, or real logits
+    model.get_base_model().lm_head.register_forward_hook(
+        lambda module, args, out: placeholders.append(out.stride(-1) == 0)
+    )
+    args = TrainingArguments(
+        output_dir=str(tmp_path), bf16=False, per_device_eval_batch_size=3, max_steps=1, seed=0,
+        save_strategy="no", held_out_eval=False,
+    )  # fmt: skip
+    rows = datasets.Dataset.from_list(ROWS)
+    trainer = SFTTrainer(model=model, tokenizer=tokenizer, train_dataset=rows, eval_dataset=rows, args=args)
+    fused = trainer.evaluate()["eval_loss"]
+    assert placeholders == [True] * 3  # three batches, none with vocabulary-wide logits
+    unpatch(model)  # TRL's own evaluation step
+    plain = trainer.evaluate()["eval_loss"]
+    assert abs(fused - plain) / plain < 1e-5, (fused, plain)

@@ -294,6 +294,8 @@ class FusedLMHead(nn.Module):
         super().__init__()
         keep_base(self, base_layer, ("weight", "bias"))
         self.defer = False
+        # Set by ``fused_loss_only``: a forward with labels outside training defers too (an evaluation).
+        self.loss_only = False
         self.stash: torch.Tensor | None = None
         # The weight in the autocast dtype, while training on a CPU (fast_path/cpu_autocast.py).
         self.frozen_copy: torch.Tensor | None = None

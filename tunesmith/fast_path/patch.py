@@ -13,6 +13,8 @@ one patched).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +29,14 @@ from tunesmith.fast_path.packing import has_restarts, packed_causal_mask, paddin
 from tunesmith.models.registry import family_of
 from tunesmith.models.unwrap import base_model_of
 
-__all__ = ["apply_fast_path", "apply_cpu_path", "has_fused_loss", "unpatch", "FastPathState"]
+__all__ = [
+    "apply_fast_path",
+    "apply_cpu_path",
+    "has_fused_loss",
+    "fused_loss_only",
+    "unpatch",
+    "FastPathState",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +102,8 @@ def _install_fused_loss(state: FastPathState, causal_lm: nn.Module) -> None:
     state.old_loss_function = causal_lm.loss_function
 
     def defer_when_training(module, args, kwargs):
-        fused.defer = kwargs.get("labels") is not None and module.training and torch.is_grad_enabled()
+        scoring = (module.training and torch.is_grad_enabled()) or fused.loss_only
+        fused.defer = kwargs.get("labels") is not None and scoring
 
     def stop_deferring(module, args, kwargs, output):
         fused.defer, fused.stash = False, None
@@ -238,6 +248,22 @@ def _plain_loss_vocab(causal_lm: nn.Module) -> int | None:
 def has_fused_loss(model: nn.Module) -> bool:
     """Whether a training forward of ``model`` with labels computes its loss through the fused head."""
     return isinstance(getattr(base_model_of(model), "lm_head", None), FusedLMHead)
+
+
+@contextmanager
+def fused_loss_only(model: nn.Module) -> Iterator[None]:
+    """While inside, every forward of ``model`` with labels, in training or not, scores its loss through the
+    fused head (chunked, no vocabulary-wide logits; the logits it returns are a placeholder). For an
+    evaluation that asks for the loss alone. A model without the fused head is left as it is."""
+    head = getattr(base_model_of(model), "lm_head", None)
+    if not isinstance(head, FusedLMHead):
+        yield
+        return
+    head.loss_only = True
+    try:
+        yield
+    finally:
+        head.loss_only = False
 
 
 def unpatch(model: nn.Module) -> None:

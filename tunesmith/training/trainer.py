@@ -24,7 +24,7 @@ from tunesmith.data.prepare import prepare_dataset
 from tunesmith.data.stats import DataStats
 from tunesmith.data.text_template import COLUMN_PLACEHOLDERS, adopt_text_template
 from tunesmith.errors import TunesmithError
-from tunesmith.fast_path.patch import has_fused_loss
+from tunesmith.fast_path.patch import fused_loss_only, has_fused_loss
 from tunesmith.training.arguments import as_tunesmith_arguments
 from tunesmith.training.base import TunesmithTrainerMixin, first_eval_loss
 from tunesmith.training.lora import keep_4bit_trainable
@@ -150,7 +150,8 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
         """A training step's loss through the model's own forward where tunesmith's fused head is on it
         (the gradient computed with the loss: two products with the output weight where TRL's chunked head,
         which recomputes its logits in backward, takes three; prompt tokens not scored at all); TRL's loss
-        everywhere else (evaluation, custom losses, label smoothing, mixture-of-experts auxiliary loss)."""
+        everywhere else (custom losses, label smoothing, mixture-of-experts auxiliary loss). Evaluation:
+        ``prediction_step``."""
         if not self._fused_loss_applies(model, return_outputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         inputs["use_cache"] = False
@@ -158,12 +159,29 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
         self._count_train_tokens(inputs)
         return loss
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """An evaluation step that asks for the loss alone (``trainer.evaluate()`` without metrics: the
+        held-out loss) scores it through tunesmith's fused head where that is on the model: no
+        vocabulary-wide logits (4 GiB for 2 x 2,048 tokens of Gemma's 262k vocabulary, where training keeps
+        one chunk), and none of TRL's per-token entropy and accuracy over them. TRL's step otherwise."""
+        if not prediction_loss_only or not self._fused_loss_possible(model):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        inputs["use_cache"] = False
+        with torch.no_grad(), self.compute_loss_context_manager():
+            with fused_loss_only(self.accelerator.unwrap_model(model)):
+                loss = transformers.Trainer.compute_loss(self, model, inputs)  # the batch's mean
+        return loss.detach().mean(), None, None
+
     def _fused_loss_applies(self, model, return_outputs: bool) -> bool:
+        return model.training and not return_outputs and self._fused_loss_possible(model)
+
+    def _fused_loss_possible(self, model) -> bool:
+        """Whether the model's loss can go through tunesmith's fused head: it is there, and nothing asks for
+        another loss (a custom one, label smoothing, an auxiliary loss, sequence parallelism)."""
         parallelism = getattr(self.accelerator, "parallelism_config", None)
         return (
-            model.training
-            and not return_outputs
-            and self.compute_loss_func is None
+            self.compute_loss_func is None
             and self.label_smoother is None
             and self.args.loss_type == "nll"
             and not self.aux_loss_enabled
