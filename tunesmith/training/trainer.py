@@ -164,7 +164,7 @@ class SFTTrainer(TunesmithTrainerMixin, trl.SFTTrainer):
         held-out loss) scores it through tunesmith's fused head where that is on the model: no
         vocabulary-wide logits (4 GiB for 2 x 2,048 tokens of Gemma's 262k vocabulary, where training keeps
         one chunk), and none of TRL's per-token entropy and accuracy over them. TRL's step otherwise."""
-        if not prediction_loss_only or not self._fused_loss_possible(model):
+        if not prediction_loss_only or "labels" not in inputs or not self._fused_loss_possible(model):
             return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
         inputs = self._prepare_inputs(inputs)
         inputs["use_cache"] = False
