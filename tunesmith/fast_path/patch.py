@@ -247,7 +247,12 @@ def _plain_loss_vocab(causal_lm: nn.Module) -> int | None:
 
 def has_fused_loss(model: nn.Module) -> bool:
     """Whether a training forward of ``model`` with labels computes its loss through the fused head."""
-    return isinstance(getattr(base_model_of(model), "lm_head", None), FusedLMHead)
+    return _fused_head(model) is not None
+
+
+def _fused_head(model: nn.Module) -> FusedLMHead | None:
+    head = getattr(base_model_of(model), "lm_head", None)
+    return head if isinstance(head, FusedLMHead) else None
 
 
 @contextmanager
@@ -255,8 +260,8 @@ def fused_loss_only(model: nn.Module) -> Iterator[None]:
     """While inside, every forward of ``model`` with labels, in training or not, scores its loss through the
     fused head (chunked, no vocabulary-wide logits; the logits it returns are a placeholder). For an
     evaluation that asks for the loss alone. A model without the fused head is left as it is."""
-    head = getattr(base_model_of(model), "lm_head", None)
-    if not isinstance(head, FusedLMHead):
+    head = _fused_head(model)
+    if head is None:
         yield
         return
     head.loss_only = True
